@@ -1,0 +1,264 @@
+//! A Cloud Spanner emulator for one test (or one demo run).
+//!
+//! [`SpannerEmulator::start`] runs the preinstalled `emulator_main` on a free loopback port,
+//! in its own process group, creates an instance and a database from the repository's
+//! `schema.sql` over the admin gRPC API (no REST gateway, no gcloud), and kills the whole
+//! group when the value is dropped. Each test gets its own emulator: no shared state, no
+//! ordering between tests.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gcloud_gax::conn::Environment;
+use gcloud_googleapis::spanner::admin::database::v1::CreateDatabaseRequest;
+use gcloud_googleapis::spanner::admin::instance::v1::{CreateInstanceRequest, Instance};
+use gcloud_spanner::admin::client::Client as AdminClient;
+use gcloud_spanner::admin::AdminClientConfig;
+use gcloud_spanner::client::{Client, ClientConfig};
+
+/// Where the Google Cloud SDK installs the emulator; `SPANNER_EMULATOR_BIN` overrides it.
+pub const DEFAULT_EMULATOR_BIN: &str =
+    "/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator/emulator_main";
+
+/// The project's schema, applied to every database the fixture creates.
+pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+const PROJECT: &str = "jbazel-test";
+const INSTANCE: &str = "jbazel";
+const DATABASE: &str = "sessions";
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Why the emulator fixture could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// The emulator binary is missing or not executable.
+    #[error("cannot start the Spanner emulator {bin}: {source}")]
+    Spawn { bin: PathBuf, source: io::Error },
+    /// No free loopback port could be reserved.
+    #[error("cannot reserve a loopback port for the Spanner emulator: {0}")]
+    Port(io::Error),
+    /// The emulator exited or did not listen in time.
+    #[error("the Spanner emulator on {addr} did not start: {reason}")]
+    NotListening { addr: SocketAddr, reason: String },
+    /// An admin call (create instance/database) failed.
+    #[error("Spanner emulator admin call {call} failed: {message}")]
+    Admin { call: &'static str, message: String },
+    /// The data client could not be created.
+    #[error("cannot create a Spanner client for {database}: {message}")]
+    Client { database: String, message: String },
+}
+
+/// A running emulator with the project's database created. Dropping it stops the emulator.
+pub struct SpannerEmulator {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl SpannerEmulator {
+    /// Starts an emulator on a free port and creates the instance, the database and the
+    /// schema. Fails loudly (never skips) when the emulator cannot run.
+    pub async fn start() -> Result<Self, EmulatorError> {
+        let bin = std::env::var_os("SPANNER_EMULATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_EMULATOR_BIN));
+        let addr = free_loopback_port().map_err(EmulatorError::Port)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg(format!("--host_port={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Own process group: Drop kills the group, whatever the emulator spawned.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the emulator
+        // when this test process dies without running Drop.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| EmulatorError::Spawn {
+            bin: bin.clone(),
+            source,
+        })?;
+        let mut emulator = SpannerEmulator { child, addr };
+        emulator.wait_listening()?;
+        emulator.create_database().await?;
+        Ok(emulator)
+    }
+
+    /// `host:port` for `SPANNER_EMULATOR_HOST`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The project id the fixture uses.
+    pub fn project(&self) -> &'static str {
+        PROJECT
+    }
+
+    /// The instance id the fixture uses.
+    pub fn instance(&self) -> &'static str {
+        INSTANCE
+    }
+
+    /// The database id the fixture uses.
+    pub fn database(&self) -> &'static str {
+        DATABASE
+    }
+
+    /// `projects/P/instances/I/databases/D`.
+    pub fn database_path(&self) -> String {
+        format!("projects/{PROJECT}/instances/{INSTANCE}/databases/{DATABASE}")
+    }
+
+    /// A data client on the fixture's database.
+    pub async fn client(&self) -> Result<Client, EmulatorError> {
+        let config = ClientConfig {
+            environment: Environment::Emulator(self.host()),
+            ..Default::default()
+        };
+        Client::new(self.database_path(), config)
+            .await
+            .map_err(|e| EmulatorError::Client {
+                database: self.database_path(),
+                message: e.to_string(),
+            })
+    }
+
+    fn wait_listening(&mut self) -> Result<(), EmulatorError> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(EmulatorError::NotListening {
+                    addr: self.addr,
+                    reason: format!("emulator exited with {status}"),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(EmulatorError::NotListening {
+                    addr: self.addr,
+                    reason: format!("not listening after {START_DEADLINE:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn create_database(&self) -> Result<(), EmulatorError> {
+        let admin = AdminClient::new(AdminClientConfig {
+            environment: Environment::Emulator(self.host()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| admin_err("connect", e))?;
+        let mut op = admin
+            .instance()
+            .create_instance(
+                CreateInstanceRequest {
+                    parent: format!("projects/{PROJECT}"),
+                    instance_id: INSTANCE.to_string(),
+                    instance: Some(Instance {
+                        name: format!("projects/{PROJECT}/instances/{INSTANCE}"),
+                        config: format!("projects/{PROJECT}/instanceConfigs/emulator-config"),
+                        display_name: INSTANCE.to_string(),
+                        node_count: 1,
+                        ..Default::default()
+                    }),
+                },
+                None,
+            )
+            .await
+            .map_err(|e| admin_err("CreateInstance", e))?;
+        op.wait(None)
+            .await
+            .map_err(|e| admin_err("CreateInstance (wait)", e))?;
+        let mut op = admin
+            .database()
+            .create_database(
+                CreateDatabaseRequest {
+                    parent: format!("projects/{PROJECT}/instances/{INSTANCE}"),
+                    create_statement: format!("CREATE DATABASE `{DATABASE}`"),
+                    extra_statements: schema_statements(SCHEMA_SQL),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .map_err(|e| admin_err("CreateDatabase", e))?;
+        op.wait(None)
+            .await
+            .map_err(|e| admin_err("CreateDatabase (wait)", e))?;
+        Ok(())
+    }
+}
+
+impl Drop for SpannerEmulator {
+    fn drop(&mut self) {
+        // The child leads its own group (process_group(0)), so its pid is the pgid.
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn admin_err(call: &'static str, e: impl std::fmt::Display) -> EmulatorError {
+    EmulatorError::Admin {
+        call,
+        message: e.to_string(),
+    }
+}
+
+/// Splits a DDL file into statements: `--` comments dropped, `;` separated, blanks removed.
+pub fn schema_statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .map(|line| match line.find("--") {
+            Some(i) => &line[..i],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn free_loopback_port() -> io::Result<SocketAddr> {
+    // Bind port 0, read the port, release it. A race with another process is possible
+    // but the emulator then exits at once and wait_listening reports it.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.local_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_has_one_statement_without_comments() {
+        let stmts = schema_statements(SCHEMA_SQL);
+        assert_eq!(stmts.len(), 1, "{stmts:?}");
+        assert!(stmts[0].starts_with("CREATE TABLE BuildSessions"));
+        assert!(!stmts[0].contains("--"));
+        assert!(stmts[0].contains("PRIMARY KEY (UserId, RepoHash)"));
+    }
+
+    #[test]
+    fn statements_split_on_semicolons() {
+        let stmts = schema_statements("CREATE TABLE A (x INT64) PRIMARY KEY (x);\n-- c\n;CREATE INDEX I ON A (x);");
+        assert_eq!(stmts.len(), 2);
+    }
+}

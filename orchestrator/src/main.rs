@@ -1,0 +1,3 @@
+fn main() {
+    println!("orchestrator: not built yet");
+}

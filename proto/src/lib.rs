@@ -1,0 +1,21 @@
+//! The platform's API surface: generated gRPC code for its two protocols, and the rules
+//! for the identifiers that cross them.
+//!
+//! - [`orchestrator`]: the project's own API (GetServer, WatchServer, ReportReady).
+//! - [`command_server`]: Bazel 4.2.3's client/server protocol (Run, Ping, Cancel).
+//! - [`names`]: validation of UserId, RepoHash and SessionId, shared by all three programs.
+//!
+//! Architecture invariant: no I/O and no program logic here; only the wire types and the
+//! pure rules every side of the wire must agree on.
+
+pub mod names;
+
+/// The orchestrator API (`orchestrator.proto`).
+pub mod orchestrator {
+    tonic::include_proto!("jbazel.orchestrator.v1");
+}
+
+/// Bazel's command server API (`command_server.proto`).
+pub mod command_server {
+    tonic::include_proto!("command_server");
+}

@@ -1,0 +1,171 @@
+//! The API's rules for the identifiers every program receives from outside.
+//!
+//! UserId and RepoHash become filesystem paths (`R/<user>/<repo_hash>`) and pod names, and
+//! SessionId becomes a label value, so all three programs check them with these functions
+//! before any other use. Pure functions, no I/O.
+
+use std::fmt;
+
+/// Longest UserId accepted: a DNS label.
+pub const MAX_USER_ID_LEN: usize = 63;
+/// Longest SessionId accepted: a Kubernetes label value.
+pub const MAX_SESSION_ID_LEN: usize = 63;
+
+/// Which field failed and why; the message is written for the person who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidName {
+    /// The API field name (`user_id`, `repo_hash`, `session_id`).
+    pub field: &'static str,
+    /// What is wrong, without echoing a possibly huge or binary value.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidName {}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidName {
+    InvalidName {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// UserId: a DNS label (RFC 1123): 1-63 of `[a-z0-9-]`, starting and ending alphanumeric.
+pub fn validate_user_id(user_id: &str) -> Result<(), InvalidName> {
+    const F: &str = "user_id";
+    if user_id.is_empty() {
+        return Err(invalid(F, "empty"));
+    }
+    if user_id.len() > MAX_USER_ID_LEN {
+        return Err(invalid(
+            F,
+            format!("{} bytes, at most {MAX_USER_ID_LEN}", user_id.len()),
+        ));
+    }
+    if let Some(c) = user_id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(invalid(
+            F,
+            format!("character {c:?} not allowed (lower-case letters, digits and '-' only)"),
+        ));
+    }
+    if user_id.starts_with('-') || user_id.ends_with('-') {
+        return Err(invalid(F, "must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// RepoHash: the MD5 of the workspace path, exactly 32 lower-case hex digits.
+pub fn validate_repo_hash(repo_hash: &str) -> Result<(), InvalidName> {
+    const F: &str = "repo_hash";
+    if repo_hash.len() != 32 {
+        return Err(invalid(
+            F,
+            format!(
+                "{} bytes, must be 32 lower-case hex digits (md5)",
+                repo_hash.len()
+            ),
+        ));
+    }
+    if !repo_hash
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(invalid(F, "must be 32 lower-case hex digits (md5)"));
+    }
+    Ok(())
+}
+
+/// SessionId: a Kubernetes label value: 1-63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+pub fn validate_session_id(session_id: &str) -> Result<(), InvalidName> {
+    const F: &str = "session_id";
+    if session_id.is_empty() {
+        return Err(invalid(F, "empty"));
+    }
+    if session_id.len() > MAX_SESSION_ID_LEN {
+        return Err(invalid(
+            F,
+            format!("{} bytes, at most {MAX_SESSION_ID_LEN}", session_id.len()),
+        ));
+    }
+    if let Some(c) = session_id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            F,
+            format!("character {c:?} not allowed (letters, digits, '.', '_', '-')"),
+        ));
+    }
+    let first_last_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_last_ok(session_id.chars().next()) || !first_last_ok(session_id.chars().last()) {
+        return Err(invalid(F, "must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        for ok in ["alice", "a", "bob-2", "0x", &"a".repeat(63)] {
+            assert_eq!(validate_user_id(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "../etc",
+            "a/b",
+            "a.b",
+            "-a",
+            "a-",
+            "a\0b",
+            "ålice",
+            "a b",
+            &"a".repeat(64),
+            &"x".repeat(10_000),
+        ] {
+            let err = validate_user_id(bad).expect_err(bad);
+            assert_eq!(err.field, "user_id");
+            assert!(err.to_string().len() < 200, "message must not echo input");
+        }
+    }
+
+    #[test]
+    fn repo_hashes() {
+        assert_eq!(
+            validate_repo_hash("0123456789abcdef0123456789abcdef"),
+            Ok(())
+        );
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "../../../../../../../../etc/pass",
+            "0123456789abcdef0123456789abcde\0",
+            "g123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(validate_repo_hash(bad).expect_err(bad).field, "repo_hash");
+        }
+    }
+
+    #[test]
+    fn session_ids() {
+        for ok in ["s1", "boot-3f2a.7_x", "A", &"z".repeat(63)] {
+            assert_eq!(validate_session_id(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["", "-s", "s-", "a/b", "a b", "é", "a\nb", &"z".repeat(64)] {
+            assert_eq!(validate_session_id(bad).expect_err(bad).field, "session_id");
+        }
+    }
+}
