@@ -1,0 +1,592 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes (1.20.2, built from Debian's source) for jbazel's tests and
+# demo, on a machine without Docker or a registry: etcd + kube-apiserver +
+# kube-controller-manager + kube-scheduler + containerd + kubelet + a CNI bridge.
+#
+# Usage: cluster.sh up       start (or check) the cluster; returns once the node is Ready, the
+#                            default service account exists and namespace `jbazel` is there
+#        cluster.sh down     stop what `up` started (by the process groups in its pid files),
+#                            unmount pod volumes and netns under the state dir, drop runtime
+#                            state (keeps certificates, etcd data and imported images)
+#        cluster.sh down --purge   the same, then remove the whole state dir
+#        cluster.sh status   print what runs; exit 0 only when the cluster is up
+#        cluster.sh env      print `export KUBECONFIG=...` for eval
+#
+# Everything listens on loopback (apiserver https://127.0.0.1:6443, etcd 127.0.0.1:2379,
+# kubelet 127.0.0.1:10250); pods live on bridge jbazel0, 10.244.0.0/24, gateway 10.244.0.1
+# (the host), no masquerade. State: /var/lib/jbazel-cluster (JBAZEL_CLUSTER_STATE);
+# binaries: /var/cache/jbazel/kubernetes-1.20.2/bin (built on first use, ~4-5 min).
+# Processes run in their own sessions (setsid) and outlive the shell that ran `up`.
+# Measured facts behind the flags: /work/shared/environment.md "A real Kubernetes here".
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+STATE=${JBAZEL_CLUSTER_STATE:-/var/lib/jbazel-cluster}
+K8S_VERSION=${K8S_VERSION:-1.20.2}
+UP_TIMEOUT=${JBAZEL_CLUSTER_TIMEOUT:-180}
+
+ETCD_PORT=2379
+ETCD_PEER_PORT=2380
+API_PORT=6443
+KUBELET_PORT=10250
+KUBELET_HEALTHZ_PORT=10248
+POD_SUBNET=10.244.0.0/24
+POD_GATEWAY=10.244.0.1
+BRIDGE=jbazel0
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
+NAMESPACE=jbazel
+PAUSE_IMAGE=docker.io/library/jbazel-pause:3.4.1
+TEST_NAMESPACE_LABEL=jbazel.dev/test-namespace
+
+PKI=$STATE/pki
+RUN=$STATE/run
+LOGS=$STATE/logs
+CTRD=$STATE/containerd
+SOCK=$CTRD/containerd.sock
+RUNC_ROOT=$CTRD/runc
+KUBELET_DIR=$STATE/kubelet
+CNI_CONF=$STATE/cni/net.d
+CNI_IPAM=$STATE/cni/ipam
+ADMIN_KUBECONFIG=$STATE/admin.kubeconfig
+
+# Start order; `down` stops in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet)
+
+log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# Processes: pid files hold "<pid> <starttime>" so a recycled pid is never taken for ours.
+
+starttime() { # field 22 of /proc/PID/stat (after the parenthesised comm)
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    set -- $stat
+    echo "${20}"
+}
+
+pid_of() { # prints the pid of component $1 if it runs
+    local f=$RUN/$1.pid pid st
+    [[ -f $f ]] || return 1
+    read -r pid st <"$f" || return 1
+    [[ -n $pid && -d /proc/$pid && $(starttime "$pid") == "$st" ]] || return 1
+    echo "$pid"
+}
+
+alive() { pid_of "$1" >/dev/null; }
+
+start() { # start COMPONENT CMD...: own session and process group, log under $LOGS
+    local c=$1; shift
+    mkdir -p "$RUN" "$LOGS"
+    printf '\n===== %s start %s: %s\n' "$c" "$(date -Is)" "$*" >>"$LOGS/$c.log"
+    setsid nohup "$@" >>"$LOGS/$c.log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid $(starttime "$pid")" >"$RUN/$c.pid"
+    log "started $c (pid $pid, log $LOGS/$c.log)"
+}
+
+gone() { [[ ! -d /proc/$1 ]] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+stop() { # stop COMPONENT: TERM its process group, KILL after 15 s
+    local c=$1 pid i
+    if pid=$(pid_of "$c"); then
+        log "stopping $c (pgid $pid)"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 150; i++)); do
+            gone "$pid" && break
+            sleep 0.1
+        done
+        if ! gone "$pid"; then
+            log "$c did not stop in 15 s: SIGKILL"
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$RUN/$c.pid"
+}
+
+log_tail() { # the failing component's own words
+    local c=$1
+    if [[ -f $LOGS/$c.log ]]; then
+        echo "----- last 40 lines of $LOGS/$c.log -----" >&2
+        tail -n 40 "$LOGS/$c.log" >&2
+        echo "-----" >&2
+    fi
+}
+
+fail() { # fail COMPONENT MESSAGE
+    log "ERROR: $2"
+    log_tail "$1"
+    exit 1
+}
+
+deadline=0
+set_deadline() { deadline=$((SECONDS + $1)); }
+
+wait_until() { # wait_until COMPONENT DESCRIPTION CMD...: until CMD succeeds or the deadline
+    local c=$1 what=$2; shift 2
+    until "$@" >/dev/null 2>&1; do
+        alive "$c" || fail "$c" "$c exited while waiting for: $what"
+        ((SECONDS < deadline)) || fail "$c" "timed out (${UP_TIMEOUT}s) waiting for: $what"
+        sleep 0.25
+    done
+}
+
+kctl() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" --request-timeout=10s "$@"; }
+
+# ---------------------------------------------------------------------------------------
+# Node name: the apiserver reaches the kubelet by the node's Hostname address, which must
+# resolve to 127.0.0.1 (the kubelet listens on loopback only).
+
+node_name() {
+    local h
+    h=$(hostname | tr '[:upper:]' '[:lower:]')
+    if [[ $(getent ahostsv4 "$h" 2>/dev/null | awk 'NR==1{print $1}') == 127.0.0.1 ]]; then
+        echo "$h"
+    else
+        echo localhost
+    fi
+}
+NODE=$(node_name)
+
+# ---------------------------------------------------------------------------------------
+# Certificates (one CA, openssl) and kubeconfigs.
+
+mkcert() { # mkcert NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+    local name=$1 subj=$2 eku=$3 san=${4:-}
+    [[ -s $PKI/$name.crt && -s $PKI/$name.key ]] && return 0
+    local ext
+    ext=$(mktemp)
+    {
+        echo "basicConstraints=CA:FALSE"
+        echo "keyUsage=critical,digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=$eku"
+        [[ -n $san ]] && echo "subjectAltName=$san"
+    } >"$ext"
+    openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -subj "$subj" \
+        -out "$PKI/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+    rm -f "$ext" "$PKI/$name.csr"
+}
+
+make_pki() {
+    mkdir -p "$PKI"
+    chmod 700 "$PKI"
+    if [[ ! -s $PKI/ca.crt || ! -s $PKI/ca.key ]]; then
+        log "creating the cluster CA and certificates"
+        rm -f "$PKI"/*
+        openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -days 3650 \
+            -subj "/CN=jbazel-cluster-ca" -out "$PKI/ca.crt" 2>/dev/null
+    fi
+    # Node certificates carry the node name: renew them if the hostname changed.
+    if [[ $(cat "$PKI/node-name" 2>/dev/null) != "$NODE" ]]; then
+        rm -f "$PKI"/kubelet.* "$PKI"/kubelet-client.* "$STATE"/kubelet.kubeconfig
+        echo "$NODE" >"$PKI/node-name"
+    fi
+    mkcert apiserver "/CN=kube-apiserver" serverAuth \
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$SERVICE_IP"
+    mkcert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+    mkcert admin "/O=system:masters/CN=jbazel-admin" clientAuth
+    mkcert controller-manager "/CN=system:kube-controller-manager" clientAuth
+    mkcert scheduler "/CN=system:kube-scheduler" clientAuth
+    mkcert kubelet-client "/O=system:nodes/CN=system:node:$NODE" clientAuth
+    mkcert kubelet "/CN=$NODE" serverAuth "DNS:$NODE,DNS:localhost,IP:127.0.0.1"
+    if [[ ! -s $PKI/sa.key ]]; then
+        openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+        openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    fi
+}
+
+make_kubeconfig() { # make_kubeconfig FILE CERT_NAME USER
+    local file=$1 cert=$2 user=$3
+    [[ -s $file ]] && return 0
+    kubectl config --kubeconfig="$file.tmp" set-cluster jbazel --server="https://127.0.0.1:$API_PORT" \
+        --certificate-authority="$PKI/ca.crt" --embed-certs=true >/dev/null
+    kubectl config --kubeconfig="$file.tmp" set-credentials "$user" \
+        --client-certificate="$PKI/$cert.crt" --client-key="$PKI/$cert.key" --embed-certs=true >/dev/null
+    kubectl config --kubeconfig="$file.tmp" set-context jbazel --cluster=jbazel --user="$user" \
+        --namespace=default >/dev/null
+    kubectl config --kubeconfig="$file.tmp" use-context jbazel >/dev/null
+    chmod 600 "$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
+make_kubeconfigs() {
+    make_kubeconfig "$ADMIN_KUBECONFIG" admin jbazel-admin
+    make_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
+    make_kubeconfig "$STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
+    make_kubeconfig "$STATE/kubelet.kubeconfig" kubelet-client "system:node:$NODE"
+}
+
+# ---------------------------------------------------------------------------------------
+# Config files.
+
+write_configs() {
+    mkdir -p "$CTRD/root" "$CTRD/state" "$RUNC_ROOT" "$CNI_CONF" "$CNI_IPAM" "$KUBELET_DIR"
+    cat >"$CTRD/config.toml" <<EOF
+# Generated by integration/cluster/cluster.sh; the containerd of the jbazel test cluster.
+version = 2
+root = "$CTRD/root"
+state = "$CTRD/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = "$SOCK"
+
+[ttrpc]
+  address = "$SOCK.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTRD/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # This VM lacks CAP_SYS_RESOURCE: without this every pod sticks in ContainerCreating.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$RUNC_ROOT"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CNI_CONF"
+    max_conf_num = 1
+EOF
+
+    cat >"$CNI_CONF/10-jbazel.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "jbazel",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$POD_GATEWAY"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "$CNI_IPAM"
+      }
+    }
+  ]
+}
+EOF
+
+    cat >"$STATE/kubelet-config.yaml" <<EOF
+# Generated by integration/cluster/cluster.sh.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $PKI/ca.crt
+authorization:
+  mode: Webhook
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
+cgroupDriver: cgroupfs
+failSwapOn: false
+makeIPTablesUtilChains: false
+# Local-only images (no registry) must never be garbage-collected.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  nodefs.inodesFree: "1%"
+  imagefs.available: "1%"
+serializeImagePulls: false
+resolvConf: /etc/resolv.conf
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+# Runtime state left by killed processes.
+
+state_mounts() { # mount points under $STATE, deepest first
+    awk -v s="$STATE/" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo |
+        sed 's/\\040/ /g' | awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2- | uniq
+}
+
+unmount_state() {
+    local m n=0 pass
+    for pass in 1 2 3; do
+        while IFS= read -r m; do
+            [[ -n $m ]] || continue
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+            n=$((n + 1))
+        done < <(state_mounts)
+        [[ -z $(state_mounts) ]] && break
+    done
+    ((n == 0)) || log "unmounted $n mounts under $STATE"
+    [[ -z $(state_mounts) ]] || log "warning: mounts left under $STATE: $(state_mounts | tr '\n' ' ')"
+}
+
+kill_containers() { # containers and shims of OUR containerd (runc root and socket are ours)
+    local id pid n=0
+    if [[ -d $RUNC_ROOT/k8s.io ]]; then
+        for id in $(runc --root "$RUNC_ROOT/k8s.io" list -q 2>/dev/null); do
+            runc --root "$RUNC_ROOT/k8s.io" delete --force "$id" >/dev/null 2>&1 || true
+            n=$((n + 1))
+        done
+    fi
+    # Shims outlive containerd by design; ours name our socket on their command line.
+    for pid in $(grep -lsF -- "$SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+        [[ $pid != "$$" ]] || continue
+        if { tr "\0" " " <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "^[^ ]*containerd-shim.* -address $SOCK"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    ((n == 0)) || log "removed $n containers left in $RUNC_ROOT"
+}
+
+clean_runtime_state() { # only when none of our components runs
+    kill_containers
+    unmount_state
+    rm -rf "$CTRD/state" "$CNI_IPAM" "$KUBELET_DIR/pods" "$KUBELET_DIR/plugins" \
+        "$KUBELET_DIR/plugins_registry" "$KUBELET_DIR/pod-resources" "$KUBELET_DIR"/*_state \
+        "$RUNC_ROOT"
+}
+
+# ---------------------------------------------------------------------------------------
+# Images without a registry.
+
+import_pause_image() {
+    if ctr --address "$SOCK" -n k8s.io images ls -q "name==$PAUSE_IMAGE" 2>/dev/null | grep -q .; then
+        return 0
+    fi
+    local work
+    work=$(mktemp -d "$STATE/.pause.XXXXXX")
+    mkdir -p "$work/rootfs"
+    cp "$BIN/pause" "$work/rootfs/pause"
+    tar --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -cf "$work/layer.tar" pause
+    "$REPO/image/docker-archive.sh" --out "$work/pause.tar" --tag "$PAUSE_IMAGE" \
+        --entrypoint '["/pause"]' "$work/layer.tar" >/dev/null
+    ctr --address "$SOCK" -n k8s.io images import "$work/pause.tar" >"$LOGS/pause-import.log" 2>&1 ||
+        { rm -rf "$work"; fail pause-import "importing the pause image failed"; }
+    rm -rf "$work"
+    log "imported $PAUSE_IMAGE"
+}
+
+# ---------------------------------------------------------------------------------------
+
+any_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" && return 0; done; return 1; }
+all_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done; }
+
+node_ready() {
+    [[ $(kctl get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
+
+cluster_ready() { # node Ready, default service accounts, namespace jbazel
+    node_ready && kctl -n default get serviceaccount default >/dev/null 2>&1 &&
+        kctl -n "$NAMESPACE" get serviceaccount default >/dev/null 2>&1
+}
+
+ensure_namespace() {
+    kctl get namespace "$NAMESPACE" >/dev/null 2>&1 || kctl create namespace "$NAMESPACE" >/dev/null
+}
+
+forget_stale_objects() {
+    # Pods bound to a node that is gone, and namespaces of killed test runs: a fresh start
+    # must not resurrect them (the kubelet would restart every pod bound to its node).
+    local n
+    n=$(kctl get pods --all-namespaces -o name 2>/dev/null | wc -l)
+    if ((n > 0)); then
+        log "deleting $n stale pods left in etcd"
+        kctl delete pods --all --all-namespaces --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
+    fi
+    kctl delete namespaces -l "$TEST_NAMESPACE_LABEL" --wait=false >/dev/null 2>&1 || true
+    kctl delete nodes --all --wait=false >/dev/null 2>&1 || true
+}
+
+cmd_up() {
+    local t0=$SECONDS
+    [[ $(id -u) == 0 ]] || die "cluster.sh up needs root (containerd, kubelet, mounts)"
+    for tool in etcd containerd runc ctr kubectl openssl curl; do
+        command -v "$tool" >/dev/null || die "$tool not found: run integration/setup.sh"
+    done
+    [[ -x /usr/lib/cni/bridge ]] || die "/usr/lib/cni/bridge missing: run integration/setup.sh"
+    mkdir -p "$STATE" "$RUN" "$LOGS"
+    exec 8>"$STATE/.lock"
+    flock 8
+
+    BIN=$("$HERE/build-kubernetes.sh") || die "building Kubernetes $K8S_VERSION failed"
+    local built=$SECONDS
+
+    if all_alive; then
+        set_deadline "$UP_TIMEOUT"
+        wait_until kube-apiserver "apiserver /readyz" kctl get --raw /readyz
+        ensure_namespace
+        wait_until kubelet "node $NODE Ready and default service accounts" cluster_ready
+        log "cluster already up ($((SECONDS - t0)) s)"
+        cmd_status >&2
+        return 0
+    fi
+    if any_alive; then
+        log "some components are not running: restarting the cluster"
+        stop_all
+    fi
+    clean_runtime_state
+    make_pki
+    make_kubeconfigs
+    write_configs
+    set_deadline "$UP_TIMEOUT"
+
+    start etcd etcd --name jbazel --data-dir "$STATE/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "jbazel=http://127.0.0.1:$ETCD_PEER_PORT"
+    start containerd containerd --config "$CTRD/config.toml"
+    wait_until etcd "etcd health on 127.0.0.1:$ETCD_PORT" \
+        curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+    start kube-apiserver "$BIN/kube-apiserver" \
+        --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+        --secure-port="$API_PORT" --insecure-port=0 \
+        --endpoint-reconciler-type=none \
+        --client-ca-file="$PKI/ca.crt" \
+        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-certificate-authority="$PKI/ca.crt" \
+        --kubelet-preferred-address-types=Hostname,InternalIP \
+        --service-account-key-file="$PKI/sa.pub" \
+        --service-account-signing-key-file="$PKI/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --api-audiences=https://kubernetes.default.svc.cluster.local \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
+        --allow-privileged=true \
+        --authorization-mode=Node,RBAC \
+        --enable-admission-plugins=NodeRestriction \
+        --profiling=false
+    wait_until kube-apiserver "apiserver /readyz on 127.0.0.1:$API_PORT" kctl get --raw /readyz
+    forget_stale_objects
+
+    start kube-controller-manager "$BIN/kube-controller-manager" \
+        --kubeconfig="$STATE/controller-manager.kubeconfig" \
+        --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
+        --authorization-kubeconfig="$STATE/controller-manager.kubeconfig" \
+        --bind-address=127.0.0.1 --port=0 --leader-elect=false \
+        --service-account-private-key-file="$PKI/sa.key" \
+        --root-ca-file="$PKI/ca.crt" \
+        --use-service-account-credentials=true \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
+        --profiling=false
+    start kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig="$STATE/scheduler.kubeconfig" \
+        --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
+        --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
+        --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false
+
+    wait_until containerd "containerd on $SOCK" ctr --address "$SOCK" version
+    import_pause_image
+
+    start kubelet "$BIN/kubelet" \
+        --config="$STATE/kubelet-config.yaml" \
+        --kubeconfig="$STATE/kubelet.kubeconfig" \
+        --hostname-override="$NODE" \
+        --root-dir="$KUBELET_DIR" \
+        --cert-dir="$STATE/kubelet-pki" \
+        --container-runtime=remote \
+        --container-runtime-endpoint="unix://$SOCK" \
+        --pod-infra-container-image="$PAUSE_IMAGE"
+
+    ensure_namespace
+    wait_until kubelet "kubelet healthz" curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+    wait_until kubelet "node $NODE Ready" node_ready
+    wait_until kube-controller-manager "default service accounts in default and $NAMESPACE" cluster_ready
+    log "cluster up in $((SECONDS - t0)) s ($((built - t0)) s build check/build, $((SECONDS - built)) s start)"
+    cmd_status >&2
+}
+
+stop_all() {
+    stop kubelet
+    kill_containers
+    local i
+    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+        stop "${COMPONENTS[i]}"
+    done
+}
+
+cmd_down() {
+    local purge=0
+    [[ ${1:-} == --purge ]] && purge=1
+    [[ -d $STATE ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
+    exec 8>"$STATE/.lock"
+    flock 8
+    stop_all
+    clean_runtime_state
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link delete "$BRIDGE" || log "warning: could not delete bridge $BRIDGE"
+    fi
+    if ((purge)); then
+        [[ -z $(state_mounts) ]] || die "mounts remain under $STATE; not removing it"
+        rm -rf "$STATE"
+        log "removed $STATE (binaries stay cached under /var/cache/jbazel)"
+    fi
+    log "cluster down"
+}
+
+cmd_status() {
+    local c pid up=1
+    for c in "${COMPONENTS[@]}"; do
+        if pid=$(pid_of "$c"); then
+            printf '%-24s running  pid %s\n' "$c" "$pid"
+        else
+            printf '%-24s stopped\n' "$c"
+            up=0
+        fi
+    done
+    if ((up)) && [[ -s $ADMIN_KUBECONFIG ]] && cluster_ready; then
+        printf 'node %s Ready; namespace %s present\n' "$NODE" "$NAMESPACE"
+        printf 'cluster: up (KUBECONFIG=%s, apiserver https://127.0.0.1:%s, pods %s via %s gw %s)\n' \
+            "$ADMIN_KUBECONFIG" "$API_PORT" "$POD_SUBNET" "$BRIDGE" "$POD_GATEWAY"
+        return 0
+    fi
+    echo "cluster: down"
+    return 3
+}
+
+case ${1:-} in
+    up) cmd_up ;;
+    down) shift; cmd_down "$@" ;;
+    status) cmd_status ;;
+    env) echo "export KUBECONFIG=$ADMIN_KUBECONFIG" ;;
+    -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
