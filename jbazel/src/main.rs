@@ -1,3 +1,421 @@
-fn main() {
-    println!("jbazel: not built yet");
+//! `jbazel`: wires the command line, the workspace, the identity and the rc files into one
+//! RunRequest, finds the server (orchestrator + hop, or `JBAZEL_SERVER`), runs the command
+//! and exits with Bazel's exit code (or execs `bazel run`'s binary from the mirror).
+
+use anyhow::anyhow;
+use jbazel::args::{self, Startup};
+use jbazel::client::{self, Cookies, Outcome, Output};
+use jbazel::config::{Hop, Settings};
+use jbazel::hop::{self, Target};
+use jbazel::identity::{self, Identity};
+use jbazel::mirror::{self, Mirror};
+use jbazel::orchestrator::{self, Ids};
+use jbazel::paths::{self, PathMap, StreamRewriter};
+use jbazel::progress::{PlainLines, Progress, Spinner};
+use jbazel::rc::{self, DiskFs, RcLocations};
+use jbazel::{terminal, workspace};
+use proto::command_server::RunRequest;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Bazel's exit code for a bad command line.
+const BAD_ARGV: i32 = 2;
+/// Bazel's exit code for a problem of the local environment.
+const LOCAL_ENV: i32 = client::LOCAL_ENVIRONMENTAL_ERROR;
+
+/// A failure with the exit code it maps to.
+struct Fail {
+    code: i32,
+    err: anyhow::Error,
 }
+
+fn fail(code: i32, err: impl Into<anyhow::Error>) -> Fail {
+    Fail {
+        code,
+        err: err.into(),
+    }
+}
+
+enum Done {
+    Exit(i32),
+    Signal(i32),
+}
+
+fn main() {
+    let start = Instant::now();
+    // kube (port-forward) and tonic share one rustls provider: aws-lc-rs, chosen explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let code = match real_main(start, argv) {
+        Ok(Done::Exit(c)) => c,
+        Ok(Done::Signal(sig)) => client::die_by_signal(sig),
+        Err(f) => {
+            eprintln!("jbazel: ERROR: {:#}", f.err);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing(debug: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "jbazel=debug,warn" } else { "warn" })
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Everything known about this invocation before any server is contacted.
+struct Plan {
+    settings: Settings,
+    cl: args::CommandLine,
+    root: PathBuf,
+    cwd: PathBuf,
+    repo_hash: String,
+    id: Identity,
+    map: PathMap,
+    mirror: Mirror,
+}
+
+fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
+    let cl = args::split_command_line(&argv).map_err(|e| fail(BAD_ARGV, e))?;
+    let settings = match Settings::parse_from_options(&cl.jbazel) {
+        Ok(s) => s,
+        Err(e) => e.exit(),
+    };
+    if matches!(cl.command.as_str(), "--help" | "-h" | "-help") {
+        print!("{}", Settings::help());
+        return Ok(Done::Exit(0));
+    }
+    let cl_startup = args::apply_startup(&[], &cl.startup).map_err(|e| fail(BAD_ARGV, e))?;
+    init_tracing(cl_startup.client_debug);
+    if settings.local {
+        return Err(exec_bazel_real(&argv));
+    }
+    if cl_startup.version {
+        println!("jbazel {}", env!("CARGO_PKG_VERSION"));
+        return Ok(Done::Exit(0));
+    }
+    for o in &cl_startup.ignored {
+        eprintln!(
+            "jbazel: WARNING: ignoring startup option {o}: the pod's Bazel server has its own \
+             startup options"
+        );
+    }
+
+    let cwd = std::env::current_dir()
+        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context("cannot read the working directory")))?;
+    let ws = workspace::find_root(&cwd, &workspace::Disk).map_err(|e| {
+        let what = if cl.command.is_empty() { "jbazel".to_string() } else { format!("the '{}' command", cl.command) };
+        fail(BAD_ARGV, anyhow!("{what} is only supported from within a workspace: {e}"))
+    })?;
+    let sources = identity::Sources::read(settings.user.clone(), settings.session_id.clone());
+    let id = identity::resolve(&sources).map_err(|e| fail(BAD_ARGV, e))?;
+    let repo_hash = workspace::repo_hash(&ws.root);
+    proto::names::validate_repo_hash(&repo_hash).map_err(|e| fail(LOCAL_ENV, e))?;
+    let map = PathMap::new(&ws.root, &settings.filestore_root, &id.user_id, &repo_hash);
+    let mirror = Mirror::new(&map.mirror_out);
+    tracing::debug!(user = %id.user_id, repo_hash = %repo_hash, session = %id.session_id,
+        root = %ws.root.display(), marker = ws.marker, "workspace");
+    let plan = Plan {
+        settings,
+        cl,
+        root: ws.root,
+        cwd,
+        repo_hash,
+        id,
+        map,
+        mirror,
+    };
+
+    if plan.settings.dry_run {
+        return dry_run(&plan, start);
+    }
+    check_mirror(&plan);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context("cannot start the async runtime")))?;
+    rt.block_on(remote(&plan, start))
+}
+
+/// `JBAZEL_LOCAL=1`: hand the command line to the real Bazel bazelisk found.
+fn exec_bazel_real(argv: &[String]) -> Fail {
+    use std::os::unix::process::CommandExt;
+    let Some(real) = std::env::var_os("BAZEL_REAL").filter(|v| !v.is_empty()) else {
+        return fail(
+            BAD_ARGV,
+            anyhow!("JBAZEL_LOCAL needs BAZEL_REAL (bazelisk sets it when it runs tools/bazel)"),
+        );
+    };
+    let args = argv.iter().filter(|a| !a.starts_with(args::JBAZEL_PREFIX));
+    let err = std::process::Command::new(&real).args(args).exec();
+    fail(LOCAL_ENV, anyhow!(err).context(format!("cannot exec BAZEL_REAL={}", real.to_string_lossy())))
+}
+
+/// Warns when the workspace root is not the filestore's copy: the server would not see the
+/// user's files.
+fn check_mirror(plan: &Plan) {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(&plan.root), std::fs::metadata(&plan.map.mirror_src)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if !same {
+        tracing::warn!(root = %plan.root.display(), mirror = %plan.map.mirror_src.display(),
+            "the workspace root is not the filestore's src directory; the server builds what the filestore holds");
+    }
+}
+
+/// The RunRequest and what is needed to read the reply.
+struct Prepared {
+    request: RunRequest,
+    translate_stdout: bool,
+    translate_stderr: bool,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Reads the rc files and the pod env from the mirror and builds the RunRequest.
+fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
+    let system_rc = plan.mirror.system_rc();
+    if !system_rc.is_file() {
+        tracing::warn!(path = %system_rc.display(), "the pod's system bazelrc is not published in the mirror");
+    }
+    let home = home();
+    let sel = args::rc_selection(&plan.cl.startup);
+    let loc = RcLocations {
+        system_rc: &system_rc,
+        workspace: &plan.root,
+        home: home.as_deref(),
+        cwd: &plan.cwd,
+    };
+    let files = rc::read_all(&DiskFs, &sel, &loc).map_err(|e| {
+        let code = e.exit_code();
+        fail(code, e)
+    })?;
+    let name = |p: &Path| plan.map.pod_name(p);
+    let rc_args = rc::rc_args(&files, &name);
+    let rc_startup: Vec<(String, String)> = rc::startup_options(&files)
+        .into_iter()
+        .map(|(p, o)| (name(&p), o))
+        .collect();
+    let startup: Startup =
+        args::apply_startup(&rc_startup, &plan.cl.startup).map_err(|e| fail(BAD_ARGV, e))?;
+
+    let mut pod_env = plan.mirror.client_env().unwrap_or_else(|| {
+        tracing::warn!(path = %plan.mirror.client_env_path().display(),
+            "the pod's client env is not published; sending Debian's default PATH");
+        Vec::new()
+    });
+    if !pod_env.iter().any(|(k, _)| k == "PATH") {
+        pod_env.push(("PATH".into(), mirror::FALLBACK_POD_PATH.into()));
+    }
+    let desktop_env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .collect();
+    let client_env = args::client_env(&pod_env, &desktop_env);
+
+    let stdout_tty = terminal::isatty(&std::io::stdout());
+    let stderr_tty = terminal::isatty(&std::io::stderr());
+    let term = std::env::var("TERM").ok();
+    let emacs = args::is_emacs(
+        std::env::var("EMACS").ok().as_deref(),
+        std::env::var_os("INSIDE_EMACS").is_some(),
+    );
+    let client_cwd = plan
+        .map
+        .pod_cwd(&plan.cwd)
+        .map_err(|e| fail(LOCAL_ENV, e))?;
+    let binary_path = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "jbazel".into());
+    let input = args::RunArgsInput {
+        command: plan.cl.command.clone(),
+        startup_time_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        binary_path,
+        isatty: args::is_standard_terminal(term.as_deref(), emacs, stdout_tty, stderr_tty),
+        terminal_columns: terminal::columns(),
+        emacs,
+        rc_args,
+        client_env,
+        client_cwd,
+        user_args: plan.cl.args.clone(),
+    };
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let request = RunRequest {
+        cookie: String::new(),
+        arg: args::run_request_args(&input)
+            .into_iter()
+            .map(String::into_bytes)
+            .collect(),
+        block_for_lock: startup.block_for_lock,
+        client_description: format!(
+            "pid={} (jbazel {} on {host})",
+            std::process::id(),
+            env!("CARGO_PKG_VERSION")
+        ),
+        invocation_policy: startup.invocation_policy.unwrap_or_default(),
+        startup_options: Vec::new(),
+    };
+    let translate = !plan.settings.no_translate_paths;
+    Ok(Prepared {
+        request,
+        translate_stdout: translate && stdout_tty,
+        translate_stderr: translate && stderr_tty,
+    })
+}
+
+fn dry_run(plan: &Plan, start: Instant) -> Result<Done, Fail> {
+    let p = prepare(plan, start)?;
+    let s = &plan.settings;
+    let server = match &s.server {
+        Some(addr) => format!("{addr} (JBAZEL_SERVER, direct)"),
+        None => format!(
+            "GetServer(user_id={}, repo_hash={}, session_id={}) at orchestrator {}, then {}",
+            plan.id.user_id,
+            plan.repo_hash,
+            plan.id.session_id,
+            s.orchestrator,
+            match s.hop {
+                Hop::PortForward => format!(
+                    "API server port-forward (KUBECONFIG={})",
+                    std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".into())
+                ),
+                Hop::PodIp => "the pod IP (port-forward if unreachable)".into(),
+            }
+        ),
+    };
+    let mut out = String::new();
+    out.push_str(&format!("workspace_root: {}\n", plan.root.display()));
+    out.push_str(&format!("repo_hash: {}\n", plan.repo_hash));
+    out.push_str(&format!("user_id: {}\n", plan.id.user_id));
+    out.push_str(&format!("session_id: {}\n", plan.id.session_id));
+    out.push_str(&format!("filestore_src: {}\n", plan.map.mirror_src.display()));
+    out.push_str(&format!("filestore_out: {}\n", plan.map.mirror_out.display()));
+    out.push_str(&format!("request_cookie: {}\n", plan.mirror.request_cookie_path().display()));
+    out.push_str(&format!("server: {server}\n"));
+    out.push_str(&format!("block_for_lock: {}\n", p.request.block_for_lock));
+    out.push_str(&format!("client_description: {}\n", p.request.client_description));
+    out.push_str("args:\n");
+    for a in &p.request.arg {
+        out.push_str(&format!("  {}\n", String::from_utf8_lossy(a)));
+    }
+    print!("{out}");
+    Ok(Done::Exit(0))
+}
+
+async fn find_target(plan: &Plan) -> Result<Target, Fail> {
+    let s = &plan.settings;
+    if let Some(addr) = &s.server {
+        return Ok(Target::Direct { addr: addr.clone() });
+    }
+    let ids = Ids {
+        user_id: plan.id.user_id.clone(),
+        repo_hash: plan.repo_hash.clone(),
+        session_id: plan.id.session_id.clone(),
+    };
+    let mut progress: Box<dyn Progress> = if terminal::isatty(&std::io::stderr()) {
+        Box::new(Spinner::new(std::io::stderr()))
+    } else {
+        Box::new(PlainLines::new(std::io::stderr()))
+    };
+    let mut oc = orchestrator::connect(&s.orchestrator)
+        .await
+        .map_err(|e| fail(LOCAL_ENV, e))?;
+    let loc = orchestrator::await_ready(
+        &mut oc,
+        &ids,
+        Duration::from_secs(s.deadline_secs),
+        progress.as_mut(),
+    )
+    .await
+    .map_err(|e| fail(LOCAL_ENV, e))?;
+    tracing::debug!(pod = %loc.pod_name, namespace = %loc.namespace, ip = %loc.pod_ip, port = loc.command_port, "server ready");
+    Ok(match s.hop {
+        Hop::PodIp if !loc.pod_ip.is_empty() => Target::PodIp {
+            ip: loc.pod_ip,
+            port: loc.command_port,
+            namespace: loc.namespace,
+            pod: loc.pod_name,
+        },
+        _ => Target::PortForward {
+            namespace: loc.namespace,
+            pod: loc.pod_name,
+            port: loc.command_port,
+        },
+    })
+}
+
+fn read_cookies(m: &Mirror) -> Result<Cookies, Fail> {
+    let hint = "is JBAZEL_FILESTORE_ROOT the filestore the server uses, and is the server up?";
+    let request = m
+        .request_cookie()
+        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context(hint)))?;
+    let response = m
+        .response_cookie()
+        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context(hint)))?;
+    Ok(Cookies {
+        request,
+        response,
+        request_path: m.request_cookie_path().display().to_string(),
+        response_path: m.out.join("server/response_cookie").display().to_string(),
+    })
+}
+
+async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
+    let target = find_target(plan).await?;
+    let cookies = read_cookies(&plan.mirror)?;
+    let channel = hop::connect(&target)
+        .await
+        .map_err(|e| fail(LOCAL_ENV, e))?;
+    let prepared = prepare(plan, start)?;
+    let rewriter = plan.map.to_desktop();
+    let mut out = Output {
+        stdout: prepared
+            .translate_stdout
+            .then(|| StreamRewriter::new(rewriter.clone())),
+        stderr: prepared
+            .translate_stderr
+            .then(|| StreamRewriter::new(rewriter.clone())),
+    };
+    let outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
+    match outcome {
+        Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
+        Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
+        Ok(Outcome::Exec(req)) => {
+            let req = paths::rewrite_exec_request(&req, &rewriter);
+            let err = client::exec(&req);
+            Err(fail(
+                client::INTERNAL_ERROR,
+                anyhow!(err).context(format!(
+                    "cannot run {} in {}",
+                    String::from_utf8_lossy(req.argv.last().map(Vec::as_slice).unwrap_or_default()),
+                    String::from_utf8_lossy(&req.working_directory)
+                )),
+            ))
+        }
+        Err(e @ client::ClientError::BadCookie { .. }) => Err(fail(LOCAL_ENV, e)),
+        Err(e @ client::ClientError::BadResponseCookie { .. }) => {
+            Err(fail(client::INTERNAL_ERROR, e))
+        }
+        Err(e @ client::ClientError::Signals(_)) => Err(fail(client::INTERNAL_ERROR, e)),
+        Err(e) => {
+            let code = plan.mirror.abrupt_exit_code();
+            Err(fail(code, anyhow!(e).context(format!("server {target}"))))
+        }
+    }
+}
+

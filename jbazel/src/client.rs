@@ -1,0 +1,307 @@
+//! Being a Bazel client: one `Run` call streamed to the terminal, with Cancel on Ctrl-C or
+//! a lost connection, ending in Bazel's exit code or `bazel run`'s exec request.
+//!
+//! Behaviour (as Bazel's client, `BlazeServer::Communicate`):
+//! - stdout/stderr chunks are written as they arrive, each flushed;
+//! - every response must carry the response cookie from the mirror;
+//! - first Ctrl-C: Cancel(command_id) (sent as soon as the id is known), keep streaming until
+//!   the server finishes (exit 8); second Ctrl-C: the client dies by SIGINT at once;
+//! - SIGTERM/SIGHUP: Cancel (waited for briefly), then die by that signal (128+signal);
+//! - a broken stdout/stderr pipe: Cancel, keep draining, exit with the server's code;
+//! - a lost connection: Cancel through a new connection when possible, exit with the
+//!   output base's abrupt-exit code (37 unless Bazel wrote another).
+
+use crate::paths::StreamRewriter;
+use proto::command_server::command_server_client::CommandServerClient;
+use proto::command_server::{CancelRequest, ExecRequest, RunRequest, RunResponse};
+use std::io::Write;
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tonic::transport::Channel;
+
+/// Bazel's exit code for a request the server rejected before running it (bad cookie).
+pub const LOCAL_ENVIRONMENTAL_ERROR: i32 = 36;
+/// Bazel's client exit code for protocol trouble.
+pub const INTERNAL_ERROR: i32 = 37;
+
+/// How long a Cancel may take on the way out.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How the command ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exit with this code.
+    Exit(i32),
+    /// `bazel run`: exec this (pod paths, not yet rewritten).
+    Exec(ExecRequest),
+    /// Die by this signal (after the Cancel was sent).
+    Signal(i32),
+}
+
+/// Why the command did not end normally.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server rejected the request cookie.
+    #[error(
+        "the Bazel server rejected the request cookie read from {cookie_path} (bad cookie): the \
+         mirror of the output base does not belong to the server jbazel is connected to, or the \
+         server restarted; check the server address and the filestore root"
+    )]
+    BadCookie { cookie_path: String },
+    /// A response did not carry the expected response cookie.
+    #[error(
+        "the Bazel server's response cookie does not match {cookie_path}: not the server of this \
+         output base"
+    )]
+    BadResponseCookie { cookie_path: String },
+    /// The call failed before or during the command.
+    #[error("lost the connection to the Bazel server: {}: {}", status.code(), status.message())]
+    Lost {
+        status: tonic::Status,
+        /// Whether Cancel reached the server.
+        cancelled: bool,
+    },
+    /// The stream ended without a final response.
+    #[error("the Bazel server ended the command without an exit code")]
+    NoExitCode,
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Where output goes, with optional pod -> desktop path rewriting per stream.
+pub struct Output {
+    pub stdout: Option<StreamRewriter>,
+    pub stderr: Option<StreamRewriter>,
+}
+
+impl Output {
+    fn write(rw: &mut Option<StreamRewriter>, to_stdout: bool, bytes: &[u8]) -> std::io::Result<()> {
+        let data = match rw {
+            Some(r) => std::borrow::Cow::Owned(r.push(bytes)),
+            None => std::borrow::Cow::Borrowed(bytes),
+        };
+        write_all(to_stdout, &data)
+    }
+
+    fn finish(&mut self) {
+        for (rw, to_stdout) in [(&mut self.stdout, true), (&mut self.stderr, false)] {
+            if let Some(r) = rw {
+                let _ = write_all(to_stdout, &r.finish());
+            }
+        }
+    }
+}
+
+fn write_all(to_stdout: bool, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if to_stdout {
+        let mut o = std::io::stdout().lock();
+        o.write_all(data)?;
+        o.flush()
+    } else {
+        let mut e = std::io::stderr().lock();
+        e.write_all(data)?;
+        e.flush()
+    }
+}
+
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ClientError> {
+        let s = |k| signal(k).map_err(ClientError::Signals);
+        Ok(Signals {
+            int: s(SignalKind::interrupt())?,
+            term: s(SignalKind::terminate())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Sends Cancel for a command; true when the server answered.
+pub async fn cancel(channel: Channel, cookie: String, command_id: String) -> bool {
+    let mut c = CommandServerClient::new(channel);
+    let req = CancelRequest { cookie, command_id: command_id.clone() };
+    match tokio::time::timeout(CANCEL_TIMEOUT, c.cancel(req)).await {
+        Ok(Ok(_)) => {
+            tracing::debug!(command_id = %command_id, "cancel sent");
+            true
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(command_id = %command_id, error = %status, "cancel failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(command_id = %command_id, "cancel timed out");
+            false
+        }
+    }
+}
+
+/// Cookies of the server's output base, and where they were read.
+#[derive(Debug, Clone)]
+pub struct Cookies {
+    pub request: String,
+    pub response: String,
+    pub request_path: String,
+    pub response_path: String,
+}
+
+/// Runs one command on the server.
+pub async fn run(
+    channel: Channel,
+    mut req: RunRequest,
+    cookies: &Cookies,
+    out: &mut Output,
+) -> Result<Outcome, ClientError> {
+    req.cookie = cookies.request.clone();
+    let mut signals = Signals::install()?;
+    let mut client = CommandServerClient::new(channel.clone());
+    let mut interrupts = 0u32;
+    let mut want_cancel = false;
+    let mut command_id: Option<String> = None;
+    let mut cancel_task: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut pipe_broken = false;
+    let mut last: Option<RunResponse> = None;
+
+    let call = client.run(req);
+    tokio::pin!(call);
+    let mut stream = loop {
+        tokio::select! {
+            r = &mut call => match r {
+                Ok(resp) => break resp.into_inner(),
+                Err(status) => return Err(ClientError::Lost { status, cancelled: false }),
+            },
+            _ = signals.int.recv() => {
+                interrupts += 1;
+                if interrupts >= 2 {
+                    return Ok(Outcome::Signal(libc::SIGINT));
+                }
+                want_cancel = true;
+            }
+            _ = signals.term.recv() => return Ok(Outcome::Signal(libc::SIGTERM)),
+            _ = signals.hup.recv() => return Ok(Outcome::Signal(libc::SIGHUP)),
+        }
+    };
+
+    loop {
+        let mut die_by: Option<i32> = None;
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if resp.finished && resp.cookie.is_empty() && resp.command_id.is_empty()
+                        && resp.exit_code == LOCAL_ENVIRONMENTAL_ERROR && command_id.is_none() {
+                        // GrpcServerImpl rejects a bad cookie with an uncookied final response.
+                        return Err(ClientError::BadCookie { cookie_path: cookies.request_path.clone() });
+                    }
+                    if resp.cookie != cookies.response {
+                        return Err(ClientError::BadResponseCookie { cookie_path: cookies.response_path.clone() });
+                    }
+                    if command_id.is_none() && !resp.command_id.is_empty() {
+                        command_id = Some(resp.command_id.clone());
+                        tracing::debug!(command_id = %resp.command_id, "command started");
+                    }
+                    if !pipe_broken {
+                        let w = Output::write(&mut out.stdout, true, &resp.standard_output)
+                            .and_then(|_| Output::write(&mut out.stderr, false, &resp.standard_error));
+                        if let Err(e) = w {
+                            pipe_broken = true;
+                            want_cancel = true;
+                            let _ = writeln!(std::io::stderr(), "\njbazel: cannot write output ({e}); cancelling...");
+                        }
+                    }
+                    if resp.finished {
+                        last = Some(resp);
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    out.finish();
+                    let cancelled = match &command_id {
+                        Some(id) => cancel(channel.clone(), cookies.request.clone(), id.clone()).await,
+                        None => false,
+                    };
+                    return Err(ClientError::Lost { status, cancelled });
+                }
+            },
+            _ = signals.int.recv() => {
+                interrupts += 1;
+                if interrupts >= 2 {
+                    out.finish();
+                    let _ = writeln!(std::io::stderr(), "\njbazel: second interrupt; exiting without waiting for the server");
+                    return Ok(Outcome::Signal(libc::SIGINT));
+                }
+                want_cancel = true;
+            }
+            _ = signals.term.recv() => die_by = Some(libc::SIGTERM),
+            _ = signals.hup.recv() => die_by = Some(libc::SIGHUP),
+        }
+        if let Some(sig) = die_by {
+            out.finish();
+            if let Some(id) = &command_id {
+                cancel(channel.clone(), cookies.request.clone(), id.clone()).await;
+            }
+            return Ok(Outcome::Signal(sig));
+        }
+        if want_cancel && cancel_task.is_none() {
+            if let Some(id) = &command_id {
+                cancel_task = Some(tokio::spawn(cancel(
+                    channel.clone(),
+                    cookies.request.clone(),
+                    id.clone(),
+                )));
+            }
+        }
+    }
+    out.finish();
+    let last = last.ok_or(ClientError::NoExitCode)?;
+    match last.exec_request {
+        Some(exec) if !exec.argv.is_empty() => Ok(Outcome::Exec(exec)),
+        _ => Ok(Outcome::Exit(last.exit_code)),
+    }
+}
+
+/// Dies by `sig` (default disposition, re-raised) so the parent sees 128+signal; exits with
+/// that code if the signal does not kill.
+pub fn die_by_signal(sig: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: resetting a disposition and raising a signal in our own process.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+    std::process::exit(128 + sig)
+}
+
+/// Execs `bazel run`'s request (already rewritten to desktop paths): its environment on top
+/// of ours, its working directory, its argv. Returns only on failure.
+pub fn exec(req: &ExecRequest) -> std::io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    let Some(argv0) = req.argv.first() else {
+        return std::io::Error::other("empty argv in exec request");
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let mut cmd = std::process::Command::new(os(argv0));
+    cmd.arg0(os(argv0))
+        .args(req.argv[1..].iter().map(|a| os(a)))
+        .current_dir(os(&req.working_directory));
+    for v in &req.environment_variable {
+        cmd.env(os(&v.name), os(&v.value));
+    }
+    cmd.exec()
+}

@@ -1,0 +1,26 @@
+//! jbazel: a drop-in `bazel` that runs each command on the user's own Bazel server in a pod.
+//!
+//! Read top-down: `main.rs` wires these together.
+//! - pure decisions (table-tested): [`workspace`] (root, RepoHash), [`identity`] (UserId,
+//!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
+//!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths);
+//! - edges (I/O): [`mirror`] (cookies and published files in the output base's mirror),
+//!   [`orchestrator`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
+//!   [`client`] (Run, Cancel, exec), [`terminal`], [`progress`];
+//! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
+//!
+//! Architecture invariant: the Bazel server is never started, stopped or configured from
+//! here; jbazel only speaks the client protocol to a server the pod runs.
+
+pub mod args;
+pub mod client;
+pub mod config;
+pub mod hop;
+pub mod identity;
+pub mod mirror;
+pub mod orchestrator;
+pub mod paths;
+pub mod progress;
+pub mod rc;
+pub mod terminal;
+pub mod workspace;
