@@ -1,0 +1,219 @@
+//! Wiring: one Spanner store, one kube client, the reconciler and the gRPC server, started
+//! together. `main` and the integration tests both start the orchestrator through here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::PostParams;
+use kube::runtime::reflector::Store as PodCache;
+use kube::Api;
+use proto::orchestrator::orchestrator_server::OrchestratorServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::notify::ReadyNotices;
+use crate::pods::{PodClient, PodSettings};
+use crate::reconcile::Reconciler;
+use crate::service::{OrchestratorService, ServiceSettings};
+use crate::store::Store;
+
+/// Errors starting or running the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot configure the Kubernetes client: {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    #[error("cannot create the Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
+    #[error("cannot get or create namespace {namespace}: {source}")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("gRPC server on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Installs the process-wide rustls provider (aws-lc-rs). kube and the Spanner client both
+/// use rustls; with two providers compiled in, rustls cannot pick one by itself and panics
+/// at the first TLS connection (environment.md). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The kube client: from `kubeconfig` when given, else the standard lookup.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AppError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                AppError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|source| AppError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    kube::Client::try_from(config).map_err(AppError::KubeClient)
+}
+
+/// Creates `namespace` unless it exists.
+pub async fn ensure_namespace(client: &kube::Client, namespace: &str) -> Result<(), AppError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let err = |source| AppError::Namespace {
+        namespace: namespace.to_string(),
+        source,
+    };
+    if api.get_opt(namespace).await.map_err(err)?.is_some() {
+        return Ok(());
+    }
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {
+            tracing::info!(namespace, "created namespace");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// What the orchestrator is made of.
+pub struct Parts {
+    pub store: Store,
+    pub kube: kube::Client,
+    pub pods: PodSettings,
+    pub service: ServiceSettings,
+}
+
+/// A running orchestrator: gRPC server + reconciler. Dropping it stops both.
+pub struct Running {
+    /// Where the gRPC server listens.
+    pub addr: SocketAddr,
+    /// The reconciler's pod cache.
+    pub cache: PodCache<Pod>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    reconciler: JoinHandle<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// Binds `listen` and starts everything.
+pub async fn bind_and_start(parts: Parts, listen: SocketAddr) -> Result<Running, AppError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: listen,
+            source,
+        })?;
+    start(parts, listener).await
+}
+
+/// Starts the reconciler and the gRPC server on `listener`.
+pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppError> {
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: "0.0.0.0:0"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
+    })?;
+    let notices = ReadyNotices::default();
+    let pods = PodClient::new(parts.kube.clone(), parts.pods);
+    let reconciler = Reconciler::new(parts.store.clone(), pods.clone(), notices.clone());
+    let cache = reconciler.cache();
+    let reconciler = tokio::spawn(reconciler.run());
+    let service = OrchestratorService::new(
+        parts.store,
+        pods,
+        parts.kube,
+        cache.clone(),
+        notices,
+        parts.service,
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OrchestratorServer<OrchestratorService>>()
+        .await;
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(OrchestratorServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = shutdown_rx.await;
+            }),
+    );
+    tracing::info!(%addr, "orchestrator listening (gRPC: jbazel.orchestrator.v1.Orchestrator, grpc.health.v1.Health)");
+    Ok(Running {
+        addr,
+        cache,
+        server: Some(server),
+        reconciler,
+        shutdown: Some(shutdown),
+    })
+}
+
+impl Running {
+    /// Waits until the server stops (it only stops on [`Running::stop`] or an error).
+    pub async fn wait(mut self) -> Result<(), AppError> {
+        let addr = self.addr;
+        match self.server.take() {
+            Some(server) => match server.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(AppError::Serve { addr, source }),
+                Err(join) => {
+                    tracing::error!(error = %join, "gRPC server task failed");
+                    Ok(())
+                }
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the server to stop accepting requests and to finish the running ones.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+        self.reconciler.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}

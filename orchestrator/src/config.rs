@@ -1,0 +1,178 @@
+//! Command line and environment: every knob of the orchestrator, with `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::pods::{PodSettings, ProbeMode, PullPolicy};
+use crate::service::ServiceSettings;
+
+/// The jbazel orchestrator: BuildSessions rows in Spanner, one Bazel server pod per
+/// (user, repository) in Kubernetes, gRPC API for jbazel and the supervisors.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orchestrator", version, about, long_about = None)]
+pub struct Config {
+    /// Spanner emulator address (host:port). Phase 0 runs on the emulator only.
+    #[arg(long, env = "SPANNER_EMULATOR_HOST")]
+    pub spanner_emulator_host: String,
+
+    /// Spanner project id.
+    #[arg(long, env = "SPANNER_PROJECT", default_value = "jbazel")]
+    pub project: String,
+
+    /// Spanner instance id.
+    #[arg(long, env = "SPANNER_INSTANCE", default_value = "jbazel")]
+    pub instance: String,
+
+    /// Spanner database id (holds the BuildSessions table of schema.sql).
+    #[arg(long, env = "SPANNER_DATABASE", default_value = "sessions")]
+    pub database: String,
+
+    /// Create the instance, the database and the schema.sql tables on the emulator at
+    /// start when they are missing (handy for a demo; existing ones are kept).
+    #[arg(long)]
+    pub create_database: bool,
+
+    /// Kubeconfig file; without it the standard lookup (in-cluster, ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the Bazel server pods (created at start when missing).
+    #[arg(long, env = "JBAZEL_NAMESPACE", default_value = "jbazel")]
+    pub namespace: String,
+
+    /// Image of the Bazel server pods.
+    #[arg(
+        long,
+        env = "JBAZEL_IMAGE",
+        default_value = "docker.io/library/jbazel-bazel-server:dev"
+    )]
+    pub image: String,
+
+    /// imagePullPolicy of the pods (local images without a registry need Never).
+    #[arg(long, value_enum, default_value_t = PullPolicy::Never)]
+    pub image_pull_policy: PullPolicy,
+
+    /// Filestore root R on the node; mounted (hostPath) at the same path in every pod.
+    #[arg(
+        long,
+        env = "MOCK_FILESTORE_PATH",
+        default_value = "/tmp/mock-filestore"
+    )]
+    pub filestore_root: PathBuf,
+
+    /// gRPC listen address (Orchestrator API + grpc.health.v1).
+    #[arg(
+        long,
+        env = "JBAZEL_ORCHESTRATOR_LISTEN",
+        default_value = "0.0.0.0:50051"
+    )]
+    pub listen: SocketAddr,
+
+    /// The orchestrator's URL as pods reach it (their ORCHESTRATOR_ADDR, for ReportReady).
+    #[arg(long, default_value = "http://10.244.0.1:50051")]
+    pub pod_orchestrator_addr: String,
+
+    /// How the kubelet checks the supervisor's readiness.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Http)]
+    pub readiness_probe: ProbeMode,
+
+    /// terminationGracePeriodSeconds of the pods (the supervisor stops Bazel within it).
+    #[arg(long, default_value_t = 10)]
+    pub termination_grace_period: i64,
+
+    /// Bazel's command port in the pod when the supervisor has not reported one.
+    #[arg(long, default_value_t = 9001)]
+    pub command_port: u32,
+
+    /// Deadline, in seconds, of a request that carries no grpc-timeout.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+impl Config {
+    /// `projects/P/instances/I/databases/D`.
+    pub fn database_path(&self) -> String {
+        format!(
+            "projects/{}/instances/{}/databases/{}",
+            self.project, self.instance, self.database
+        )
+    }
+
+    pub fn pod_settings(&self) -> PodSettings {
+        PodSettings {
+            namespace: self.namespace.clone(),
+            image: self.image.clone(),
+            pull_policy: self.image_pull_policy,
+            filestore_root: self.filestore_root.clone(),
+            orchestrator_addr: self.pod_orchestrator_addr.clone(),
+            termination_grace_seconds: self.termination_grace_period,
+            probe: self.readiness_probe,
+        }
+    }
+
+    pub fn service_settings(&self) -> ServiceSettings {
+        ServiceSettings {
+            default_deadline: Duration::from_secs(self.request_timeout_secs),
+            default_command_port: self.command_port,
+            ..ServiceSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_contracts() {
+        let c =
+            Config::try_parse_from(["orchestrator", "--spanner-emulator-host", "127.0.0.1:9010"])
+                .expect("parse");
+        assert_eq!(c.namespace, "jbazel");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.pod_orchestrator_addr, "http://10.244.0.1:50051");
+        assert_eq!(c.image, "docker.io/library/jbazel-bazel-server:dev");
+        assert_eq!(c.image_pull_policy, PullPolicy::Never);
+        assert_eq!(c.filestore_root, PathBuf::from("/tmp/mock-filestore"));
+        assert_eq!(
+            c.database_path(),
+            "projects/jbazel/instances/jbazel/databases/sessions"
+        );
+        let p = c.pod_settings();
+        assert_eq!(p.probe, ProbeMode::Http);
+        assert_eq!(p.termination_grace_seconds, 10);
+        assert_eq!(c.service_settings().default_command_port, 9001);
+    }
+
+    #[test]
+    fn flags_override() {
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--spanner-emulator-host=127.0.0.1:1",
+            "--namespace=t1",
+            "--image=x/y:z",
+            "--image-pull-policy=IfNotPresent",
+            "--readiness-probe=exec",
+            "--listen=127.0.0.1:0",
+        ])
+        .expect("parse");
+        assert_eq!(c.namespace, "t1");
+        assert_eq!(c.image_pull_policy, PullPolicy::IfNotPresent);
+        assert_eq!(c.readiness_probe, ProbeMode::Exec);
+        assert!(Config::try_parse_from([
+            "orchestrator",
+            "--spanner-emulator-host=h",
+            "--image-pull-policy=sometimes"
+        ])
+        .is_err());
+    }
+}

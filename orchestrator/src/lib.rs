@@ -1,0 +1,25 @@
+//! The jbazel orchestrator: one BuildSessions row per (user, repository) in Spanner, one
+//! Bazel server pod per row in Kubernetes, and the gRPC API (`proto::orchestrator`) that
+//! jbazel (GetServer, WatchServer) and the supervisors (ReportReady) call.
+//!
+//! Code map, pure first:
+//! - [`session`]: `SessionTransition`, every decision about a row and its pod (pure).
+//! - [`pods::manifest`], [`pods::view`]: `PodSpecFor` and readings of pod status (pure).
+//! - [`store`]: the only Spanner code (read-write transactions, ABORTED retries).
+//! - [`pods::client`]: the only code that creates or deletes pods.
+//! - [`reconcile`]: the watch on the platform's pods that repairs drift.
+//! - [`service`]: the tonic handlers; [`app`] wires everything; [`config`] is the CLI.
+//!
+//! Architecture invariants: names are validated (`proto::names`) before any other use;
+//! READY is only written by a transaction that checks the SessionId (fencing); the cluster
+//! is changed only after the row committed; nothing here polls.
+
+pub mod app;
+pub mod config;
+pub mod notify;
+pub mod pods;
+pub mod reconcile;
+pub mod schema;
+pub mod service;
+pub mod session;
+pub mod store;

@@ -1,0 +1,518 @@
+//! `PodSpecFor`: the pod of one session, as a pure function of (user, repo, session) and
+//! the orchestrator's settings. No I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use md5::{Digest, Md5};
+
+/// `app.kubernetes.io/name`: the platform's label; the reconciler watches it.
+pub const LABEL_APP: &str = "app.kubernetes.io/name";
+/// Value of [`LABEL_APP`] on every Bazel server pod.
+pub const APP: &str = "jbazel-server";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "jbazel-orchestrator";
+pub const LABEL_USER: &str = "jbazel.dev/user";
+pub const LABEL_REPO_HASH: &str = "jbazel.dev/repo-hash";
+pub const LABEL_SESSION: &str = "jbazel.dev/session";
+/// Annotation: the repository's directory in the filestore (`R/U/H`), for people.
+pub const ANNOTATION_REPO_DIR: &str = "jbazel.dev/repo-dir";
+/// Annotation set on ReportReady: the Bazel command port the supervisor reported.
+pub const ANNOTATION_COMMAND_PORT: &str = "jbazel.dev/command-port";
+/// The label selector of every platform pod.
+pub const APP_SELECTOR: &str = "app.kubernetes.io/name=jbazel-server";
+
+/// The container's name.
+pub const CONTAINER: &str = "bazel-server";
+/// The supervisor's health endpoint (contracts: 0.0.0.0:8080, `GET /readyz`).
+pub const HEALTH_PORT: i32 = 8080;
+pub const READYZ_PATH: &str = "/readyz";
+/// The supervisor binary in the image (its ENTRYPOINT); `supervisor probe` checks readiness.
+pub const SUPERVISOR_BIN: &str = "/usr/local/bin/supervisor";
+
+const NAME_PREFIX: &str = "bazel-server-";
+const MAX_NAME: usize = 63;
+const SHORT_HASH: usize = 8;
+const SUFFIX_HASH: usize = 6;
+
+/// `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    #[value(name = "Always", alias = "always")]
+    Always,
+    #[value(name = "IfNotPresent", alias = "if-not-present")]
+    IfNotPresent,
+    #[value(name = "Never", alias = "never")]
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "Always" => Ok(PullPolicy::Always),
+            "IfNotPresent" => Ok(PullPolicy::IfNotPresent),
+            "Never" => Ok(PullPolicy::Never),
+            _ => Err(format!("unknown image pull policy {s:?}")),
+        }
+    }
+}
+
+/// How the kubelet checks readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeMode {
+    /// `httpGet` on the supervisor's `/readyz` (port 8080). The kubelet reaches pod IPs
+    /// because the cluster's bridge is the gateway (isGateway true).
+    Http,
+    /// `exec` of `supervisor probe` inside the container, for clusters where the kubelet
+    /// cannot reach pod IPs.
+    Exec,
+}
+
+/// Everything about the pod that comes from the orchestrator's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSettings {
+    pub namespace: String,
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    /// The filestore root R, mounted (hostPath) at the same path R in the pod.
+    pub filestore_root: PathBuf,
+    /// What pods get as `ORCHESTRATOR_ADDR` (a URL the pod can reach).
+    pub orchestrator_addr: String,
+    pub termination_grace_seconds: i64,
+    pub probe: ProbeMode,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        PodSettings {
+            namespace: "jbazel".into(),
+            image: "docker.io/library/jbazel-bazel-server:dev".into(),
+            pull_policy: PullPolicy::Never,
+            filestore_root: PathBuf::from("/tmp/mock-filestore"),
+            orchestrator_addr: "http://10.244.0.1:50051".into(),
+            termination_grace_seconds: 10,
+            probe: ProbeMode::Http,
+        }
+    }
+}
+
+/// Deterministic DNS-label pod name for (user, repo): `bazel-server-<user>-<8 hex>`.
+///
+/// Inputs are validated names (`proto::names`), but the function stays safe for anything:
+/// characters outside `[a-z0-9-]` are replaced, and when the name had to be escaped or is
+/// longer than 63, the user part is cut and a short hash of the unmodified name is
+/// appended, so different (user, repo) pairs still get different names.
+pub fn pod_name(user_id: &str, repo_hash: &str) -> String {
+    let short: String = repo_hash.chars().take(SHORT_HASH).collect();
+    let raw = format!("{NAME_PREFIX}{user_id}-{short}");
+    let (user_escaped, short_escaped) = (escape(user_id), escape(&short));
+    if user_escaped == user_id
+        && short_escaped == short
+        && raw.len() <= MAX_NAME
+        && !user_id.is_empty()
+    {
+        return raw;
+    }
+    // The digest is of the unmodified pair, so escaping and cutting never merge two pairs.
+    let digest = hex::encode(Md5::digest(format!("{user_id}\0{repo_hash}").as_bytes()));
+    let room = MAX_NAME - NAME_PREFIX.len() - 1 - short_escaped.len() - 1 - SUFFIX_HASH;
+    let user_part: String = user_escaped.chars().take(room).collect();
+    // Both ends are alphanumeric: the prefix starts with 'b', the digest ends in hex.
+    format!(
+        "{NAME_PREFIX}{user_part}-{short_escaped}-{}",
+        &digest[..SUFFIX_HASH]
+    )
+}
+
+/// Lower-cases ASCII letters and replaces anything outside `[a-z0-9-]` with `-`.
+fn escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
+}
+
+/// The pod of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpecFor<'a> {
+    pub user_id: &'a str,
+    pub repo_hash: &'a str,
+    pub session_id: &'a str,
+}
+
+impl PodSpecFor<'_> {
+    pub fn name(&self) -> String {
+        pod_name(self.user_id, self.repo_hash)
+    }
+
+    /// The labels identifying the pod; the session label is what fencing checks.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_APP.to_string(), APP.to_string()),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_USER.to_string(), self.user_id.to_string()),
+            (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
+            (LABEL_SESSION.to_string(), self.session_id.to_string()),
+        ])
+    }
+
+    /// The full manifest.
+    pub fn manifest(&self, settings: &PodSettings) -> Pod {
+        let root = settings.filestore_root.to_string_lossy().into_owned();
+        let repo_dir = settings
+            .filestore_root
+            .join(self.user_id)
+            .join(self.repo_hash);
+        let env = |name: &str, value: &str| EnvVar {
+            name: name.to_string(),
+            value: Some(value.to_string()),
+            value_from: None,
+        };
+        let field = |name: &str, path: &str| EnvVar {
+            name: name.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: path.to_string(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+        };
+        let readiness = match settings.probe {
+            ProbeMode::Http => Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(READYZ_PATH.to_string()),
+                    port: IntOrString::Int(HEALTH_PORT),
+                    ..Default::default()
+                }),
+                ..readiness_timing()
+            },
+            ProbeMode::Exec => Probe {
+                exec: Some(ExecAction {
+                    command: Some(vec![SUPERVISOR_BIN.to_string(), "probe".to_string()]),
+                }),
+                ..readiness_timing()
+            },
+        };
+        let container = Container {
+            name: CONTAINER.to_string(),
+            image: Some(settings.image.clone()),
+            image_pull_policy: Some(settings.pull_policy.as_str().to_string()),
+            env: Some(vec![
+                env("USER_ID", self.user_id),
+                env("REPO_HASH", self.repo_hash),
+                env("SESSION_ID", self.session_id),
+                env("MOCK_FILESTORE_PATH", &root),
+                env("ORCHESTRATOR_ADDR", &settings.orchestrator_addr),
+                field("POD_NAME", "metadata.name"),
+                field("POD_NAMESPACE", "metadata.namespace"),
+                field("POD_IP", "status.podIP"),
+            ]),
+            ports: Some(vec![ContainerPort {
+                name: Some("health".to_string()),
+                container_port: HEALTH_PORT,
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "filestore".to_string(),
+                mount_path: root.clone(),
+                ..Default::default()
+            }]),
+            readiness_probe: Some(readiness),
+            security_context: Some(SecurityContext {
+                // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts: that needs
+                // CAP_SYS_ADMIN, and nothing else that `privileged` would grant (all
+                // devices, every capability, no masked /proc paths).
+                privileged: Some(false),
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["SYS_ADMIN".to_string()]),
+                    drop: None,
+                }),
+                // Seccomp: the RuntimeDefault profile blocks unshare(2)/mount(2) (measured
+                // in environment.md: it blocks `unshare -m`, `unshare -U -r -m` and bwrap
+                // alike), so the unshare path needs Unconfined. It is the default of this
+                // 1.20 cluster anyway; it is stated here so a cluster that defaults to
+                // RuntimeDefault does not silently break the pivot. A tailored profile
+                // (RuntimeDefault + unshare/mount/umount2/pivot_root) is the production
+                // follow-up.
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "Unconfined".to_string(),
+                    localhost_profile: None,
+                }),
+                // allowPrivilegeEscalation is left unset: the API rejects `false` together
+                // with CAP_SYS_ADMIN.
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(self.name()),
+                namespace: Some(settings.namespace.clone()),
+                labels: Some(self.labels()),
+                annotations: Some(BTreeMap::from([
+                    (LABEL_USER.to_string(), self.user_id.to_string()),
+                    (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
+                    (LABEL_SESSION.to_string(), self.session_id.to_string()),
+                    (
+                        ANNOTATION_REPO_DIR.to_string(),
+                        repo_dir.to_string_lossy().into_owned(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![container],
+                volumes: Some(vec![Volume {
+                    name: "filestore".to_string(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: root,
+                        type_: Some("DirectoryOrCreate".to_string()),
+                    }),
+                    ..Default::default()
+                }]),
+                // Restart a crashed supervisor in place; the pod (and its name) stay.
+                restart_policy: Some("Always".to_string()),
+                // Short: the supervisor shuts Bazel down on SIGTERM within this, and a
+                // bounce waits for the old pod to be gone before the new one starts.
+                termination_grace_period_seconds: Some(settings.termination_grace_seconds),
+                // The pod never calls the Kubernetes API: no token, no service env vars.
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+fn readiness_timing() -> Probe {
+    Probe {
+        // Bazel answers Ping 2.3-3.1 s after start (environment.md): probe every second.
+        initial_delay_seconds: Some(1),
+        period_seconds: Some(1),
+        timeout_seconds: Some(1),
+        success_threshold: Some(1),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "0123456789abcdef0123456789abcdef";
+
+    fn is_dns_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    #[test]
+    fn pod_names() {
+        let cases: Vec<(String, &str, String)> = vec![
+            ("alice".into(), HASH, "bazel-server-alice-01234567".into()),
+            ("a".into(), HASH, "bazel-server-a-01234567".into()),
+            // 41 chars of user: exactly 63, not shortened.
+            (
+                "u".repeat(41),
+                HASH,
+                format!("bazel-server-{}-01234567", "u".repeat(41)),
+            ),
+        ];
+        for (user, hash, expected) in cases {
+            let name = pod_name(&user, hash);
+            assert_eq!(name, expected);
+            assert!(is_dns_label(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn long_or_odd_names_are_shortened_with_a_hash() {
+        let long42 = "u".repeat(42);
+        let long63 = "v".repeat(63);
+        for user in [
+            long42.as_str(),
+            long63.as_str(),
+            "Alice",
+            "a.b",
+            "../etc",
+            "ålice",
+            "",
+        ] {
+            let name = pod_name(user, HASH);
+            assert!(is_dns_label(&name), "{user:?} -> {name}");
+            assert!(name.starts_with("bazel-server-"), "{name}");
+            assert!(name.contains("-01234567-"), "{name}");
+        }
+        // Distinct users that shorten alike still get distinct names.
+        let a = pod_name(&format!("{}a", "x".repeat(50)), HASH);
+        let b = pod_name(&format!("{}b", "x".repeat(50)), HASH);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 63);
+        // Escaping is not a collision: "Alice" and "alice" differ.
+        assert_ne!(pod_name("Alice", HASH), pod_name("alice", HASH));
+        // Deterministic.
+        assert_eq!(pod_name(&long63, HASH), pod_name(&long63, HASH));
+    }
+
+    #[test]
+    fn manifest_carries_identity_env_volume_probe_and_least_privilege() {
+        let settings = PodSettings {
+            filestore_root: PathBuf::from("/srv/fs"),
+            ..PodSettings::default()
+        };
+        let spec = PodSpecFor {
+            user_id: "alice",
+            repo_hash: HASH,
+            session_id: "boot-1",
+        };
+        let pod = spec.manifest(&settings);
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("bazel-server-alice-01234567")
+        );
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("jbazel"));
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels[LABEL_APP], "jbazel-server");
+        assert_eq!(labels[LABEL_USER], "alice");
+        assert_eq!(labels[LABEL_REPO_HASH], HASH);
+        assert_eq!(labels[LABEL_SESSION], "boot-1");
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations[ANNOTATION_REPO_DIR],
+            format!("/srv/fs/alice/{HASH}")
+        );
+
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.termination_grace_period_seconds, Some(10));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let volume = &spec.volumes.as_ref().expect("volumes")[0];
+        let host_path = volume.host_path.as_ref().expect("hostPath");
+        assert_eq!(host_path.path, "/srv/fs");
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("docker.io/library/jbazel-bazel-server:dev")
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+        let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            (volume.name.as_str(), "/srv/fs")
+        );
+
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                let v = e.value.clone().or_else(|| {
+                    e.value_from
+                        .as_ref()
+                        .and_then(|f| f.field_ref.as_ref())
+                        .map(|f| format!("fieldRef:{}", f.field_path))
+                });
+                (e.name.as_str(), v.unwrap_or_default())
+            })
+            .collect();
+        assert_eq!(env["USER_ID"], "alice");
+        assert_eq!(env["REPO_HASH"], HASH);
+        assert_eq!(env["SESSION_ID"], "boot-1");
+        assert_eq!(env["MOCK_FILESTORE_PATH"], "/srv/fs");
+        assert_eq!(env["ORCHESTRATOR_ADDR"], "http://10.244.0.1:50051");
+        assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
+        assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
+
+        let probe = c.readiness_probe.as_ref().expect("readiness probe");
+        let get = probe.http_get.as_ref().expect("httpGet");
+        assert_eq!(get.path.as_deref(), Some("/readyz"));
+        assert_eq!(get.port, IntOrString::Int(8080));
+
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.add.clone()),
+            Some(vec!["SYS_ADMIN".to_string()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("Unconfined")
+        );
+        assert_eq!(sc.allow_privilege_escalation, None);
+    }
+
+    #[test]
+    fn exec_probe_and_pull_policy_are_configurable() {
+        let settings = PodSettings {
+            probe: ProbeMode::Exec,
+            pull_policy: PullPolicy::IfNotPresent,
+            image: "example/img:1".into(),
+            ..PodSettings::default()
+        };
+        let pod = PodSpecFor {
+            user_id: "bob",
+            repo_hash: HASH,
+            session_id: "s",
+        }
+        .manifest(&settings);
+        let c = &pod.spec.expect("spec").containers[0];
+        assert_eq!(c.image.as_deref(), Some("example/img:1"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let probe = c.readiness_probe.as_ref().expect("probe");
+        assert!(probe.http_get.is_none());
+        assert_eq!(
+            probe.exec.as_ref().and_then(|e| e.command.clone()),
+            Some(vec![SUPERVISOR_BIN.to_string(), "probe".to_string()])
+        );
+    }
+
+    #[test]
+    fn pull_policy_parses() {
+        for p in [
+            PullPolicy::Always,
+            PullPolicy::IfNotPresent,
+            PullPolicy::Never,
+        ] {
+            assert_eq!(p.as_str().parse::<PullPolicy>(), Ok(p));
+        }
+        assert!("never".parse::<PullPolicy>().is_err());
+    }
+}

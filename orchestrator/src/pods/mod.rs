@@ -1,0 +1,14 @@
+//! Bazel server pods: what they look like, what their status means, and the thin edge
+//! that creates and deletes them.
+//!
+//! - [`manifest`]: `PodSpecFor` (pure): the pod name and manifest for one session.
+//! - [`view`]: pure readings of a pod's status (the reconciler's [`crate::session::PodView`],
+//!   WatchServer's progress stages and failure reasons).
+//! - [`client`]: `PodClient`, the only code that calls the Kubernetes API for pods.
+
+pub mod client;
+pub mod manifest;
+pub mod view;
+
+pub use client::{EnsureOutcome, PodClient, PodError};
+pub use manifest::{pod_name, PodSettings, PodSpecFor, ProbeMode, PullPolicy};

@@ -1,0 +1,472 @@
+//! Pure readings of a pod: identity (labels), health for the reconciler, and WatchServer's
+//! progress stage or failure reason. No I/O.
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use proto::orchestrator::Stage;
+
+use super::manifest::{ANNOTATION_COMMAND_PORT, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
+use crate::session::{PodHealth, PodView, SessionKey};
+
+/// Container waiting reasons that mean "this will not start by itself": WatchServer
+/// reports them at once as STAGE_FAILED instead of waiting for a timeout.
+pub const FAILURE_REASONS: &[&str] = &[
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ImageInspectError",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// The (user, repo) a pod claims through its labels, if both are there.
+pub fn key_of(pod: &Pod) -> Option<SessionKey> {
+    let labels = pod.metadata.labels.as_ref()?;
+    Some(SessionKey::new(
+        labels.get(LABEL_USER)?.clone(),
+        labels.get(LABEL_REPO_HASH)?.clone(),
+    ))
+}
+
+/// The session label.
+pub fn session_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SESSION)
+        .map(String::as_str)
+}
+
+/// The command port the supervisor reported (annotation set on ReportReady).
+pub fn command_port_of(pod: &Pod) -> Option<u32> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_COMMAND_PORT)?
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// The reconciler's view of a pod.
+pub fn view(pod: &Pod) -> PodView {
+    let health = if pod.metadata.deletion_timestamp.is_some() {
+        PodHealth::Terminating
+    } else if matches!(phase(pod), "Failed" | "Succeeded") {
+        PodHealth::Failed {
+            reason: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.reason.clone())
+                .unwrap_or_else(|| phase(pod).to_string()),
+        }
+    } else if is_ready(pod) {
+        PodHealth::Ready
+    } else {
+        PodHealth::Starting
+    };
+    PodView {
+        session_id: session_of(pod).map(str::to_string),
+        health,
+        pod_ip: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty()),
+        uid: pod.metadata.uid.clone(),
+    }
+}
+
+/// Where a spawn is, as WatchServer reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Still going: a stage and a human message.
+    Stage { stage: Stage, message: String },
+    /// It will not get better by waiting: a Kubernetes reason and its message.
+    Failed { reason: String, message: String },
+}
+
+/// The progress of a spawn as the pod's status says. READY is not decided here: it comes
+/// from the row (the supervisor's push, or the reconciler after the readiness probe).
+pub fn progress(pod: &Pod) -> Progress {
+    let name = pod.metadata.name.as_deref().unwrap_or("pod");
+    let status = pod.status.as_ref();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Progress::Stage {
+            stage: Stage::PodPending,
+            message: format!("{name} is terminating"),
+        };
+    }
+    if phase(pod) == "Failed" {
+        let reason = status
+            .and_then(|s| s.reason.clone())
+            .unwrap_or_else(|| "PodFailed".to_string());
+        let message = status
+            .and_then(|s| s.message.clone())
+            .unwrap_or_else(|| format!("{name} failed"));
+        return Progress::Failed { reason, message };
+    }
+    let containers = status
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    for c in &containers {
+        if let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            if let Some(reason) = waiting.reason.as_deref() {
+                if FAILURE_REASONS.contains(&reason) {
+                    return Progress::Failed {
+                        reason: reason.to_string(),
+                        message: waiting
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| format!("container {} is {reason}", c.name)),
+                    };
+                }
+            }
+        }
+    }
+    let conditions = status
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some(c) = conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        if c.reason.as_deref() == Some("Unschedulable") {
+            return Progress::Failed {
+                reason: "Unschedulable".to_string(),
+                message: c
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("{name} cannot be scheduled")),
+            };
+        }
+    }
+    if is_ready(pod) {
+        return Progress::Stage {
+            stage: Stage::ContainerRunning,
+            message: format!("{name} is ready; waiting for the Bazel server's report"),
+        };
+    }
+    if containers
+        .iter()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+    {
+        return Progress::Stage {
+            stage: Stage::ContainerRunning,
+            message: format!("{name} is running: the supervisor is starting the Bazel server"),
+        };
+    }
+    let scheduled = conditions
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True");
+    if scheduled {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or("a node");
+        let waiting = containers
+            .iter()
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .next()
+            .unwrap_or_else(|| "ContainerCreating".to_string());
+        return Progress::Stage {
+            stage: Stage::PodScheduled,
+            message: format!("{name} scheduled to {node}: {waiting}"),
+        };
+    }
+    Progress::Stage {
+        stage: Stage::PodPending,
+        message: format!("{name} is waiting for a node"),
+    }
+}
+
+/// Warning events that mean failure before the pod status says so (the scheduler's
+/// FailedScheduling is an event first and a condition a moment later).
+pub fn event_failure(event: &Event) -> Option<Progress> {
+    if event.type_.as_deref() != Some("Warning") {
+        return None;
+    }
+    let reason = event.reason.as_deref()?;
+    let message = event.message.clone().unwrap_or_default();
+    let failed = |reason: &str| {
+        Some(Progress::Failed {
+            reason: reason.to_string(),
+            message: message.clone(),
+        })
+    };
+    match reason {
+        "FailedScheduling" => failed("Unschedulable"),
+        // The kubelet's image events carry the same reasons as the container status.
+        "ErrImageNeverPull" | "InvalidImageName" => failed(reason),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
+        PodCondition, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use std::collections::BTreeMap;
+
+    fn cond(type_: &str, status: &str, reason: Option<&str>) -> PodCondition {
+        PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(str::to_string),
+            message: reason.map(|r| format!("because {r}")),
+            ..Default::default()
+        }
+    }
+
+    fn container(state: ContainerState) -> ContainerStatus {
+        ContainerStatus {
+            name: "bazel-server".into(),
+            state: Some(state),
+            ..Default::default()
+        }
+    }
+
+    fn waiting(reason: &str) -> ContainerState {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message: Some(format!("msg {reason}")),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn running() -> ContainerState {
+        ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..Default::default()
+        }
+    }
+
+    fn pod(
+        phase: &str,
+        conditions: Vec<PodCondition>,
+        containers: Vec<ContainerStatus>,
+        ip: Option<&str>,
+    ) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("bazel-server-alice-01234567".into()),
+                uid: Some("u1".into()),
+                labels: Some(BTreeMap::from([
+                    (LABEL_USER.to_string(), "alice".to_string()),
+                    (
+                        LABEL_REPO_HASH.to_string(),
+                        "0123456789abcdef0123456789abcdef".to_string(),
+                    ),
+                    (LABEL_SESSION.to_string(), "s1".to_string()),
+                ])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("node-1".into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: Some(conditions),
+                container_statuses: Some(containers),
+                pod_ip: ip.map(str::to_string),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn stage(p: Progress) -> Stage {
+        match p {
+            Progress::Stage { stage, .. } => stage,
+            Progress::Failed { reason, .. } => panic!("unexpected failure {reason}"),
+        }
+    }
+
+    fn failure(p: Progress) -> String {
+        match p {
+            Progress::Failed { reason, .. } => reason,
+            Progress::Stage { stage, .. } => panic!("expected a failure, got {stage:?}"),
+        }
+    }
+
+    #[test]
+    fn stages() {
+        let scheduled = cond("PodScheduled", "True", None);
+        let cases = vec![
+            (pod("Pending", vec![], vec![], None), Stage::PodPending),
+            (
+                pod("Pending", vec![scheduled.clone()], vec![], None),
+                Stage::PodScheduled,
+            ),
+            (
+                pod(
+                    "Pending",
+                    vec![scheduled.clone()],
+                    vec![container(waiting("ContainerCreating"))],
+                    None,
+                ),
+                Stage::PodScheduled,
+            ),
+            (
+                pod(
+                    "Running",
+                    vec![scheduled.clone(), cond("Ready", "False", None)],
+                    vec![container(running())],
+                    Some("10.244.0.5"),
+                ),
+                Stage::ContainerRunning,
+            ),
+            (
+                pod(
+                    "Running",
+                    vec![scheduled.clone(), cond("Ready", "True", None)],
+                    vec![container(running())],
+                    Some("10.244.0.5"),
+                ),
+                Stage::ContainerRunning,
+            ),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(stage(progress(&p)), expected, "{:?}", p.status);
+        }
+    }
+
+    #[test]
+    fn failures_are_reported_at_once() {
+        let scheduled = cond("PodScheduled", "True", None);
+        for reason in [
+            "ErrImageNeverPull",
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "CrashLoopBackOff",
+            "CreateContainerConfigError",
+        ] {
+            let p = pod(
+                "Pending",
+                vec![scheduled.clone()],
+                vec![container(waiting(reason))],
+                None,
+            );
+            assert_eq!(failure(progress(&p)), reason);
+        }
+        let unschedulable = pod(
+            "Pending",
+            vec![cond("PodScheduled", "False", Some("Unschedulable"))],
+            vec![],
+            None,
+        );
+        assert_eq!(failure(progress(&unschedulable)), "Unschedulable");
+        let mut evicted = pod("Failed", vec![], vec![], None);
+        if let Some(s) = evicted.status.as_mut() {
+            s.reason = Some("Evicted".into());
+        }
+        assert_eq!(failure(progress(&evicted)), "Evicted");
+        assert_eq!(
+            failure(progress(&pod("Failed", vec![], vec![], None))),
+            "PodFailed"
+        );
+    }
+
+    #[test]
+    fn views() {
+        let ready = pod(
+            "Running",
+            vec![cond("Ready", "True", None)],
+            vec![container(running())],
+            Some("10.244.0.5"),
+        );
+        let v = view(&ready);
+        assert_eq!(v.health, PodHealth::Ready);
+        assert_eq!(v.session_id.as_deref(), Some("s1"));
+        assert_eq!(v.pod_ip.as_deref(), Some("10.244.0.5"));
+        assert_eq!(v.uid.as_deref(), Some("u1"));
+
+        let starting = pod("Pending", vec![], vec![], Some(""));
+        assert_eq!(view(&starting).health, PodHealth::Starting);
+        assert_eq!(view(&starting).pod_ip, None);
+
+        assert_eq!(
+            view(&pod("Failed", vec![], vec![], None)).health,
+            PodHealth::Failed {
+                reason: "Failed".into()
+            }
+        );
+        assert!(matches!(
+            view(&pod("Succeeded", vec![], vec![], None)).health,
+            PodHealth::Failed { .. }
+        ));
+
+        let mut deleting = ready.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(view(&deleting).health, PodHealth::Terminating);
+        assert_eq!(stage(progress(&deleting)), Stage::PodPending);
+    }
+
+    #[test]
+    fn identity_from_labels_and_annotations() {
+        let mut p = pod("Running", vec![], vec![], None);
+        assert_eq!(
+            key_of(&p),
+            Some(SessionKey::new("alice", "0123456789abcdef0123456789abcdef"))
+        );
+        assert_eq!(session_of(&p), Some("s1"));
+        assert_eq!(command_port_of(&p), None);
+        for (value, expected) in [
+            ("9001", Some(9001)),
+            ("0", None),
+            ("70000", None),
+            ("x", None),
+        ] {
+            p.metadata.annotations = Some(BTreeMap::from([(
+                ANNOTATION_COMMAND_PORT.to_string(),
+                value.to_string(),
+            )]));
+            assert_eq!(command_port_of(&p), expected, "{value}");
+        }
+        p.metadata.labels = None;
+        assert_eq!(key_of(&p), None);
+        assert_eq!(session_of(&p), None);
+    }
+
+    #[test]
+    fn warning_events() {
+        let ev = |type_: &str, reason: &str| Event {
+            type_: Some(type_.into()),
+            reason: Some(reason.into()),
+            message: Some("0/1 nodes are available".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            event_failure(&ev("Warning", "FailedScheduling")),
+            Some(Progress::Failed {
+                reason: "Unschedulable".into(),
+                message: "0/1 nodes are available".into()
+            })
+        );
+        assert_eq!(event_failure(&ev("Normal", "Scheduled")), None);
+        assert_eq!(event_failure(&ev("Warning", "BackOff")), None);
+    }
+}

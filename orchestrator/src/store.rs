@@ -1,0 +1,380 @@
+//! `Store`: the only code that talks to Spanner. One narrow type over `gcloud-spanner`.
+//!
+//! Every write is one read-write transaction of the same shape: read the row of one key,
+//! hand it to a pure decision from [`crate::session`], buffer what it says, commit.
+//!
+//! Retries: `gcloud-spanner`'s `read_write_transaction` retries ABORTED only 5 times with a
+//! fixed, unjittered schedule (10 ms, 100 ms, then 1 s), which is not enough against the
+//! emulator (it runs ONE read-write transaction at a time and aborts the others), and all
+//! contenders would wake up together. So this type does NOT use it: it runs single
+//! attempts with `begin_read_write_transaction` + `end` (which never retry ABORTED
+//! themselves; the gRPC layer below only retries UNAVAILABLE/UNKNOWN) and retries ABORTED
+//! itself with full-jitter exponential backoff until the caller's deadline. One retry loop,
+//! not two nested ones.
+
+use std::time::Duration;
+
+use gcloud_spanner::client::{Client, ClientConfig, Error as SpannerError};
+use gcloud_spanner::key::Key;
+use gcloud_spanner::mutation::{insert, update};
+use gcloud_spanner::row::Row;
+use gcloud_spanner::statement::Statement;
+use gcloud_spanner::transaction_rw::ReadWriteTransaction;
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::session::{
+    self, GetServerTransition, ReadyDecision, RowWrite, SessionKey, SessionRow, Status,
+};
+
+/// The table and its columns (schema.sql).
+pub const TABLE: &str = "BuildSessions";
+const KEY_COLUMNS: [&str; 2] = ["UserId", "RepoHash"];
+const VALUE_COLUMNS: [&str; 3] = ["SessionId", "PodIP", "Status"];
+const ALL_COLUMNS: [&str; 5] = ["UserId", "RepoHash", "SessionId", "PodIP", "Status"];
+
+/// Backoff bounds for ABORTED retries.
+const BACKOFF_BASE: Duration = Duration::from_millis(2);
+const BACKOFF_CAP: Duration = Duration::from_millis(100);
+
+/// Errors from the session store; each names the operation and the row.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The Spanner client could not be created.
+    #[error("cannot connect to Spanner database {database}: {source}")]
+    Connect {
+        database: String,
+        #[source]
+        source: SpannerError,
+    },
+    /// A Spanner call failed with something other than ABORTED.
+    #[error("{op} on BuildSessions row {key}: {source}")]
+    Spanner {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: SpannerError,
+    },
+    /// The transaction kept being aborted (contention) until the request deadline.
+    #[error("{op} on BuildSessions row {key}: still aborted after {attempts} attempts when the deadline passed")]
+    DeadlineExceeded {
+        op: &'static str,
+        key: String,
+        attempts: u32,
+    },
+}
+
+impl StoreError {
+    /// The gRPC status code a caller should see.
+    pub fn code(&self) -> Code {
+        match self {
+            StoreError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            _ => Code::Unavailable,
+        }
+    }
+}
+
+/// The BuildSessions table behind one `gcloud-spanner` client (one per process).
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+}
+
+impl Store {
+    /// Connects to `projects/P/instances/I/databases/D`. `emulator_host` is
+    /// `SPANNER_EMULATOR_HOST` (`host:port`).
+    pub async fn connect(database: &str, emulator_host: &str) -> Result<Self, StoreError> {
+        let config = ClientConfig {
+            environment: gcloud_gax::conn::Environment::Emulator(emulator_host.to_string()),
+            ..Default::default()
+        };
+        let client = Client::new(database, config)
+            .await
+            .map_err(|source| StoreError::Connect {
+                database: database.to_string(),
+                source,
+            })?;
+        Ok(Store { client })
+    }
+
+    /// Wraps an existing client (tests, the bench).
+    pub fn from_client(client: Client) -> Self {
+        Store { client }
+    }
+
+    /// The underlying client (the bench's raw transaction uses it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// GetServer's transaction: read the row, apply [`session::get_server`], commit.
+    pub async fn get_server(
+        &self,
+        key: &SessionKey,
+        session_id: &str,
+        deadline: Instant,
+    ) -> Result<GetServerTransition, StoreError> {
+        self.transact("GetServer", key, deadline, |row| {
+            let t = session::get_server(row, session_id);
+            (t.write.clone(), t)
+        })
+        .await
+    }
+
+    /// The fenced READY write (ReportReady, and the reconciler when the push was lost).
+    pub async fn mark_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &str,
+        pod_ip: &str,
+        deadline: Instant,
+    ) -> Result<ReadyDecision, StoreError> {
+        self.transact("MarkReady", key, deadline, |row| {
+            let d = session::mark_ready(row, session_id, pod_ip);
+            let write = match &d {
+                ReadyDecision::Accept { write, .. } => write.clone(),
+                ReadyDecision::Reject(_) => RowWrite::Keep,
+            };
+            (write, d)
+        })
+        .await
+    }
+
+    /// The row leaves READY if it is still `session_id`'s. Returns whether it changed.
+    pub async fn leave_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &str,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        self.transact("LeaveReady", key, deadline, |row| {
+            let write = session::leave_ready(row, session_id);
+            let changed = write != RowWrite::Keep;
+            (write, changed)
+        })
+        .await
+    }
+
+    /// A strong single read of one row, outside any read-write transaction.
+    pub async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
+        let err = |source| StoreError::Spanner {
+            op: "Read",
+            key: key.to_string(),
+            source,
+        };
+        let mut tx = self.client.single().await.map_err(err)?;
+        let spanner_key = Key::composite(&[&key.user_id, &key.repo_hash]);
+        let row = tx
+            .read_row(TABLE, &VALUE_COLUMNS, spanner_key)
+            .await
+            .map_err(|s| err(s.into()))?;
+        row.map(|r| parse_value_columns(&r))
+            .transpose()
+            .map_err(err)
+    }
+
+    /// Every READY row (the reconciler's sweep after each (re)list of pods).
+    pub async fn ready_rows(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+        let err = |source| StoreError::Spanner {
+            op: "ListReady",
+            key: "*".to_string(),
+            source,
+        };
+        let mut tx = self.client.single().await.map_err(err)?;
+        let mut stmt = Statement::new(
+            "SELECT UserId, RepoHash, SessionId, PodIP, Status FROM BuildSessions \
+             WHERE Status = @status",
+        );
+        stmt.add_param("status", &Status::Ready.as_str());
+        let mut rows = tx.query(stmt).await.map_err(|s| err(s.into()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(|s| err(s.into()))? {
+            let key = SessionKey::new(
+                row.column_by_name::<String>("UserId")
+                    .map_err(|e| err(e.into()))?,
+                row.column_by_name::<String>("RepoHash")
+                    .map_err(|e| err(e.into()))?,
+            );
+            out.push((key, parse_value_columns(&row).map_err(err)?));
+        }
+        Ok(out)
+    }
+
+    /// One read-modify-write transaction on `key`, retried on ABORTED with jittered
+    /// backoff until `deadline`. `decide` is pure and may run several times.
+    async fn transact<T, F>(
+        &self,
+        op: &'static str,
+        key: &SessionKey,
+        deadline: Instant,
+        decide: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Option<&SessionRow>) -> (RowWrite, T),
+    {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.attempt(key, &decide).await {
+                Ok(out) => {
+                    if attempts > 1 {
+                        tracing::debug!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, "transaction committed after retries");
+                    }
+                    return Ok(out);
+                }
+                Err(e) if is_aborted(&e) => {
+                    let pause = backoff(attempts, &mut rand::rng());
+                    if Instant::now() + pause >= deadline {
+                        return Err(StoreError::DeadlineExceeded {
+                            op,
+                            key: key.to_string(),
+                            attempts,
+                        });
+                    }
+                    tracing::trace!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, ?pause, "transaction aborted, retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(source) => {
+                    return Err(StoreError::Spanner {
+                        op,
+                        key: key.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn attempt<T, F>(&self, key: &SessionKey, decide: &F) -> Result<T, SpannerError>
+    where
+        F: Fn(Option<&SessionRow>) -> (RowWrite, T),
+    {
+        let mut tx = self.client.begin_read_write_transaction().await?;
+        let result = read_decide_buffer(&mut tx, key, decide).await;
+        let (_commit, out) = tx.end(result, None).await?;
+        Ok(out)
+    }
+}
+
+async fn read_decide_buffer<T, F>(
+    tx: &mut ReadWriteTransaction,
+    key: &SessionKey,
+    decide: &F,
+) -> Result<T, SpannerError>
+where
+    F: Fn(Option<&SessionRow>) -> (RowWrite, T),
+{
+    // Bound to a `let` so the future stays Send (environment.md).
+    let spanner_key = Key::composite(&[&key.user_id, &key.repo_hash]);
+    let row = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
+    let row = row.map(|r| parse_value_columns(&r)).transpose()?;
+    let (write, out) = decide(row.as_ref());
+    match write {
+        RowWrite::Keep => {}
+        RowWrite::Insert(r) => tx.buffer_write(vec![insert(
+            TABLE,
+            &ALL_COLUMNS,
+            &[
+                &key.user_id,
+                &key.repo_hash,
+                &r.session_id,
+                &r.pod_ip,
+                &r.status.as_str(),
+            ],
+        )]),
+        RowWrite::Update(r) => tx.buffer_write(vec![update(
+            TABLE,
+            &ALL_COLUMNS,
+            &[
+                &key.user_id,
+                &key.repo_hash,
+                &r.session_id,
+                &r.pod_ip,
+                &r.status.as_str(),
+            ],
+        )]),
+    }
+    Ok(out)
+}
+
+/// Reads SessionId, PodIP, Status. NULL SessionId reads as "" (any session differs);
+/// an unknown or NULL Status reads as PENDING (never trust an unknown READY).
+fn parse_value_columns(row: &Row) -> Result<SessionRow, SpannerError> {
+    let session_id = row
+        .column_by_name::<Option<String>>("SessionId")?
+        .unwrap_or_default();
+    let pod_ip = row
+        .column_by_name::<Option<String>>("PodIP")?
+        .filter(|s| !s.is_empty());
+    let status = row
+        .column_by_name::<Option<String>>("Status")?
+        .as_deref()
+        .and_then(Status::parse)
+        .unwrap_or(Status::Pending);
+    Ok(SessionRow {
+        session_id,
+        pod_ip,
+        status,
+    })
+}
+
+fn is_aborted(e: &SpannerError) -> bool {
+    matches!(e, SpannerError::GRPC(status) if status.code() == Code::Aborted)
+}
+
+/// Full-jitter exponential backoff: uniform in [0.5 ms, min(cap, base * 2^(attempt-1))].
+fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let ceiling = exp.min(BACKOFF_CAP).as_micros() as u64;
+    Duration::from_micros(rng.random_range(500..=ceiling.max(500)))
+}
+
+/// `KEY_COLUMNS` is the primary key; kept for the docs and the schema test.
+pub fn key_columns() -> [&'static str; 2] {
+    KEY_COLUMNS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let mut rng = rand::rng();
+        for attempt in 1..40 {
+            let d = backoff(attempt, &mut rng);
+            assert!(d >= Duration::from_micros(500), "{attempt}: {d:?}");
+            assert!(d <= BACKOFF_CAP, "{attempt}: {d:?}");
+        }
+        // First attempts stay short: contention on the emulator clears in milliseconds.
+        assert!(backoff(1, &mut rng) <= BACKOFF_BASE);
+        // Later ones spread out: 200 draws at attempt 10 are not all equal.
+        let draws: std::collections::HashSet<_> = (0..200).map(|_| backoff(10, &mut rng)).collect();
+        assert!(draws.len() > 50, "not jittered: {} distinct", draws.len());
+    }
+
+    #[test]
+    fn aborted_is_the_only_retried_code() {
+        assert!(is_aborted(&SpannerError::GRPC(tonic::Status::aborted("x"))));
+        for code in [
+            Code::Unavailable,
+            Code::NotFound,
+            Code::Internal,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(!is_aborted(&SpannerError::GRPC(tonic::Status::new(
+                code, "x"
+            ))));
+        }
+    }
+
+    #[test]
+    fn columns_match_schema_sql() {
+        let schema = include_str!("../../schema.sql");
+        for c in ALL_COLUMNS {
+            assert!(schema.contains(c), "{c} not in schema.sql");
+        }
+        assert!(schema.contains(&format!("PRIMARY KEY ({})", key_columns().join(", "))));
+    }
+}
