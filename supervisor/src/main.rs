@@ -1,3 +1,192 @@
+//! `supervisor`: wires the command line to the modules. See `lib.rs` for the reading order.
+//!
+//! Order matters: validate (reads only) -> plan (pure) -> pivot while single-threaded -> only
+//! then build the (current-thread) tokio runtime, whose threads and children inherit the view.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tracing::Instrument as _;
+
+use supervisor::cli::{Cli, Command, Format, LogFormat, ModeRequest};
+use supervisor::config::{Config, Job};
+use supervisor::health;
+use supervisor::jobs::{self, ServeSettings};
+use supervisor::pivot::{self, PivotError};
+use supervisor::plan::{self, HostFacts, Mode};
+use supervisor::reaper::Reaper;
+
+/// Exit code for a refused configuration (bad names, paths, missing dirs).
+const EXIT_CONFIG: i32 = 2;
+/// Exit code for a failure to set up (no mode, pivot failed, no runtime).
+const EXIT_SETUP: i32 = 1;
+
+struct Failure {
+    code: i32,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn new(code: i32, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct DryRun<'a> {
+    #[serde(flatten)]
+    plan: &'a plan::MountPlan,
+    host: &'a HostFacts,
+}
+
+fn real_main(cli: Cli) -> Result<i32, Failure> {
+    let opts = &cli.opts;
+    if let Some(Command::Probe) = cli.command {
+        let addr = health::probe_target(opts.health_addr);
+        return Ok(
+            match health::probe(opts.health_addr, Duration::from_secs(3)) {
+                Ok((true, body)) => {
+                    println!("{body}");
+                    0
+                }
+                Ok((false, body)) => {
+                    println!("{body}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("supervisor probe: {addr}: {e}");
+                    1
+                }
+            },
+        );
+    }
+
+    let cfg = Config::load(opts, cli.command.as_ref()).map_err(|e| Failure::new(EXIT_CONFIG, e))?;
+    let span = tracing::info_span!(
+        "supervisor",
+        user = %cfg.identity.user_id,
+        repo_hash = %cfg.identity.repo_hash,
+        session = cfg.identity.session_id.as_deref().unwrap_or("-"),
+        pod = %cfg.report.pod_name,
+    );
+    let entered = span.enter();
+    let facts = HostFacts::detect(&opts.bwrap);
+    let mut the_plan = plan::plan(&cfg, opts.mode, &facts, &opts.bwrap)
+        .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+
+    if opts.dry_run {
+        match opts.format {
+            Format::Human => print!("{}", the_plan.render_human()),
+            Format::Json => {
+                let json = serde_json::to_string_pretty(&DryRun {
+                    plan: &the_plan,
+                    host: &facts,
+                })
+                .context("serializing the plan")
+                .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+                println!("{json}");
+            }
+        }
+        return Ok(0);
+    }
+
+    tracing::info!(
+        mode = ?the_plan.mode.mode,
+        user_namespace = the_plan.mode.user_namespace,
+        reason = %the_plan.mode.reason,
+        src = %the_plan.src.display(),
+        out = %the_plan.out.display(),
+        "pivot mode chosen"
+    );
+    if the_plan.mode.mode == Mode::Direct {
+        let started = std::time::Instant::now();
+        match pivot::enter_direct(&the_plan) {
+            Ok(r) => tracing::info!(
+                work_fs = %r.work_fs,
+                src_dev = %r.src_majmin,
+                out_dev = %r.out_majmin,
+                mounts = r.mounts_in_namespace,
+                micros = started.elapsed().as_micros() as u64,
+                "pivoted: /work/src and /work/out verified in /proc/self/mountinfo"
+            ),
+            Err(e @ PivotError::Unshare { .. })
+                if opts.mode == ModeRequest::Auto && facts.bwrap.is_some() =>
+            {
+                tracing::warn!(error = %e, "direct pivot refused; falling back to bwrap");
+                the_plan = plan::plan(&cfg, ModeRequest::Bwrap, &facts, &opts.bwrap)
+                    .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+            }
+            Err(e) => return Err(Failure::new(EXIT_SETUP, e)),
+        }
+    }
+    drop(entered);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+        .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+    let serve = ServeSettings {
+        health_addr: opts.health_addr,
+        health_interval: Duration::from_secs(opts.health_interval_secs.max(1)),
+        grace: Duration::from_secs(opts.grace_period_secs.max(1)),
+        startup_deadline: Duration::from_secs(opts.startup_deadline_secs.max(1)),
+    };
+    rt.block_on(
+        async {
+            let reaper = Reaper::install()
+                .context("installing the reaper (SIGCHLD, subreaper)")
+                .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+            Ok(match &cfg.job {
+                Job::Run(_) => jobs::run_command(&the_plan, &reaper).await,
+                Job::Serve => jobs::serve(&cfg, &the_plan, &serve, &reaper).await,
+            })
+        }
+        .instrument(span.clone()),
+    )
+}
+
+/// The error and its causes, each once (thiserror messages often embed their source already).
+fn render_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
+}
+
 fn main() {
-    println!("supervisor: not built yet");
+    let cli = Cli::parse();
+    init_tracing(cli.opts.log_format);
+    let code = match real_main(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("supervisor: error: {}", render_chain(&f.error));
+            f.code
+        }
+    };
+    std::process::exit(code);
 }

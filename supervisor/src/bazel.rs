@@ -1,0 +1,356 @@
+//! Talking to the Bazel server: its files in the output base (`server/server.pid.txt`,
+//! `command_port`, cookies), Ping with the request cookie (the response cookie must match),
+//! the protocol `shutdown`, and the process checks (procfs) and signals around it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use proto::command_server::command_server_client::CommandServerClient;
+use proto::command_server::{PingRequest, RunRequest};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::reaper::ExitInfo;
+
+/// Why talking to the server failed. Each names the file or the address.
+#[derive(Debug, thiserror::Error)]
+pub enum BazelError {
+    #[error("cannot read {path:?}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path:?} holds {what}, not what Bazel writes there")]
+    Parse { path: PathBuf, what: String },
+    #[error("command port {addr}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("Ping to {addr} failed: {status}")]
+    Ping { addr: String, status: tonic::Status },
+    #[error("Ping to {addr} timed out after {after:?}")]
+    PingTimeout { addr: String, after: Duration },
+    #[error("Ping to {addr}: the response cookie does not match {path:?}")]
+    Cookie { addr: String, path: PathBuf },
+    #[error("shutdown via {addr} failed: {reason}")]
+    Shutdown { addr: String, reason: String },
+}
+
+/// What the server wrote into `<output base>/server/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub dir: PathBuf,
+    pub pid: i32,
+    /// `host:port` as in `command_port` (`127.0.0.1:9001`, or `[::1]:N` without IPv4).
+    pub addr: String,
+    pub request_cookie: String,
+    pub response_cookie: String,
+}
+
+fn read_trimmed(path: &Path) -> Result<String, BazelError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| BazelError::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Parses `server.pid.txt`. Pure.
+pub fn parse_pid(text: &str) -> Option<i32> {
+    text.trim().parse::<i32>().ok().filter(|p| *p > 1)
+}
+
+/// The server's pid from `<out>/server/server.pid.txt`.
+pub fn read_pid(out: &Path) -> Result<i32, BazelError> {
+    let path = out.join("server/server.pid.txt");
+    let text = read_trimmed(&path)?;
+    parse_pid(&text).ok_or_else(|| BazelError::Parse {
+        path,
+        what: "no pid".into(),
+    })
+}
+
+/// Reads every file Ping needs.
+pub fn read_server_files(out: &Path) -> Result<ServerFiles, BazelError> {
+    let dir = out.join("server");
+    let pid = read_pid(out)?;
+    let addr = read_trimmed(&dir.join("command_port"))?;
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(BazelError::Parse {
+            path: dir.join("command_port"),
+            what: "no host:port".into(),
+        });
+    }
+    let request_cookie = read_trimmed(&dir.join("request_cookie"))?;
+    let response_cookie = read_trimmed(&dir.join("response_cookie"))?;
+    for (name, c) in [
+        ("request_cookie", &request_cookie),
+        ("response_cookie", &response_cookie),
+    ] {
+        if c.is_empty() {
+            return Err(BazelError::Parse {
+                path: dir.join(name),
+                what: "an empty cookie".into(),
+            });
+        }
+    }
+    Ok(ServerFiles {
+        dir,
+        pid,
+        addr,
+        request_cookie,
+        response_cookie,
+    })
+}
+
+/// A gRPC client for one server incarnation.
+pub struct Client {
+    files: ServerFiles,
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects lazily (the first RPC dials).
+    pub fn new(files: ServerFiles) -> Result<Client, BazelError> {
+        let uri = format!("http://{}", files.addr);
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| BazelError::Address {
+                addr: files.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Client { files, channel })
+    }
+
+    pub fn files(&self) -> &ServerFiles {
+        &self.files
+    }
+
+    /// Ping with the request cookie; Ok only when the response cookie matches.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), BazelError> {
+        let mut c = CommandServerClient::new(self.channel.clone());
+        let req = PingRequest {
+            cookie: self.files.request_cookie.clone(),
+        };
+        let addr = &self.files.addr;
+        let resp = tokio::time::timeout(timeout, c.ping(req))
+            .await
+            .map_err(|_| BazelError::PingTimeout {
+                addr: addr.clone(),
+                after: timeout,
+            })?
+            .map_err(|status| BazelError::Ping {
+                addr: addr.clone(),
+                status,
+            })?;
+        if resp.into_inner().cookie != self.files.response_cookie {
+            return Err(BazelError::Cookie {
+                addr: addr.clone(),
+                path: self.files.dir.join("response_cookie"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs Bazel's own `shutdown` command over the protocol (waits for the command lock, as
+    /// the real client does). Ok once the server acknowledged it.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<i32, BazelError> {
+        let addr = self.files.addr.clone();
+        let fail = |reason: String| BazelError::Shutdown {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut c = CommandServerClient::new(self.channel.clone());
+        let req = RunRequest {
+            cookie: self.files.request_cookie.clone(),
+            arg: vec![
+                b"shutdown".to_vec(),
+                format!("--client_cwd={}", crate::plan::WORK_SRC).into_bytes(),
+            ],
+            block_for_lock: true,
+            client_description: format!(
+                "pid={} (jbazel supervisor shutdown)",
+                nix::unistd::getpid()
+            ),
+            ..Default::default()
+        };
+        let run = async {
+            let mut stream = c
+                .run(req)
+                .await
+                .map_err(|s| fail(s.to_string()))?
+                .into_inner();
+            let mut acknowledged = false;
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => {
+                        acknowledged |= m.termination_expected;
+                        if m.finished {
+                            return Ok(m.exit_code);
+                        }
+                    }
+                    Ok(None) => {
+                        return if acknowledged {
+                            Ok(0)
+                        } else {
+                            Err(fail("stream ended without an exit code".into()))
+                        }
+                    }
+                    // The server may drop the connection as it terminates.
+                    Err(_) if acknowledged => return Ok(0),
+                    Err(s) => return Err(fail(s.to_string())),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+    }
+}
+
+/// Is `pid` running (not a zombie)? procfs.
+pub fn alive(pid: i32) -> bool {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+}
+
+/// Is `pid` a Bazel server process? The JVM runs as `bazel(<workspace dir name>) ...`.
+pub fn is_bazel_server(pid: i32) -> bool {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.cmdline())
+        .is_ok_and(|c| c.first().is_some_and(|a| a.starts_with("bazel(")))
+}
+
+/// How the server was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    AlreadyGone,
+    Protocol,
+    Sigterm,
+    Sigkill,
+    /// Still there after SIGKILL (should not happen).
+    Failed,
+}
+
+/// Waits until `pid` is gone: its exit arrives from the reaper, or procfs stops showing it.
+async fn wait_gone(
+    pid: i32,
+    exited: &mut Option<oneshot::Receiver<ExitInfo>>,
+    until: Instant,
+) -> bool {
+    loop {
+        if !alive(pid) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        let poll = tokio::time::sleep_until(until.min(Instant::now() + Duration::from_millis(50)));
+        match exited.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    r = rx => { *exited = None; if r.is_ok() { return true; } }
+                    _ = poll => {}
+                }
+            }
+            None => poll.await,
+        }
+    }
+}
+
+/// Stops the server within `grace`: protocol `shutdown` (half the grace), SIGTERM (until 85%),
+/// then SIGKILL. Signals go only to a live Bazel server process.
+pub async fn stop(
+    client: Option<&Client>,
+    pid: i32,
+    mut exited: Option<oneshot::Receiver<ExitInfo>>,
+    grace: Duration,
+) -> Stopped {
+    let start = Instant::now();
+    if !alive(pid) {
+        return Stopped::AlreadyGone;
+    }
+    if let Some(c) = client {
+        let budget = grace / 2;
+        match c.shutdown(budget).await {
+            Ok(code) => tracing::info!(pid, exit_code = code, "Bazel acknowledged shutdown"),
+            Err(e) => tracing::warn!(pid, error = %e, "protocol shutdown failed"),
+        }
+        if wait_gone(pid, &mut exited, start + budget).await {
+            return Stopped::Protocol;
+        }
+    }
+    for (sig, until, outcome) in [
+        (
+            Signal::SIGTERM,
+            start + grace.mul_f32(0.85),
+            Stopped::Sigterm,
+        ),
+        (Signal::SIGKILL, start + grace, Stopped::Sigkill),
+    ] {
+        if !alive(pid) {
+            return outcome;
+        }
+        if !is_bazel_server(pid) {
+            tracing::warn!(
+                pid,
+                "not a Bazel server process any more; not signalling it"
+            );
+            return Stopped::AlreadyGone;
+        }
+        tracing::info!(pid, signal = %sig, "stopping Bazel server");
+        let _ = kill(Pid::from_raw(pid), sig);
+        if wait_gone(pid, &mut exited, until).await {
+            return outcome;
+        }
+    }
+    Stopped::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids() {
+        assert_eq!(parse_pid("1234\n"), Some(1234));
+        assert_eq!(parse_pid(" 77 "), Some(77));
+        for bad in ["", "x", "-5", "0", "1", "12 34"] {
+            assert_eq!(parse_pid(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_files() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = t.path().join("server");
+        std::fs::create_dir(&s).expect("mkdir");
+        let err = read_server_files(t.path()).expect_err("empty dir");
+        assert!(err.to_string().contains("server.pid.txt"), "{err}");
+        std::fs::write(s.join("server.pid.txt"), "4242").expect("write");
+        std::fs::write(s.join("command_port"), "127.0.0.1:9001\n").expect("write");
+        std::fs::write(s.join("request_cookie"), "req").expect("write");
+        std::fs::write(s.join("response_cookie"), "").expect("write");
+        let err = read_server_files(t.path()).expect_err("empty cookie");
+        assert!(err.to_string().contains("response_cookie"), "{err}");
+        std::fs::write(s.join("response_cookie"), "resp").expect("write");
+        let f = read_server_files(t.path()).expect("complete");
+        assert_eq!((f.pid, f.addr.as_str()), (4242, "127.0.0.1:9001"));
+        assert_eq!(
+            (f.request_cookie.as_str(), f.response_cookie.as_str()),
+            ("req", "resp")
+        );
+    }
+
+    #[test]
+    fn this_process_is_alive_and_not_bazel() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        assert!(!is_bazel_server(me));
+        assert!(!alive(i32::MAX));
+    }
+}

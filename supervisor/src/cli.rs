@@ -1,0 +1,166 @@
+//! The command line: flags, their environment variables, and the subcommands.
+//!
+//! Every flag is global, so `supervisor --mode direct run -- true` and
+//! `supervisor run --mode direct -- true` mean the same. Nothing here validates names or
+//! paths: [`crate::config`] does that, before anything touches the filesystem.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Default Bazel command port inside the pod (bound on 127.0.0.1).
+pub const DEFAULT_COMMAND_PORT: u16 = 9001;
+/// Default health endpoint (`/readyz`, `/healthz`).
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
+/// Default system rc of the image.
+pub const DEFAULT_SYSTEM_BAZELRC: &str = "/etc/jbazel/system.bazelrc";
+/// Default filestore root (the contracts' `MOCK_FILESTORE_PATH`).
+pub const DEFAULT_FILESTORE_ROOT: &str = "/tmp/mock-filestore";
+
+/// PID 1 of a jbazel Bazel-server pod.
+///
+/// Pivots the mount namespace so the user's source and output dirs from the filestore appear
+/// at /work/src and /work/out, starts the Bazel server there, health-checks it (Ping with the
+/// request cookie), serves /readyz and /healthz, reports readiness to the orchestrator, reaps
+/// zombies and shuts Bazel down cleanly on SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+/// What to run after the pivot. Without a subcommand: the Bazel server (the pod's job).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Pivot, then run CMD instead of Bazel (debugging, tests), with all PID-1 duties:
+    /// reaping, signal forwarding, exit-code passthrough (128+signal when killed).
+    Run {
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Exit 0 only when the health endpoint's /readyz says ready (for exec probes).
+    Probe,
+}
+
+/// How to enter the pivoted view of the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeRequest {
+    /// Direct if CAP_SYS_ADMIN or user namespaces allow it, else bwrap.
+    Auto,
+    /// unshare(2) + mount(2) in this process.
+    Direct,
+    /// Run every child under bubblewrap with the same binds.
+    Bwrap,
+}
+
+/// Output format of `--dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for a person.
+    Human,
+    /// One JSON object for programs.
+    Json,
+}
+
+/// Log format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// The user (a DNS label): the filestore subtree R/<user>.
+    #[arg(long, env = "USER_ID", global = true)]
+    pub user_id: Option<String>,
+
+    /// The repository: md5 of the desktop workspace path, 32 lower-case hex digits.
+    #[arg(long, env = "REPO_HASH", global = true)]
+    pub repo_hash: Option<String>,
+
+    /// The desktop session this pod serves (sent back in ReportReady for fencing).
+    #[arg(long, env = "SESSION_ID", global = true)]
+    pub session_id: Option<String>,
+
+    /// Filestore root R; the repository lives at R/<user>/<repo_hash>/{src,out}.
+    #[arg(long, env = "MOCK_FILESTORE_PATH", default_value = DEFAULT_FILESTORE_ROOT, global = true)]
+    pub filestore_root: PathBuf,
+
+    /// Orchestrator gRPC address for ReportReady (e.g. http://10.244.0.1:50051); unset: no report.
+    #[arg(long, env = "ORCHESTRATOR_ADDR", global = true)]
+    pub orchestrator_addr: Option<String>,
+
+    /// This pod's name (downward API), sent in ReportReady.
+    #[arg(long, env = "POD_NAME", global = true)]
+    pub pod_name: Option<String>,
+
+    /// This pod's IP (downward API), sent in ReportReady.
+    #[arg(long, env = "POD_IP", global = true)]
+    pub pod_ip: Option<String>,
+
+    /// How to pivot: auto picks by capabilities and logs why.
+    #[arg(long, env = "SUPERVISOR_MODE", value_enum, default_value_t = ModeRequest::Auto, global = true)]
+    pub mode: ModeRequest,
+
+    /// Bazel's gRPC command port, bound on 127.0.0.1 inside the pod.
+    #[arg(long, env = "BAZEL_COMMAND_PORT", default_value_t = DEFAULT_COMMAND_PORT, global = true)]
+    pub command_port: u16,
+
+    /// Bazel's --max_idle_secs (0: the server never idles out).
+    #[arg(long, env = "BAZEL_MAX_IDLE_SECS", default_value_t = 0, global = true)]
+    pub max_idle_secs: u64,
+
+    /// The Bazel client used to start the server.
+    #[arg(long, env = "BAZEL", default_value = "bazel", global = true)]
+    pub bazel: PathBuf,
+
+    /// The image's system bazelrc: given to the server start (--bazelrc) and published as
+    /// <output base>/jbazel/system.bazelrc for jbazel.
+    #[arg(long, env = "SYSTEM_BAZELRC", default_value = DEFAULT_SYSTEM_BAZELRC, global = true)]
+    pub system_bazelrc: PathBuf,
+
+    /// The bubblewrap binary for --mode bwrap (and auto's fallback).
+    #[arg(long, env = "BWRAP", default_value = "bwrap", global = true)]
+    pub bwrap: PathBuf,
+
+    /// Health endpoint: GET /readyz (200 when Bazel answers Ping) and /healthz.
+    #[arg(long, env = "HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR, global = true)]
+    pub health_addr: SocketAddr,
+
+    /// Seconds between health Pings of the Bazel server.
+    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 2, global = true)]
+    pub health_interval_secs: u64,
+
+    /// Seconds SIGTERM may take: protocol shutdown, then SIGTERM, then SIGKILL, all within it.
+    #[arg(long, env = "GRACE_PERIOD_SECS", default_value_t = 20, global = true)]
+    pub grace_period_secs: u64,
+
+    /// Seconds one Bazel server start may take (client run + first Ping) before it counts as failed.
+    #[arg(
+        long,
+        env = "STARTUP_DEADLINE_SECS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub startup_deadline_secs: u64,
+
+    /// Print the plan (mounts, command, mode and why, bwrap argv) and exit; touches nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Format of --dry-run.
+    #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+    pub format: Format,
+
+    /// Log format on stderr (RUST_LOG selects levels).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}

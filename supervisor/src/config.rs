@@ -1,0 +1,471 @@
+//! The validated configuration: names checked with [`proto::names`], the repository's
+//! `src`/`out` dirs resolved (symlinks included) and proven to stay inside the repository's
+//! own directory of the filestore.
+//!
+//! Architecture invariant: this module only reads (stat, canonicalize, read the system rc).
+//! It creates nothing and mounts nothing, so a refused input leaves no trace.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use proto::names::{validate_repo_hash, validate_session_id, validate_user_id, InvalidName};
+
+use crate::cli::{Command, Opts};
+
+/// Largest system rc accepted (it is copied into the output base and sent with every command).
+pub const MAX_SYSTEM_RC_BYTES: u64 = 1 << 20;
+
+/// Why the configuration was refused. Messages name the variable or the path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("{0} is not set (env or flag)")]
+    Missing(&'static str),
+    /// UserId, RepoHash or SessionId broke the API's naming rules.
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    /// The filestore root must be an absolute path.
+    #[error("filestore root {0:?} must be an absolute path")]
+    RelativeRoot(PathBuf),
+    /// The filestore root cannot be resolved.
+    #[error("filestore root {path:?} is unusable: {source}")]
+    Root { path: PathBuf, source: io::Error },
+    /// A repository dir does not exist (or is a dangling symlink).
+    #[error(
+        "{what} dir {path:?} does not exist (the filestore must hold R/<user>/<repo_hash>/{what})"
+    )]
+    MissingDir { what: &'static str, path: PathBuf },
+    /// A path exists but is no directory.
+    #[error("{what} {path:?} is not a directory")]
+    NotADirectory { what: &'static str, path: PathBuf },
+    /// A repository dir resolves (through symlinks) outside the repository's own directory.
+    #[error("{what} dir {path:?} resolves to {resolved:?}, outside {allowed:?}: refused")]
+    Escapes {
+        what: &'static str,
+        path: PathBuf,
+        resolved: PathBuf,
+        allowed: PathBuf,
+    },
+    /// src and out resolve to the same dir or one inside the other.
+    #[error("src {src:?} and out {out:?} overlap: refused")]
+    Overlap { src: PathBuf, out: PathBuf },
+    /// A path could not be inspected.
+    #[error("cannot inspect {path:?}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The system bazelrc cannot be read.
+    #[error("system bazelrc {path:?}: {reason}")]
+    SystemRc { path: PathBuf, reason: String },
+    /// The orchestrator address is not an http(s) URL.
+    #[error("ORCHESTRATOR_ADDR {0:?} must be an http:// or https:// URL")]
+    OrchestratorAddr(String),
+    /// POD_IP is not an IP address.
+    #[error("POD_IP {0:?} is not an IP address")]
+    PodIp(String),
+}
+
+/// What the supervisor runs in the pivoted view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// The Bazel server (the pod's job).
+    Serve,
+    /// A command instead of Bazel (`supervisor run -- CMD...`).
+    Run(Vec<String>),
+}
+
+/// The user's names, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub repo_hash: String,
+    pub session_id: Option<String>,
+}
+
+/// The repository's dirs on the filestore, canonical (symlinks resolved) and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoDirs {
+    /// Canonical filestore root.
+    pub root: PathBuf,
+    /// Canonical `R/<user>/<repo_hash>/src`.
+    pub src: PathBuf,
+    /// Canonical `R/<user>/<repo_hash>/out`.
+    pub out: PathBuf,
+}
+
+/// How the Bazel server is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BazelSettings {
+    pub client: PathBuf,
+    pub command_port: u16,
+    pub max_idle_secs: u64,
+    pub system_bazelrc: PathBuf,
+    /// The system rc's text, read at validation (published into the output base).
+    pub system_bazelrc_text: String,
+}
+
+/// Where readiness is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReportSettings {
+    pub orchestrator_addr: Option<String>,
+    pub pod_name: String,
+    pub pod_ip: String,
+}
+
+/// Everything the supervisor needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub identity: Identity,
+    pub dirs: RepoDirs,
+    pub job: Job,
+    pub bazel: BazelSettings,
+    pub report: ReportSettings,
+}
+
+/// Checks the names. Pure: this runs before any path is built from them.
+pub fn validate_identity(
+    user_id: Option<&str>,
+    repo_hash: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<Identity, ConfigError> {
+    let user_id = user_id.ok_or(ConfigError::Missing("USER_ID"))?;
+    let repo_hash = repo_hash.ok_or(ConfigError::Missing("REPO_HASH"))?;
+    validate_user_id(user_id)?;
+    validate_repo_hash(repo_hash)?;
+    // An empty SESSION_ID counts as unset (`SESSION_ID=` in a manifest).
+    let session_id = match session_id.filter(|s| !s.is_empty()) {
+        Some(s) => {
+            validate_session_id(s)?;
+            Some(s.to_owned())
+        }
+        None => None,
+    };
+    Ok(Identity {
+        user_id: user_id.to_owned(),
+        repo_hash: repo_hash.to_owned(),
+        session_id,
+    })
+}
+
+/// Resolves `root/<user>/<repo_hash>/{src,out}`. Reads only.
+///
+/// Each dir, after resolving every symlink, must stay inside `canonical(root)/<user>/<hash>`:
+/// the repository's own directory. That is stricter than "inside the root": a `src` that
+/// links into another user's tree is refused as firmly as one that links to `/etc`.
+pub fn resolve_repo_dirs(root: &Path, id: &Identity) -> Result<RepoDirs, ConfigError> {
+    if !root.is_absolute() {
+        return Err(ConfigError::RelativeRoot(root.to_owned()));
+    }
+    let canon_root = std::fs::canonicalize(root).map_err(|source| ConfigError::Root {
+        path: root.to_owned(),
+        source,
+    })?;
+    if !canon_root.is_dir() {
+        return Err(ConfigError::NotADirectory {
+            what: "filestore root",
+            path: root.to_owned(),
+        });
+    }
+    let allowed = canon_root.join(&id.user_id).join(&id.repo_hash);
+    let resolve = |what: &'static str| -> Result<PathBuf, ConfigError> {
+        let path = allowed.join(what);
+        let canon = match std::fs::canonicalize(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ConfigError::MissingDir { what, path })
+            }
+            Err(source) => return Err(ConfigError::Io { path, source }),
+        };
+        if !canon.starts_with(&allowed) || canon == allowed {
+            return Err(ConfigError::Escapes {
+                what,
+                path,
+                resolved: canon,
+                allowed: allowed.clone(),
+            });
+        }
+        let meta = std::fs::metadata(&canon).map_err(|source| ConfigError::Io {
+            path: canon.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(ConfigError::NotADirectory { what, path });
+        }
+        Ok(canon)
+    };
+    let src = resolve("src")?;
+    let out = resolve("out")?;
+    if src.starts_with(&out) || out.starts_with(&src) {
+        return Err(ConfigError::Overlap { src, out });
+    }
+    Ok(RepoDirs {
+        root: canon_root,
+        src,
+        out,
+    })
+}
+
+fn read_system_rc(path: &Path) -> Result<String, ConfigError> {
+    let err = |reason: String| ConfigError::SystemRc {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > MAX_SYSTEM_RC_BYTES {
+        return Err(err(format!(
+            "{} bytes, at most {MAX_SYSTEM_RC_BYTES}",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+}
+
+/// Checks the orchestrator address and the pod IP. Pure.
+pub fn validate_report(
+    orchestrator_addr: Option<&str>,
+    pod_name: Option<&str>,
+    pod_ip: Option<&str>,
+) -> Result<ReportSettings, ConfigError> {
+    let orchestrator_addr = match orchestrator_addr.filter(|a| !a.is_empty()) {
+        Some(a) => {
+            let ok = (a.starts_with("http://") || a.starts_with("https://"))
+                && tonic::transport::Endpoint::from_shared(a.to_owned()).is_ok();
+            if !ok {
+                return Err(ConfigError::OrchestratorAddr(a.to_owned()));
+            }
+            Some(a.to_owned())
+        }
+        None => None,
+    };
+    let pod_ip = pod_ip.unwrap_or_default();
+    if !pod_ip.is_empty() && pod_ip.parse::<IpAddr>().is_err() {
+        return Err(ConfigError::PodIp(pod_ip.to_owned()));
+    }
+    Ok(ReportSettings {
+        orchestrator_addr,
+        pod_name: pod_name.unwrap_or_default().to_owned(),
+        pod_ip: pod_ip.to_owned(),
+    })
+}
+
+impl Config {
+    /// Validates the options for a job: names first (pure), then the paths (reads only).
+    pub fn load(opts: &Opts, command: Option<&Command>) -> Result<Config, ConfigError> {
+        let identity = validate_identity(
+            opts.user_id.as_deref(),
+            opts.repo_hash.as_deref(),
+            opts.session_id.as_deref(),
+        )?;
+        let report = validate_report(
+            opts.orchestrator_addr.as_deref(),
+            opts.pod_name.as_deref(),
+            opts.pod_ip.as_deref(),
+        )?;
+        let job = match command {
+            Some(Command::Run { cmd }) => Job::Run(cmd.clone()),
+            Some(Command::Probe) | None => Job::Serve,
+        };
+        if job == Job::Serve && report.orchestrator_addr.is_some() && identity.session_id.is_none()
+        {
+            return Err(ConfigError::Missing("SESSION_ID"));
+        }
+        let dirs = resolve_repo_dirs(&opts.filestore_root, &identity)?;
+        // The system rc matters to the Bazel server only; `run` does not need one.
+        let system_bazelrc_text = match job {
+            Job::Serve => read_system_rc(&opts.system_bazelrc)?,
+            Job::Run(_) => String::new(),
+        };
+        Ok(Config {
+            identity,
+            dirs,
+            job,
+            bazel: BazelSettings {
+                client: opts.bazel.clone(),
+                command_port: opts.command_port,
+                max_idle_secs: opts.max_idle_secs,
+                system_bazelrc: opts.system_bazelrc.clone(),
+                system_bazelrc_text,
+            },
+            report,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const HASH: &str = "0123456789abcdef0123456789abcdef";
+
+    fn id(user: &str) -> Identity {
+        validate_identity(Some(user), Some(HASH), None).expect("valid identity")
+    }
+
+    #[test]
+    fn identity_table() {
+        let long = "a".repeat(10_000);
+        // (USER_ID, REPO_HASH, SESSION_ID, expected message fragment)
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+        let cases: &[Case] = &[
+            (None, Some(HASH), None, "USER_ID is not set"),
+            (Some("alice"), None, None, "REPO_HASH is not set"),
+            (Some("../etc"), Some(HASH), None, "invalid user_id"),
+            (Some("a/b"), Some(HASH), None, "invalid user_id"),
+            (Some("al\0ice"), Some(HASH), None, "invalid user_id"),
+            (
+                Some(&long),
+                Some(HASH),
+                None,
+                "invalid user_id: 10000 bytes",
+            ),
+            (Some("alice"), Some("../../etc"), None, "invalid repo_hash"),
+            (
+                Some("alice"),
+                Some("0123456789abcdef0123456789abcde\0"),
+                None,
+                "invalid repo_hash",
+            ),
+            (Some("alice"), Some(&long), None, "invalid repo_hash"),
+            (Some("alice"), Some(HASH), Some("a/b"), "invalid session_id"),
+        ];
+        for (user, hash, session, want) in cases {
+            let err = validate_identity(*user, *hash, *session).expect_err(want);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+            assert!(msg.len() < 300, "message must not echo huge input: {msg}");
+        }
+        let ok = validate_identity(Some("alice"), Some(HASH), Some("")).expect("valid");
+        assert_eq!(ok.session_id, None, "empty SESSION_ID counts as unset");
+    }
+
+    #[test]
+    fn report_table() {
+        assert!(validate_report(Some("http://10.244.0.1:50051"), None, Some("10.244.0.7")).is_ok());
+        assert!(matches!(
+            validate_report(Some("10.244.0.1:50051"), None, None),
+            Err(ConfigError::OrchestratorAddr(_))
+        ));
+        assert!(matches!(
+            validate_report(None, None, Some("not-an-ip")),
+            Err(ConfigError::PodIp(_))
+        ));
+        let none = validate_report(Some(""), None, None).expect("empty addr = unset");
+        assert_eq!(none.orchestrator_addr, None);
+    }
+
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let repo = t.path().join("alice").join(HASH);
+        std::fs::create_dir_all(repo.join("src")).expect("mkdir src");
+        std::fs::create_dir_all(repo.join("out")).expect("mkdir out");
+        (t, repo)
+    }
+
+    #[test]
+    fn resolves_good_tree() {
+        let (t, repo) = tree();
+        let dirs = resolve_repo_dirs(t.path(), &id("alice")).expect("resolves");
+        assert_eq!(dirs.src, repo.canonicalize().expect("canon").join("src"));
+        assert_eq!(dirs.out, repo.canonicalize().expect("canon").join("out"));
+    }
+
+    #[test]
+    fn symlink_inside_repo_is_fine() {
+        let (_t, repo) = tree();
+        std::fs::create_dir(repo.join("src.v2")).expect("mkdir");
+        std::fs::remove_dir(repo.join("src")).expect("rmdir");
+        symlink(repo.join("src.v2"), repo.join("src")).expect("symlink");
+        let root = repo.parent().and_then(Path::parent).expect("root");
+        let dirs = resolve_repo_dirs(root, &id("alice")).expect("resolves");
+        assert!(dirs.src.ends_with("src.v2"));
+    }
+
+    #[test]
+    fn refusals() {
+        // (setup, expected error fragment)
+        type Setup = fn(&Path);
+        let cases: &[(&str, Setup, &str)] = &[
+            (
+                "src links to /etc",
+                |repo| {
+                    std::fs::remove_dir(repo.join("src")).expect("rmdir");
+                    symlink("/etc", repo.join("src")).expect("symlink");
+                },
+                "outside",
+            ),
+            (
+                "src links to another user's src",
+                |repo| {
+                    let other = repo
+                        .parent()
+                        .and_then(Path::parent)
+                        .expect("root")
+                        .join("bob");
+                    std::fs::create_dir_all(other.join("x")).expect("mkdir");
+                    std::fs::remove_dir(repo.join("src")).expect("rmdir");
+                    symlink(other.join("x"), repo.join("src")).expect("symlink");
+                },
+                "outside",
+            ),
+            (
+                "src links to ..",
+                |repo| {
+                    std::fs::remove_dir(repo.join("src")).expect("rmdir");
+                    symlink("..", repo.join("src")).expect("symlink");
+                },
+                "outside",
+            ),
+            (
+                "out missing",
+                |repo| std::fs::remove_dir(repo.join("out")).expect("rmdir"),
+                "does not exist",
+            ),
+            (
+                "src dangling",
+                |repo| {
+                    std::fs::remove_dir(repo.join("src")).expect("rmdir");
+                    symlink(repo.join("nowhere"), repo.join("src")).expect("symlink");
+                },
+                "does not exist",
+            ),
+            (
+                "src is a file",
+                |repo| {
+                    std::fs::remove_dir(repo.join("src")).expect("rmdir");
+                    std::fs::write(repo.join("src"), "x").expect("write");
+                },
+                "not a directory",
+            ),
+            (
+                "out inside src",
+                |repo| {
+                    std::fs::remove_dir(repo.join("out")).expect("rmdir");
+                    std::fs::create_dir(repo.join("src").join("o")).expect("mkdir");
+                    symlink(repo.join("src").join("o"), repo.join("out")).expect("symlink");
+                },
+                "overlap",
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let (t, repo) = tree();
+            setup(&repo);
+            let err = resolve_repo_dirs(t.path(), &id("alice")).expect_err(name);
+            assert!(err.to_string().contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn root_must_exist_and_be_absolute() {
+        let err = resolve_repo_dirs(Path::new("rel/root"), &id("alice")).expect_err("relative");
+        assert!(matches!(err, ConfigError::RelativeRoot(_)));
+        let err = resolve_repo_dirs(Path::new("/nonexistent/jbazel-root"), &id("alice"))
+            .expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/jbazel-root"),
+            "{err}"
+        );
+    }
+}

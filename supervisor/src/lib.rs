@@ -1,0 +1,20 @@
+//! The pod's PID 1: pivots the mount namespace so the user's source and output dirs appear at
+//! `/work/src` and `/work/out`, starts the Bazel server there and keeps it healthy, serves
+//! readiness, reaps zombies, and shuts Bazel down cleanly.
+//!
+//! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (pure) ->
+//! [`pivot`] (syscalls, before the runtime exists) -> [`jobs`] (inside the runtime: [`bazel`],
+//! [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
+
+pub mod backoff;
+pub mod bazel;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod jobs;
+pub mod pivot;
+pub mod plan;
+pub mod publish;
+pub mod reaper;
+pub mod report;
+pub mod signals;

@@ -1,0 +1,626 @@
+//! The mount plan: a pure function of the validated config and the host's capabilities.
+//!
+//! It says which mounts make `/work/src` and `/work/out`, which command runs there, which mode
+//! enters that view (and why), and the equivalent `bwrap` argv. `supervisor --dry-run` prints
+//! it; [`crate::pivot`] carries it out.
+//!
+//! Architecture invariant: no I/O here ([`HostFacts::detect`] is the one probe, kept apart).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::ModeRequest;
+use crate::config::{BazelSettings, Config, Job};
+
+/// Where the pivoted view lives (a tmpfs, so the host's `/work` is never touched).
+pub const WORK: &str = "/work";
+/// The user's source, bound from `R/U/H/src`.
+pub const WORK_SRC: &str = "/work/src";
+/// Bazel's output base, bound from `R/U/H/out`.
+pub const WORK_OUT: &str = "/work/out";
+
+/// What the host allows; gathered once by [`HostFacts::detect`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    /// Effective uid (mapped to 0 in a user namespace).
+    pub euid: u32,
+    /// Effective gid.
+    pub egid: u32,
+    /// CAP_SYS_ADMIN is in the effective set: `unshare(CLONE_NEWNS)` + `mount` work.
+    pub cap_sys_admin: bool,
+    /// The kernel lets this process create a user namespace.
+    pub user_namespaces: bool,
+    /// Where bwrap was found on PATH, if it was.
+    pub bwrap: Option<PathBuf>,
+}
+
+impl HostFacts {
+    /// Reads capabilities (caps crate), the user-namespace sysctls and PATH. Reads only.
+    pub fn detect(bwrap: &Path) -> HostFacts {
+        let cap_sys_admin = caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_ADMIN,
+        )
+        .unwrap_or(false);
+        let read_num = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let user_namespaces = read_num("/proc/sys/user/max_user_namespaces").unwrap_or(0) > 0
+            // Debian's knob; absent on kernels without the patch.
+            && read_num("/proc/sys/kernel/unprivileged_userns_clone").unwrap_or(1) != 0;
+        HostFacts {
+            euid: nix::unistd::geteuid().as_raw(),
+            egid: nix::unistd::getegid().as_raw(),
+            cap_sys_admin,
+            user_namespaces,
+            bwrap: find_executable(bwrap),
+        }
+    }
+}
+
+fn find_executable(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.components().count() > 1 {
+        return is_exec(name).then(|| name.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_exec(p))
+}
+
+/// How the pivoted view is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// unshare(2) + mount(2) in the supervisor itself; children inherit the view.
+    Direct,
+    /// Every child runs under `bwrap` with the same binds; the supervisor stays outside.
+    Bwrap,
+}
+
+/// The mode and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModeChoice {
+    pub mode: Mode,
+    /// Direct mode inside a new user namespace (no CAP_SYS_ADMIN).
+    pub user_namespace: bool,
+    pub reason: String,
+}
+
+/// No mode can work here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot pivot with --mode {requested:?}: {reason}")]
+pub struct NoMode {
+    pub requested: ModeRequest,
+    pub reason: String,
+}
+
+/// Picks the mode: CAP_SYS_ADMIN -> direct; else a user namespace -> direct in it; else bwrap.
+pub fn choose_mode(requested: ModeRequest, facts: &HostFacts) -> Result<ModeChoice, NoMode> {
+    let direct = |why: &str| {
+        if facts.cap_sys_admin {
+            Some(ModeChoice {
+                mode: Mode::Direct,
+                user_namespace: false,
+                reason: format!("{why}: CAP_SYS_ADMIN is in the effective set"),
+            })
+        } else if facts.user_namespaces {
+            Some(ModeChoice {
+                mode: Mode::Direct,
+                user_namespace: true,
+                reason: format!(
+                    "{why}: no CAP_SYS_ADMIN, but user namespaces are allowed (uid {} -> 0)",
+                    facts.euid
+                ),
+            })
+        } else {
+            None
+        }
+    };
+    let bwrap = |why: &str| {
+        facts.bwrap.as_ref().map(|p| ModeChoice {
+            mode: Mode::Bwrap,
+            user_namespace: false,
+            reason: format!("{why}: bwrap found at {}", p.display()),
+        })
+    };
+    let none = |reason: &str| NoMode {
+        requested,
+        reason: reason.to_owned(),
+    };
+    match requested {
+        ModeRequest::Direct => direct("requested").ok_or_else(|| {
+            none("direct mode needs CAP_SYS_ADMIN or user namespaces, and this process has neither")
+        }),
+        ModeRequest::Bwrap => bwrap("requested").ok_or_else(|| none("bwrap not found")),
+        ModeRequest::Auto => direct("auto")
+            .or_else(|| bwrap("auto: no CAP_SYS_ADMIN and no user namespaces"))
+            .ok_or_else(|| {
+                none("no CAP_SYS_ADMIN, no user namespaces and no bwrap: grant CAP_SYS_ADMIN")
+            }),
+    }
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountStep {
+    /// `make-rprivate`, `tmpfs` or `bind`.
+    pub kind: MountKind,
+    /// Host path (bind), `tmpfs`, or absent.
+    pub source: Option<PathBuf>,
+    pub target: PathBuf,
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountKind {
+    /// Recursive private propagation on `/`: nothing leaks back to the host.
+    MakeRprivate,
+    Tmpfs,
+    Bind,
+}
+
+/// Bazel server parameters the plan derived (absent for `run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerPlan {
+    pub output_base: &'static str,
+    pub workspace: &'static str,
+    pub command_port: u16,
+    pub max_idle_secs: u64,
+    pub system_bazelrc: PathBuf,
+}
+
+/// The whole plan, as `--dry-run --format json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountPlan {
+    pub user_id: String,
+    pub repo_hash: String,
+    pub session_id: Option<String>,
+    #[serde(flatten)]
+    pub mode: ModeChoice,
+    /// Namespaces created in direct mode (`user` only without CAP_SYS_ADMIN).
+    pub namespaces: Vec<&'static str>,
+    /// uid/gid maps written in a user namespace ("inside outside count").
+    pub uid_map: Option<String>,
+    pub gid_map: Option<String>,
+    pub src: PathBuf,
+    pub out: PathBuf,
+    pub mounts: Vec<MountStep>,
+    pub cwd: &'static str,
+    /// What runs in the pivoted view (the Bazel client starting the server, or `run`'s CMD).
+    pub command: Vec<String>,
+    pub server: Option<ServerPlan>,
+    /// The bwrap form of the same plan, command included.
+    pub bwrap_argv: Vec<String>,
+    /// Where the supervisor itself reads the output base (`/work/out` in direct mode, the host
+    /// path in bwrap mode, where it stays outside the view).
+    pub out_seen_by_supervisor: PathBuf,
+}
+
+/// The Bazel client invocation that starts (or finds) the server; run from `/work/src`.
+///
+/// `--bazelrc=<system rc>` gives the client the image's rc (Bazel reads it as the user rc, in
+/// addition to `/etc/bazel.bazelrc` and the workspace's `.bazelrc`); `info release` makes the
+/// client start the server, wait for it and exit, leaving it running (`--max_idle_secs`).
+pub fn server_start_argv(b: &BazelSettings) -> Vec<String> {
+    vec![
+        b.client.display().to_string(),
+        format!("--output_base={WORK_OUT}"),
+        format!("--bazelrc={}", b.system_bazelrc.display()),
+        format!("--command_port={}", b.command_port),
+        "--host_jvm_args=-Djava.net.preferIPv4Stack=true".to_owned(),
+        format!("--max_idle_secs={}", b.max_idle_secs),
+        "info".to_owned(),
+        "release".to_owned(),
+    ]
+}
+
+/// The bwrap argv for the same binds, ending with `--` and `command`.
+///
+/// `--dev-bind / /` keeps the host's `/dev` and `/proc`: a fresh `--proc` fails in pods that
+/// are not privileged (environment.md), and Bazel needs neither fresh.
+pub fn bwrap_argv(bwrap: &Path, src: &Path, out: &Path, command: &[String]) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        &bwrap.display().to_string(),
+        "--die-with-parent",
+        "--dev-bind",
+        "/",
+        "/",
+        "--tmpfs",
+        WORK,
+        "--bind",
+        &src.display().to_string(),
+        WORK_SRC,
+        "--bind",
+        &out.display().to_string(),
+        WORK_OUT,
+        "--chdir",
+        WORK_SRC,
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(command.iter().cloned());
+    argv
+}
+
+/// Config + host facts -> the plan. Pure.
+pub fn plan(
+    cfg: &Config,
+    requested: ModeRequest,
+    facts: &HostFacts,
+    bwrap: &Path,
+) -> Result<MountPlan, NoMode> {
+    let choice = choose_mode(requested, facts)?;
+    let (command, server) = match &cfg.job {
+        Job::Serve => (
+            server_start_argv(&cfg.bazel),
+            Some(ServerPlan {
+                output_base: WORK_OUT,
+                workspace: WORK_SRC,
+                command_port: cfg.bazel.command_port,
+                max_idle_secs: cfg.bazel.max_idle_secs,
+                system_bazelrc: cfg.bazel.system_bazelrc.clone(),
+            }),
+        ),
+        Job::Run(cmd) => (cmd.clone(), None),
+    };
+    let mounts = vec![
+        MountStep {
+            kind: MountKind::MakeRprivate,
+            source: None,
+            target: PathBuf::from("/"),
+            flags: vec!["rec", "private"],
+        },
+        MountStep {
+            kind: MountKind::Tmpfs,
+            source: Some(PathBuf::from("tmpfs")),
+            target: PathBuf::from(WORK),
+            flags: vec!["nosuid", "nodev", "mode=0755"],
+        },
+        MountStep {
+            kind: MountKind::Bind,
+            source: Some(cfg.dirs.src.clone()),
+            target: PathBuf::from(WORK_SRC),
+            flags: vec!["rec"],
+        },
+        MountStep {
+            kind: MountKind::Bind,
+            source: Some(cfg.dirs.out.clone()),
+            target: PathBuf::from(WORK_OUT),
+            flags: vec!["rec"],
+        },
+    ];
+    let bwrap_path = facts.bwrap.as_deref().unwrap_or(bwrap);
+    let (namespaces, uid_map, gid_map) = match (choice.mode, choice.user_namespace) {
+        (Mode::Direct, true) => (
+            vec!["user", "mnt"],
+            Some(format!("0 {} 1", facts.euid)),
+            Some(format!("0 {} 1", facts.egid)),
+        ),
+        (Mode::Direct, false) => (vec!["mnt"], None, None),
+        (Mode::Bwrap, _) => (vec![], None, None),
+    };
+    let out_seen_by_supervisor = match choice.mode {
+        Mode::Direct => PathBuf::from(WORK_OUT),
+        Mode::Bwrap => cfg.dirs.out.clone(),
+    };
+    Ok(MountPlan {
+        user_id: cfg.identity.user_id.clone(),
+        repo_hash: cfg.identity.repo_hash.clone(),
+        session_id: cfg.identity.session_id.clone(),
+        mode: choice,
+        namespaces,
+        uid_map,
+        gid_map,
+        src: cfg.dirs.src.clone(),
+        out: cfg.dirs.out.clone(),
+        bwrap_argv: bwrap_argv(bwrap_path, &cfg.dirs.src, &cfg.dirs.out, &command),
+        mounts,
+        cwd: WORK_SRC,
+        command,
+        server,
+        out_seen_by_supervisor,
+    })
+}
+
+/// Quotes one word for a POSIX shell when it needs it (for display only).
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn join_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl MountPlan {
+    /// The plan for a person.
+    pub fn render_human(&self) -> String {
+        let mut s = String::new();
+        let mode = match (self.mode.mode, self.mode.user_namespace) {
+            (Mode::Direct, false) => "direct (new mount namespace)",
+            (Mode::Direct, true) => "direct (new user + mount namespace)",
+            (Mode::Bwrap, _) => "bwrap (children run under bubblewrap)",
+        };
+        let _ = writeln!(s, "mode:     {mode}");
+        let _ = writeln!(s, "why:      {}", self.mode.reason);
+        let _ = writeln!(
+            s,
+            "user:     {}  repo: {}  session: {}",
+            self.user_id,
+            self.repo_hash,
+            self.session_id.as_deref().unwrap_or("-")
+        );
+        if let (Some(u), Some(g)) = (&self.uid_map, &self.gid_map) {
+            let _ = writeln!(s, "id maps:  uid {u}, gid {g}");
+        }
+        let _ = writeln!(
+            s,
+            "mounts (in a new mount namespace; the host's mount table is unchanged):"
+        );
+        for (i, m) in self.mounts.iter().enumerate() {
+            let kind = match m.kind {
+                MountKind::MakeRprivate => "make-rprivate",
+                MountKind::Tmpfs => "tmpfs",
+                MountKind::Bind => "bind",
+            };
+            let what = match &m.source {
+                Some(src) => format!("{} -> {}", src.display(), m.target.display()),
+                None => m.target.display().to_string(),
+            };
+            let _ = writeln!(s, "  {}. {kind:<13} {what}  ({})", i + 1, m.flags.join(","));
+        }
+        let _ = writeln!(s, "cwd:      {}", self.cwd);
+        let _ = writeln!(s, "command:  {}", join_argv(&self.command));
+        if let Some(server) = &self.server {
+            let _ = writeln!(
+                s,
+                "server:   output base {}, command port 127.0.0.1:{}, max idle {} s, system rc {}",
+                server.output_base,
+                server.command_port,
+                server.max_idle_secs,
+                server.system_bazelrc.display()
+            );
+        }
+        let _ = writeln!(s, "bwrap:    {}", join_argv(&self.bwrap_argv));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Identity, RepoDirs, ReportSettings};
+
+    fn facts(cap: bool, userns: bool, bwrap: bool) -> HostFacts {
+        HostFacts {
+            euid: 1000,
+            egid: 1000,
+            cap_sys_admin: cap,
+            user_namespaces: userns,
+            bwrap: bwrap.then(|| PathBuf::from("/usr/bin/bwrap")),
+        }
+    }
+
+    fn config(job: Job) -> Config {
+        let repo = PathBuf::from("/fs/alice/0123456789abcdef0123456789abcdef");
+        Config {
+            identity: Identity {
+                user_id: "alice".into(),
+                repo_hash: "0123456789abcdef0123456789abcdef".into(),
+                session_id: Some("s1".into()),
+            },
+            dirs: RepoDirs {
+                root: PathBuf::from("/fs"),
+                src: repo.join("src"),
+                out: repo.join("out"),
+            },
+            job,
+            bazel: BazelSettings {
+                client: PathBuf::from("bazel"),
+                command_port: 9001,
+                max_idle_secs: 0,
+                system_bazelrc: PathBuf::from("/etc/jbazel/system.bazelrc"),
+                system_bazelrc_text: String::new(),
+            },
+            report: ReportSettings::default(),
+        }
+    }
+
+    #[test]
+    fn mode_table() {
+        use ModeRequest::*;
+        // (requested, cap, userns, bwrap) -> Some((mode, userns)) or None (error)
+        let cases = [
+            (Auto, true, true, true, Some((Mode::Direct, false))),
+            (Auto, false, true, true, Some((Mode::Direct, true))),
+            (Auto, false, false, true, Some((Mode::Bwrap, false))),
+            (Auto, false, false, false, None),
+            (Direct, true, false, false, Some((Mode::Direct, false))),
+            (Direct, false, true, false, Some((Mode::Direct, true))),
+            (Direct, false, false, true, None),
+            (Bwrap, true, true, true, Some((Mode::Bwrap, false))),
+            (Bwrap, true, true, false, None),
+        ];
+        for (req, cap, userns, bw, want) in cases {
+            let got = choose_mode(req, &facts(cap, userns, bw));
+            match (got, want) {
+                (Ok(c), Some((m, u))) => {
+                    assert_eq!(
+                        (c.mode, c.user_namespace),
+                        (m, u),
+                        "{req:?} {cap} {userns} {bw}"
+                    );
+                    assert!(!c.reason.is_empty());
+                }
+                (Err(e), None) => assert!(!e.reason.is_empty()),
+                (got, want) => panic!("{req:?} {cap} {userns} {bw}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        let run = Job::Run(vec!["cat".into(), "/work/src/MARKER".into()]);
+        struct Case {
+            job: Job,
+            req: ModeRequest,
+            facts: HostFacts,
+            mode: Mode,
+            namespaces: &'static [&'static str],
+            out_seen: &'static str,
+            command0: &'static str,
+        }
+        let out_host = "/fs/alice/0123456789abcdef0123456789abcdef/out";
+        let cases = [
+            Case {
+                job: Job::Serve,
+                req: ModeRequest::Auto,
+                facts: facts(true, true, true),
+                mode: Mode::Direct,
+                namespaces: &["mnt"],
+                out_seen: WORK_OUT,
+                command0: "bazel",
+            },
+            Case {
+                job: Job::Serve,
+                req: ModeRequest::Auto,
+                facts: facts(false, true, true),
+                mode: Mode::Direct,
+                namespaces: &["user", "mnt"],
+                out_seen: WORK_OUT,
+                command0: "bazel",
+            },
+            Case {
+                job: run.clone(),
+                req: ModeRequest::Bwrap,
+                facts: facts(true, true, true),
+                mode: Mode::Bwrap,
+                namespaces: &[],
+                out_seen: out_host,
+                command0: "cat",
+            },
+            Case {
+                job: run.clone(),
+                req: ModeRequest::Auto,
+                facts: facts(false, false, true),
+                mode: Mode::Bwrap,
+                namespaces: &[],
+                out_seen: out_host,
+                command0: "cat",
+            },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let p = plan(&config(c.job.clone()), c.req, &c.facts, Path::new("bwrap"))
+                .unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(p.mode.mode, c.mode, "case {i}");
+            assert_eq!(p.namespaces, c.namespaces, "case {i}");
+            assert_eq!(
+                p.out_seen_by_supervisor,
+                PathBuf::from(c.out_seen),
+                "case {i}"
+            );
+            assert_eq!(p.command[0], c.command0, "case {i}");
+            assert_eq!(p.cwd, WORK_SRC);
+            let targets: Vec<_> = p.mounts.iter().map(|m| m.target.clone()).collect();
+            assert_eq!(
+                targets,
+                ["/", WORK, WORK_SRC, WORK_OUT].map(PathBuf::from),
+                "case {i}: order matters: private first, tmpfs before binds"
+            );
+            assert_eq!(p.mounts[2].source.as_deref(), Some(p.src.as_path()));
+            assert_eq!(p.mounts[3].source.as_deref(), Some(p.out.as_path()));
+            // The bwrap form ends with the same command.
+            let tail = &p.bwrap_argv[p.bwrap_argv.len() - p.command.len()..];
+            assert_eq!(tail, p.command.as_slice(), "case {i}");
+            assert_eq!(p.server.is_some(), c.job == Job::Serve, "case {i}");
+            if c.namespaces.contains(&"user") {
+                assert_eq!(p.uid_map.as_deref(), Some("0 1000 1"));
+            } else {
+                assert_eq!(p.uid_map, None);
+            }
+        }
+    }
+
+    #[test]
+    fn server_argv_has_the_contract_flags() {
+        let argv = server_start_argv(&config(Job::Serve).bazel);
+        for want in [
+            "--output_base=/work/out",
+            "--command_port=9001",
+            "--host_jvm_args=-Djava.net.preferIPv4Stack=true",
+            "--max_idle_secs=0",
+            "--bazelrc=/etc/jbazel/system.bazelrc",
+        ] {
+            assert!(
+                argv.iter().any(|a| a == want),
+                "{want} missing from {argv:?}"
+            );
+        }
+        // Startup options come before the command.
+        let info = argv.iter().position(|a| a == "info").expect("info");
+        assert!(argv[..info].iter().skip(1).all(|a| a.starts_with("--")));
+    }
+
+    #[test]
+    fn bwrap_argv_binds_like_direct_mode() {
+        let argv = bwrap_argv(
+            Path::new("/usr/bin/bwrap"),
+            Path::new("/fs/a/src"),
+            Path::new("/fs/a/out"),
+            &["true".to_owned()],
+        );
+        let s = argv.join(" ");
+        assert!(s.starts_with("/usr/bin/bwrap --die-with-parent --dev-bind / / --tmpfs /work"));
+        assert!(s.contains("--bind /fs/a/src /work/src --bind /fs/a/out /work/out"));
+        assert!(s.ends_with("--chdir /work/src -- true"));
+    }
+
+    #[test]
+    fn human_and_json_renderings() {
+        let p = plan(
+            &config(Job::Serve),
+            ModeRequest::Auto,
+            &facts(true, false, true),
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        let h = p.render_human();
+        assert!(h.contains("mode:     direct (new mount namespace)"), "{h}");
+        assert!(h.contains("-> /work/src"), "{h}");
+        assert!(h.contains("bwrap:    /usr/bin/bwrap"), "{h}");
+        let v: serde_json::Value = serde_json::to_value(&p).expect("json");
+        assert_eq!(v["mode"], "direct");
+        assert_eq!(v["user_namespace"], false);
+        assert_eq!(v["mounts"][1]["kind"], "tmpfs");
+        assert_eq!(v["server"]["command_port"], 9001);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a/b=c"), "a/b=c");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
