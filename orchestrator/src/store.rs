@@ -213,37 +213,7 @@ impl Store {
     where
         F: Fn(Option<&SessionRow>) -> (RowWrite, T),
     {
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            match self.attempt(key, &decide).await {
-                Ok(out) => {
-                    if attempts > 1 {
-                        tracing::debug!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, "transaction committed after retries");
-                    }
-                    return Ok(out);
-                }
-                Err(e) if is_aborted(&e) => {
-                    let pause = backoff(attempts, &mut rand::rng());
-                    if Instant::now() + pause >= deadline {
-                        return Err(StoreError::DeadlineExceeded {
-                            op,
-                            key: key.to_string(),
-                            attempts,
-                        });
-                    }
-                    tracing::trace!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, ?pause, "transaction aborted, retrying");
-                    tokio::time::sleep(pause).await;
-                }
-                Err(source) => {
-                    return Err(StoreError::Spanner {
-                        op,
-                        key: key.to_string(),
-                        source,
-                    })
-                }
-            }
-        }
+        retry_aborted(op, key, deadline, || self.attempt(key, &decide)).await
     }
 
     async fn attempt<T, F>(&self, key: &SessionKey, decide: &F) -> Result<T, SpannerError>
@@ -254,6 +224,50 @@ impl Store {
         let result = read_decide_buffer(&mut tx, key, decide).await;
         let (_commit, out) = tx.end(result, None).await?;
         Ok(out)
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with something other than ABORTED, or the next
+/// backoff would end past `deadline` (then DEADLINE_EXCEEDED naming the attempts).
+async fn retry_aborted<T, Fut>(
+    op: &'static str,
+    key: &SessionKey,
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, SpannerError>>,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(out) => {
+                if attempts > 1 {
+                    tracing::debug!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, "transaction committed after retries");
+                }
+                return Ok(out);
+            }
+            Err(e) if is_aborted(&e) => {
+                let pause = backoff(attempts, &mut rand::rng());
+                if Instant::now() + pause >= deadline {
+                    return Err(StoreError::DeadlineExceeded {
+                        op,
+                        key: key.to_string(),
+                        attempts,
+                    });
+                }
+                tracing::trace!(op, user = %key.user_id, repo_hash = %key.repo_hash, attempts, ?pause, "transaction aborted, retrying");
+                tokio::time::sleep(pause).await;
+            }
+            Err(source) => {
+                return Err(StoreError::Spanner {
+                    op,
+                    key: key.to_string(),
+                    source,
+                })
+            }
+        }
     }
 }
 
@@ -367,6 +381,73 @@ mod tests {
                 code, "x"
             ))));
         }
+    }
+
+    fn k() -> SessionKey {
+        SessionKey::new("alice", "0123456789abcdef0123456789abcdef")
+    }
+
+    #[tokio::test]
+    async fn aborted_attempts_are_retried_until_success() {
+        let calls = std::cell::Cell::new(0u32);
+        let out = retry_aborted("t", &k(), Instant::now() + Duration::from_secs(5), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 4 {
+                    Err(SpannerError::GRPC(tonic::Status::aborted("busy")))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await
+        .expect("succeeds on the 4th attempt");
+        assert_eq!(out, 4);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_deadline() {
+        let calls = std::cell::Cell::new(0u32);
+        let t0 = Instant::now();
+        let err = retry_aborted("t", &k(), t0 + Duration::from_millis(300), || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(SpannerError::GRPC(tonic::Status::aborted("busy"))) }
+        })
+        .await
+        .expect_err("always aborted");
+        let waited = t0.elapsed();
+        assert!(
+            matches!(err, StoreError::DeadlineExceeded { attempts, .. } if attempts == calls.get() && attempts > 3),
+            "{err}"
+        );
+        assert!(
+            waited <= Duration::from_millis(300),
+            "overran the deadline: {waited:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(150),
+            "gave up early: {waited:?}"
+        );
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_not_retried() {
+        let calls = std::cell::Cell::new(0u32);
+        let err = retry_aborted("t", &k(), Instant::now() + Duration::from_secs(5), || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(SpannerError::GRPC(tonic::Status::not_found("no table"))) }
+        })
+        .await
+        .expect_err("fails");
+        assert_eq!(calls.get(), 1);
+        assert!(matches!(err, StoreError::Spanner { .. }));
+        assert!(
+            err.to_string()
+                .contains("(alice, 0123456789abcdef0123456789abcdef)"),
+            "{err}"
+        );
     }
 
     #[test]
