@@ -1,0 +1,330 @@
+//! The default job against the real Bazel (Debian's 4.2.3) and a copy of the sample
+//! workspace: ready within a deadline, Ping with the cookies, the jbazel files published,
+//! ReportReady pushed, restart after the Java server is killed, and SIGTERM -> clean exit 0
+//! within the grace period with no Java process left.
+//!
+//! ReportReady goes to a recording gRPC server in this test that speaks the orchestrator's
+//! real API (`proto::orchestrator`): it checks the supervisor's side of the wire. The real
+//! orchestrator is exercised end to end by the `integration` crate.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use proto::command_server::command_server_client::CommandServerClient;
+use proto::command_server::PingRequest;
+use proto::orchestrator::orchestrator_server::{Orchestrator, OrchestratorServer};
+use proto::orchestrator::{
+    GetServerRequest, GetServerResponse, ReportReadyRequest, ReportReadyResponse, ServerEvent,
+    WatchServerRequest,
+};
+use tonic::{Request, Response, Status};
+
+/// Bazel's start (2-4 s measured) plus a wide margin for a loaded 2-core CI machine.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+const GRACE_SECS: u64 = 20;
+
+#[derive(Clone, Default)]
+struct RecordingOrchestrator {
+    reports: Arc<Mutex<Vec<ReportReadyRequest>>>,
+}
+
+#[tonic::async_trait]
+impl Orchestrator for RecordingOrchestrator {
+    async fn get_server(
+        &self,
+        _: Request<GetServerRequest>,
+    ) -> Result<Response<GetServerResponse>, Status> {
+        Err(Status::unimplemented(
+            "test orchestrator records ReportReady only",
+        ))
+    }
+
+    type WatchServerStream = std::pin::Pin<
+        Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<ServerEvent, Status>> + Send>,
+    >;
+
+    async fn watch_server(
+        &self,
+        _: Request<WatchServerRequest>,
+    ) -> Result<Response<Self::WatchServerStream>, Status> {
+        Err(Status::unimplemented(
+            "test orchestrator records ReportReady only",
+        ))
+    }
+
+    async fn report_ready(
+        &self,
+        req: Request<ReportReadyRequest>,
+    ) -> Result<Response<ReportReadyResponse>, Status> {
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(req.into_inner());
+        Ok(Response::new(ReportReadyResponse { accepted: true }))
+    }
+}
+
+/// Starts the recording orchestrator on a free loopback port; returns its URL.
+fn start_orchestrator(rt: &tokio::runtime::Runtime, svc: RecordingOrchestrator) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind orchestrator");
+    let addr = listener.local_addr().expect("addr");
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(OrchestratorServer::new(svc))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    format!("http://{addr}")
+}
+
+/// Ping the server ourselves with the cookies from the output base.
+fn ping(rt: &tokio::runtime::Runtime, out: &std::path::Path, port: u16) -> Result<(), String> {
+    let req_cookie =
+        std::fs::read_to_string(out.join("server/request_cookie")).map_err(|e| e.to_string())?;
+    let resp_cookie =
+        std::fs::read_to_string(out.join("server/response_cookie")).map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut c = CommandServerClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = c
+            .ping(PingRequest {
+                cookie: req_cookie.trim().to_owned(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.into_inner().cookie == resp_cookie.trim() {
+            Ok(())
+        } else {
+            Err("response cookie mismatch".to_owned())
+        }
+    })
+}
+
+struct Setup {
+    fs: Filestore,
+    sup: Running,
+    rc: std::path::PathBuf,
+}
+
+fn start_supervisor(mode: &str, orchestrator: Option<&str>) -> Setup {
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    let health_port = free_port();
+    let command_port = free_port();
+    let mut cmd = fs.supervisor();
+    cmd.env("SESSION_ID", "session-1")
+        .env("POD_NAME", "bazel-server-alice-01234567")
+        .env("POD_IP", "127.0.0.1")
+        .env("SYSTEM_BAZELRC", &rc)
+        .env("BAZEL_COMMAND_PORT", command_port.to_string())
+        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+        .env("HEALTH_INTERVAL_SECS", "1")
+        .env("GRACE_PERIOD_SECS", GRACE_SECS.to_string())
+        .args(["--mode", mode]);
+    if let Some(addr) = orchestrator {
+        cmd.env("ORCHESTRATOR_ADDR", addr);
+    }
+    let log = fs.root().join("supervisor.log");
+    let out = fs.out();
+    let sup = Running::start(cmd, log, out, health_port, command_port);
+    Setup { fs, sup, rc }
+}
+
+fn probe(port: u16) -> i32 {
+    std::process::Command::new(supervisor_bin())
+        .args(["probe", "--health-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("probe runs")
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// Waits for /readyz 200; asserts a 503 was seen first. Returns the time it took.
+fn wait_ready(s: &Setup) -> Duration {
+    let t0 = Instant::now();
+    let mut saw_503 = false;
+    let ready = wait_until(READY_DEADLINE, || match s.sup.readyz() {
+        Some((200, _)) => true,
+        Some((503, _)) => {
+            saw_503 = true;
+            false
+        }
+        _ => false,
+    });
+    assert!(
+        ready,
+        "not ready within {READY_DEADLINE:?}:\n{}",
+        s.sup.logs()
+    );
+    assert!(saw_503, "/readyz must say 503 while Bazel starts");
+    t0.elapsed()
+}
+
+/// SIGTERM: exit 0 within the grace period, the server and everything in its mount
+/// namespace gone.
+fn sigterm_cleanly(s: &mut Setup) {
+    let server = s.sup.server_pid().expect("server pid");
+    assert!(is_bazel_server(server));
+    let ns = mnt_ns_of(server).expect("server's mount namespace");
+    let t0 = Instant::now();
+    signal(s.sup.pid(), Signal::SIGTERM);
+    let status = wait_child(&mut s.sup.child, Duration::from_secs(GRACE_SECS + 10))
+        .unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", s.sup.logs()));
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", s.sup.logs());
+    assert!(took < Duration::from_secs(GRACE_SECS), "took {took:?}");
+    assert!(
+        !is_bazel_server(server),
+        "java server {server} still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_in_mnt_ns(&ns)
+            .is_empty()),
+        "processes left in the pod's mount namespace: {:?}",
+        processes_in_mnt_ns(&ns)
+    );
+    eprintln!("SIGTERM -> exit 0 in {took:?}");
+}
+
+#[test]
+fn direct_mode_ready_ping_restart_and_clean_shutdown() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let orch = RecordingOrchestrator::default();
+    let addr = start_orchestrator(&rt, orch.clone());
+    let mut s = start_supervisor("direct", Some(&addr));
+
+    // Ready within the deadline, and the probe agrees.
+    let took = wait_ready(&s);
+    eprintln!("ready after {took:?}");
+    assert_eq!(probe(s.sup.health_port), 0, "probe exits 0 when ready");
+    assert_eq!(
+        http_get(s.sup.health_port, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    ping(&rt, &s.sup.out, s.sup.command_port).expect("Ping with the request cookie");
+    let port_file =
+        std::fs::read_to_string(s.sup.out.join("server/command_port")).expect("port file");
+    assert_eq!(
+        port_file.trim(),
+        format!("127.0.0.1:{}", s.sup.command_port)
+    );
+
+    // The server is the supervisor's (re-parented) child, in the pivoted view.
+    let first = s.sup.server_pid().expect("pid file");
+    assert!(is_bazel_server(first));
+    let ppid = procfs::process::Process::new(first)
+        .and_then(|p| p.stat())
+        .expect("stat")
+        .ppid;
+    assert_eq!(
+        ppid,
+        s.sup.pid(),
+        "the daemonized server is re-parented to the subreaper"
+    );
+    assert_eq!(
+        mnt_ns_of(first),
+        mnt_ns_of(s.sup.pid()),
+        "server runs in the pivoted view"
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{first}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.contains("/work/out"),
+        "the server uses the pivoted output base: {cmdline}"
+    );
+
+    // Published for jbazel.
+    let rc =
+        std::fs::read_to_string(s.sup.out.join("jbazel/system.bazelrc")).expect("rc published");
+    assert_eq!(rc, std::fs::read_to_string(&s.rc).expect("rc"));
+    let env = std::fs::read_to_string(s.sup.out.join("jbazel/client-env")).expect("env published");
+    assert!(env.starts_with("PATH=/"), "{env}");
+
+    // Pushed to the orchestrator.
+    let reports = || {
+        orch.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || !reports().is_empty()),
+        "no ReportReady:\n{}",
+        s.sup.logs()
+    );
+    let r = &reports()[0];
+    assert_eq!(
+        (
+            r.user_id.as_str(),
+            r.repo_hash.as_str(),
+            r.session_id.as_str()
+        ),
+        (USER, HASH, "session-1")
+    );
+    assert_eq!(
+        (r.pod_name.as_str(), r.pod_ip.as_str()),
+        ("bazel-server-alice-01234567", "127.0.0.1")
+    );
+    assert_eq!(r.command_port, u32::from(s.sup.command_port));
+
+    // Kill the Java server: the supervisor notices, reports not ready, and starts a new one.
+    signal(first, Signal::SIGKILL);
+    let restarted = wait_until(READY_DEADLINE, || {
+        s.sup
+            .server_pid()
+            .is_some_and(|p| p != first && is_bazel_server(p))
+            && matches!(s.sup.readyz(), Some((200, _)))
+    });
+    assert!(restarted, "no restart after kill:\n{}", s.sup.logs());
+    assert!(!is_bazel_server(first));
+    ping(&rt, &s.sup.out, s.sup.command_port).expect("Ping the new server");
+    assert!(
+        s.sup.logs().contains("Bazel server gone; restarting"),
+        "{}",
+        s.sup.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || reports().len() >= 2),
+        "readiness re-reported after the restart"
+    );
+
+    sigterm_cleanly(&mut s);
+    assert!(
+        s.sup.logs().contains("how=Protocol"),
+        "clean protocol shutdown:\n{}",
+        s.sup.logs()
+    );
+    drop(s.fs);
+}
+
+#[test]
+fn bwrap_mode_ready_and_clean_shutdown_without_orchestrator() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut s = start_supervisor("bwrap", None);
+    let took = wait_ready(&s);
+    eprintln!("bwrap: ready after {took:?}");
+    ping(&rt, &s.sup.out, s.sup.command_port).expect("Ping");
+    assert!(
+        s.sup.logs().contains("ORCHESTRATOR_ADDR not set"),
+        "{}",
+        s.sup.logs()
+    );
+    let server = s.sup.server_pid().expect("pid");
+    assert_ne!(
+        mnt_ns_of(server),
+        mnt_ns_of(s.sup.pid()),
+        "bwrap: the server runs in bwrap's view"
+    );
+    sigterm_cleanly(&mut s);
+}
+
+#[test]
+fn probe_fails_when_nothing_listens() {
+    assert_eq!(probe(free_port()), 1);
+}

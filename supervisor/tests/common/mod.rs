@@ -1,0 +1,396 @@
+//! Shared fixtures for the supervisor's integration tests: a temp filestore, the real
+//! supervisor binary, real Bazel and bwrap, and helpers that poll conditions with deadlines.
+//!
+//! Everything lives under /tmp (never under /work: the pivot hides /work behind a tmpfs).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HASH: &str = "0123456789abcdef0123456789abcdef";
+pub const USER: &str = "alice";
+pub const MARKER: &str = "marker-7f3a from the filestore\n";
+
+pub fn supervisor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_supervisor")
+}
+
+/// Repository root of the workspace (for the sample workspace and the rule stubs).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// A filestore root with `alice/<HASH>/{src,out}` and `src/MARKER`.
+pub struct Filestore {
+    pub dir: tempfile::TempDir,
+}
+
+impl Filestore {
+    pub fn new() -> Filestore {
+        let dir = tempfile::Builder::new()
+            .prefix("jbazel-sup-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let fs = Filestore { dir };
+        std::fs::create_dir_all(fs.src()).expect("mkdir src");
+        std::fs::create_dir_all(fs.out()).expect("mkdir out");
+        std::fs::write(fs.src().join("MARKER"), MARKER).expect("marker");
+        fs
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.root().join(USER).join(HASH)
+    }
+
+    pub fn src(&self) -> PathBuf {
+        self.repo().join("src")
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.repo().join("out")
+    }
+
+    /// Lets an unprivileged user traverse the tree (and write `out`).
+    pub fn open_up(&self) {
+        for d in [
+            self.root().to_owned(),
+            self.root().join(USER),
+            self.repo(),
+            self.src(),
+        ] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        std::fs::set_permissions(self.out(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod out");
+    }
+
+    /// Copies the sample workspace into src and writes a system rc whose rule stubs live in
+    /// this temp dir (outside /work, so they stay visible after the pivot). Returns the rc.
+    pub fn with_sample_workspace(&self) -> PathBuf {
+        copy_dir(
+            &repo_root().join("integration/sample-workspace"),
+            &self.src(),
+        );
+        let rules = self.root().join("rules");
+        for stub in ["rules_cc", "rules_java"] {
+            copy_dir(
+                &repo_root().join("image/bazel").join(stub),
+                &rules.join(stub),
+            );
+        }
+        let template = std::fs::read_to_string(repo_root().join("image/bazel/system.bazelrc.in"))
+            .expect("rc template");
+        let rc = self.root().join("system.bazelrc");
+        std::fs::write(
+            &rc,
+            template.replace("@RULES_DIR@", &rules.display().to_string()),
+        )
+        .expect("write rc");
+        rc
+    }
+
+    /// The supervisor with this filestore's env (USER_ID, REPO_HASH, MOCK_FILESTORE_PATH).
+    pub fn supervisor(&self) -> Command {
+        let mut c = Command::new(supervisor_bin());
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "HOME",
+                std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+            )
+            .env("RUST_LOG", "info,supervisor=debug")
+            .env("USER_ID", USER)
+            .env("REPO_HASH", HASH)
+            .env("MOCK_FILESTORE_PATH", self.root());
+        c
+    }
+
+    /// Every path under the root with its kind and size: "nothing was created" checks.
+    pub fn snapshot(&self) -> Vec<String> {
+        tree_snapshot(self.root())
+    }
+}
+
+pub fn tree_snapshot(root: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            v.push(format!("{} {:?} {}", p.display(), m.file_type(), m.len()));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// Mount-table lines that concern this test: /work and the temp filestore. The whole table
+/// is not compared: the local cluster and other tests mount things concurrently.
+pub fn relevant_mounts(root: &Path) -> Vec<String> {
+    let root = std::fs::canonicalize(root).expect("canon root");
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let mount_point = fields.get(4).copied().unwrap_or("");
+            let fs_root = fields.get(3).copied().unwrap_or("");
+            mount_point == "/work"
+                || mount_point.starts_with("/work/")
+                || l.contains(&root)
+                || fs_root.contains(&root)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names directly in the host's /work (a leaked tmpfs would show src/out there).
+pub fn work_listing() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/work")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// All of /proc/self/mountinfo (for a coarse "same number of mounts under /work" check).
+pub fn work_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| mp == "/work" || mp.starts_with("/work/"))
+        })
+        .count()
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `cond` every 50 ms until it holds or `within` passes. Returns whether it held.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a child with a deadline (polling try_wait).
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// Runs the supervisor to completion, capturing output (for short commands).
+pub fn run_to_end(mut cmd: Command, within: Duration) -> (ExitStatus, String, String) {
+    let out_file = tempfile::NamedTempFile::new().expect("tmp");
+    let err_file = tempfile::NamedTempFile::new().expect("tmp");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out_file.reopen().expect("reopen"))
+        .stderr(err_file.reopen().expect("reopen"))
+        .spawn()
+        .expect("spawn supervisor");
+    let status = match wait_child(&mut child, within) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "supervisor did not finish within {within:?}; stderr:\n{}",
+                std::fs::read_to_string(err_file.path()).unwrap_or_default()
+            );
+        }
+    };
+    (
+        status,
+        std::fs::read_to_string(out_file.path()).unwrap_or_default(),
+        std::fs::read_to_string(err_file.path()).unwrap_or_default(),
+    )
+}
+
+/// Process state letter from /proc/<pid>/stat (None when gone).
+pub fn proc_state(pid: i32) -> Option<char> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.state)
+}
+
+/// Children (by PPid) of `pid` that are zombies.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    procfs::process::all_processes()
+        .expect("procfs")
+        .flatten()
+        .filter_map(|p| p.stat().ok())
+        .filter(|s| s.ppid == pid && s.state == 'Z')
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// Is this pid a live Bazel server JVM (`bazel(<ws>) ...`)?
+pub fn is_bazel_server(pid: i32) -> bool {
+    let alive = matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X');
+    alive
+        && procfs::process::Process::new(pid)
+            .and_then(|p| p.cmdline())
+            .is_ok_and(|c| c.first().is_some_and(|a| a.starts_with("bazel(")))
+}
+
+/// Processes whose mount namespace is `ns` (e.g. the supervisor's pivoted view).
+pub fn processes_in_mnt_ns(ns: &Path) -> Vec<i32> {
+    procfs::process::all_processes()
+        .expect("procfs")
+        .flatten()
+        .filter(|p| std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid)).is_ok_and(|l| l == ns))
+        .map(|p| p.pid)
+        .collect()
+}
+
+pub fn mnt_ns_of(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
+
+/// A supervisor running in the background, its logs in a file. On drop it is killed, and any
+/// Bazel server its output base names is killed too (by pid; never by name).
+pub struct Running {
+    pub child: Child,
+    pub log: PathBuf,
+    pub out: PathBuf,
+    pub health_port: u16,
+    pub command_port: u16,
+}
+
+impl Running {
+    pub fn start(
+        mut cmd: Command,
+        log: PathBuf,
+        out: PathBuf,
+        health_port: u16,
+        command_port: u16,
+    ) -> Running {
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("clone"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn supervisor");
+        Running {
+            child,
+            log,
+            out,
+            health_port,
+            command_port,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn server_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.out.join("server/server.pid.txt"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// GET /readyz on the health port: (status code, body).
+    pub fn readyz(&self) -> Option<(u16, String)> {
+        http_get(self.health_port, "/readyz")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(pid) = self.server_pid() {
+            if is_bazel_server(pid) {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}

@@ -1,0 +1,193 @@
+//! `--dry-run`: the plan for several configs, as a person and as a program sees it, with no
+//! side effects (no file, no mount), as root and as an unprivileged user.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+struct Case {
+    name: &'static str,
+    args: &'static [&'static str],
+    /// Run as nobody (uid 65534) through setpriv: no root, no capabilities.
+    unprivileged: bool,
+    mode: &'static str,
+    user_namespace: bool,
+    command0: &'static str,
+    server: bool,
+}
+
+#[test]
+fn dry_run_json_table() {
+    let cases = [
+        Case {
+            name: "auto as root: direct, mount namespace only",
+            args: &["--dry-run", "--format", "json"],
+            unprivileged: false,
+            mode: "direct",
+            user_namespace: false,
+            command0: "bazel",
+            server: true,
+        },
+        Case {
+            name: "forced bwrap, run a command",
+            args: &[
+                "--dry-run",
+                "--format",
+                "json",
+                "--mode",
+                "bwrap",
+                "run",
+                "--",
+                "cat",
+                "/work/src/MARKER",
+            ],
+            unprivileged: false,
+            mode: "bwrap",
+            user_namespace: false,
+            command0: "cat",
+            server: false,
+        },
+        Case {
+            name: "auto unprivileged: direct in a user namespace",
+            args: &["--dry-run", "--format", "json"],
+            unprivileged: true,
+            mode: "direct",
+            user_namespace: true,
+            command0: "bazel",
+            server: true,
+        },
+        Case {
+            name: "unprivileged, bwrap requested, flags after the subcommand",
+            args: &[
+                "run",
+                "--mode",
+                "bwrap",
+                "--dry-run",
+                "--format",
+                "json",
+                "--",
+                "true",
+            ],
+            unprivileged: true,
+            mode: "bwrap",
+            user_namespace: false,
+            command0: "true",
+            server: false,
+        },
+    ];
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    fs.open_up();
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod rc");
+    let before_tree = fs.snapshot();
+    let before_mounts = relevant_mounts(fs.root());
+    for c in cases {
+        let mut cmd = if c.unprivileged {
+            let mut s = std::process::Command::new("setpriv");
+            s.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                supervisor_bin(),
+            ]);
+            s
+        } else {
+            std::process::Command::new(supervisor_bin())
+        };
+        cmd.args(c.args)
+            .env("USER_ID", USER)
+            .env("REPO_HASH", HASH)
+            .env("SESSION_ID", "s-1")
+            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env("SYSTEM_BAZELRC", &rc)
+            .env("BAZEL_COMMAND_PORT", "9123");
+        let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
+        assert!(status.success(), "{}: {status:?}\n{stderr}", c.name);
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {stdout}", c.name));
+        assert_eq!(v["mode"], c.mode, "{}: {v}", c.name);
+        assert_eq!(v["user_namespace"], c.user_namespace, "{}", c.name);
+        assert!(
+            !v["reason"].as_str().unwrap_or("").is_empty(),
+            "{}: a reason",
+            c.name
+        );
+        assert_eq!(v["command"][0], c.command0, "{}", c.name);
+        assert_eq!(v["cwd"], "/work/src");
+        let src = std::fs::canonicalize(fs.src()).expect("canon");
+        assert_eq!(
+            v["mounts"][2]["source"],
+            src.display().to_string(),
+            "{}",
+            c.name
+        );
+        assert_eq!(v["mounts"][2]["target"], "/work/src");
+        assert_eq!(v["mounts"][3]["target"], "/work/out");
+        assert_eq!(v["mounts"][1]["kind"], "tmpfs");
+        let bwrap: Vec<String> = serde_json::from_value(v["bwrap_argv"].clone()).expect("argv");
+        assert!(
+            bwrap
+                .windows(3)
+                .any(|w| w[0] == "--bind" && w[2] == "/work/src"),
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            bwrap.last().map(String::as_str),
+            v["command"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|x| x.as_str())
+        );
+        assert_eq!(v["server"].is_object(), c.server, "{}", c.name);
+        if c.server {
+            assert_eq!(v["server"]["command_port"], 9123, "{}", c.name);
+            assert!(
+                v["command"]
+                    .as_array()
+                    .expect("cmd")
+                    .iter()
+                    .any(|a| a == "--command_port=9123"),
+                "{}",
+                c.name
+            );
+        }
+        assert_eq!(v["host"]["cap_sys_admin"], !c.unprivileged, "{}", c.name);
+    }
+    assert_eq!(
+        fs.snapshot(),
+        before_tree,
+        "dry runs must not create anything"
+    );
+    assert_eq!(
+        relevant_mounts(fs.root()),
+        before_mounts,
+        "dry runs must not mount anything"
+    );
+}
+
+#[test]
+fn dry_run_human_shows_mounts_mode_and_bwrap() {
+    let fs = Filestore::new();
+    let mut cmd = fs.supervisor();
+    cmd.args(["--dry-run", "run", "--", "cat", "/work/src/MARKER"]);
+    let before = fs.snapshot();
+    let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    let src = std::fs::canonicalize(fs.src()).expect("canon");
+    for want in [
+        "mode:     direct".to_owned(),
+        "why:      auto: CAP_SYS_ADMIN".to_owned(),
+        format!("{} -> /work/src", src.display()),
+        "tmpfs -> /work".to_owned(),
+        "command:  cat /work/src/MARKER".to_owned(),
+        "bwrap:    ".to_owned(),
+    ] {
+        assert!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
+    }
+    assert_eq!(fs.snapshot(), before);
+}

@@ -1,0 +1,171 @@
+//! The pivot, for real (root, CAP_SYS_ADMIN, Debian's bwrap): `supervisor run -- cat
+//! /work/src/MARKER` sees the filestore's file, a write to /work/out lands in the host's out
+//! dir, and the host's mount table is the same afterwards. Also exit-code passthrough.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn pivot_round_trip(mode: &str) {
+    let fs = Filestore::new();
+    let mounts_before = relevant_mounts(fs.root());
+    let work_before = work_mounts();
+    let work_listing_before = work_listing();
+
+    let mut cat = fs.supervisor();
+    cat.args(["--mode", mode, "run", "--", "cat", "/work/src/MARKER"]);
+    let (status, stdout, stderr) = run_to_end(cat, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+    assert_eq!(
+        stdout, MARKER,
+        "{mode}: cat must print the filestore's MARKER"
+    );
+
+    let mut write = fs.supervisor();
+    write.args([
+        "--mode",
+        mode,
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo written-in-$0 > /work/out/from-pod && pwd && test ! -e /work/main",
+        mode,
+    ]);
+    let (status, stdout, stderr) = run_to_end(write, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "/work/src",
+        "{mode}: the command runs in /work/src"
+    );
+    let written = std::fs::read_to_string(fs.out().join("from-pod")).expect("written through");
+    assert_eq!(written, format!("written-in-{mode}\n"));
+
+    // The log says which mode ran and why.
+    assert!(stderr.contains("pivot mode chosen"), "{stderr}");
+
+    assert_eq!(
+        relevant_mounts(fs.root()),
+        mounts_before,
+        "{mode}: host mount table changed"
+    );
+    assert_eq!(
+        work_mounts(),
+        work_before,
+        "{mode}: a mount under /work leaked to the host"
+    );
+    // Other sessions may add to the host's /work meanwhile; what the pivot could leak is
+    // its own mount points.
+    for name in ["src", "out"] {
+        assert_eq!(
+            work_listing().iter().any(|n| n == name),
+            work_listing_before.iter().any(|n| n == name),
+            "{mode}: the host's /work must not be touched ({name})"
+        );
+    }
+}
+
+#[test]
+fn direct_mode_round_trip() {
+    pivot_round_trip("direct");
+}
+
+#[test]
+fn bwrap_mode_round_trip() {
+    pivot_round_trip("bwrap");
+}
+
+#[test]
+fn direct_mode_logs_verification() {
+    let fs = Filestore::new();
+    let mut c = fs.supervisor();
+    c.args([
+        "--mode",
+        "direct",
+        "run",
+        "--",
+        "grep",
+        " /work/src ",
+        "/proc/self/mountinfo",
+    ]);
+    let (status, stdout, stderr) = run_to_end(c, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let src = std::fs::canonicalize(fs.src()).expect("canon");
+    assert!(
+        stdout.contains(&src.display().to_string()),
+        "the child's mount table binds the filestore src: {stdout}"
+    );
+    assert!(
+        stderr.contains("verified in /proc/self/mountinfo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn user_namespace_mode_as_unprivileged_user() {
+    let fs = Filestore::new();
+    fs.open_up();
+    let mounts_before = relevant_mounts(fs.root());
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        supervisor_bin(),
+    ])
+    .args([
+        "--mode",
+        "direct",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "cat /work/src/MARKER; id -u; echo u > /work/out/userns",
+    ])
+    .env("USER_ID", USER)
+    .env("REPO_HASH", HASH)
+    .env("MOCK_FILESTORE_PATH", fs.root());
+    let (status, stdout, stderr) = run_to_end(c, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("{MARKER}0\n"),
+        "uid 65534 is root inside its namespace"
+    );
+    assert!(stderr.contains("user_namespace=true"), "{stderr}");
+    let meta = std::fs::metadata(fs.out().join("userns")).expect("written");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        65534,
+        "files belong to the real uid"
+    );
+    assert_eq!(relevant_mounts(fs.root()), mounts_before);
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    let fs = Filestore::new();
+    // (mode, shell snippet, expected exit code)
+    let cases = [
+        ("direct", "exit 7", 7),
+        ("bwrap", "exit 7", 7),
+        ("direct", "kill -TERM $$", 143),
+        ("direct", "kill -KILL $$", 137),
+        ("bwrap", "kill -TERM $$", 143),
+    ];
+    for (mode, snippet, want) in cases {
+        let mut c = fs.supervisor();
+        c.args(["--mode", mode, "run", "--", "sh", "-c", snippet]);
+        let (status, _, stderr) = run_to_end(c, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(want), "{mode} {snippet:?}: {stderr}");
+    }
+    let mut missing = fs.supervisor();
+    missing.args(["run", "--", "/nonexistent/cmd"]);
+    let (status, _, stderr) = run_to_end(missing, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(127), "{stderr}");
+    assert!(stderr.contains("/nonexistent/cmd"), "{stderr}");
+}
