@@ -119,7 +119,19 @@ fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
     let id = identity::resolve(&sources).map_err(|e| fail(BAD_ARGV, e))?;
     let repo_hash = workspace::repo_hash(&ws.root);
     proto::names::validate_repo_hash(&repo_hash).map_err(|e| fail(LOCAL_ENV, e))?;
-    let map = PathMap::new(&ws.root, &settings.filestore_root, &id.user_id, &repo_hash);
+    let mut map = PathMap::new(&ws.root, &settings.filestore_root, &id.user_id, &repo_hash);
+    map.aliases = [
+        (map.mirror_src.clone(), paths::POD_SRC),
+        (map.mirror_out.clone(), paths::POD_OUT),
+    ]
+    .into_iter()
+    .filter_map(|(p, pod)| {
+        std::fs::canonicalize(&p)
+            .ok()
+            .filter(|c| *c != p)
+            .map(|c| (c, pod))
+    })
+    .collect();
     let mirror = Mirror::new(&map.mirror_out);
     tracing::debug!(user = %id.user_id, repo_hash = %repo_hash, session = %id.session_id,
         root = %ws.root.display(), marker = ws.marker, "workspace");
@@ -396,7 +408,7 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
         Ok(Outcome::Exec(req)) => {
-            let req = paths::rewrite_exec_request(&req, &rewriter);
+            let req = paths::desktop_exec_request(&req, &rewriter, &paths::DiskLinks);
             let err = client::exec(&req);
             Err(fail(
                 client::INTERNAL_ERROR,

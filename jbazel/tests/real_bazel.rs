@@ -1,0 +1,275 @@
+//! jbazel against a REAL Bazel 4.2.3 server (Debian bazel-bootstrap), no cluster: the server
+//! sees `/work/src` + `/work/out` in its own mount namespace, jbazel runs from the desktop
+//! path `P` with `JBAZEL_SERVER`. Needs root, util-linux (unshare, nsenter) and bazel.
+//!
+//! Each test function has its own filestore, output base, port and server; the functions
+//! run one at a time (2 cores, and the Ctrl-C timing must not compete with another build).
+
+mod support;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::{BazelServer, Options};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn jbazel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jbazel"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run(mut c: std::process::Command) -> Output {
+    c.output().expect("spawn")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+#[test]
+fn build_run_mirror_and_wrong_cookie() {
+    let _g = serial();
+    let extra = vec![
+        (
+            "tools/where.sh".to_string(),
+            "#!/bin/sh\necho \"pwd=$(pwd)\"\necho \"ws=$BUILD_WORKSPACE_DIRECTORY\"\necho \"args=$*\"\n"
+                .to_string(),
+        ),
+        (
+            "tools/BUILD".to_string(),
+            "sh_binary(name = \"where\", srcs = [\"where.sh\"])\n".to_string(),
+        ),
+        // A workspace rc with an import: jbazel must send it as Bazel's client would.
+        (".bazelrc".to_string(), "build --jobs=2\ntry-import %workspace%/user.bazelrc\n".to_string()),
+        ("user.bazelrc".to_string(), "build --color=no\n".to_string()),
+    ];
+    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let jb = jbazel_bin();
+
+    // 1. A build from a subdirectory succeeds and the binary is in the mirror.
+    let o = run(srv.jbazel(&jb, "app", &["build", ":hello"]));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert!(text(&o.stderr).contains("Build completed successfully"), "{}", describe(&o));
+    let bin = srv.bin("app/hello");
+    assert!(bin.is_file(), "{} missing", bin.display());
+    let hello = run(std::process::Command::new(&bin));
+    assert_eq!(text(&hello.stdout).trim(), "hello from jbazel");
+
+    // The server got the workspace rc and its import (announce_rc shows the sources).
+    let o = run(srv.jbazel(&jb, "", &["build", "--announce_rc", "//app:hello"]));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(err.contains("/work/src/.bazelrc"), "{err}");
+    assert!(err.contains("/work/src/user.bazelrc"), "{err}");
+    assert!(err.contains("--color=no"), "{err}");
+
+    // 2. `run` executes locally: the exec request's /work paths became desktop paths.
+    let o = run(srv.jbazel(&jb, "", &["run", "//app:hello"]));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert_eq!(text(&o.stdout).trim(), "hello from jbazel", "{}", describe(&o));
+    let o = run(srv.jbazel(&jb, "app", &["run", "//tools:where", "--", "a", "b c"]));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("ws={}\n", srv.desktop.display())), "{out}");
+    assert!(out.contains(&format!("pwd={}/execroot/", srv.out.display())), "{out}");
+    assert!(out.contains("args=a b c"), "{out}");
+
+    // A failing local binary gives its exit code (jbazel exec'd it).
+    // 3. A wrong cookie gives a clear error and Bazel's exit code for it.
+    std::fs::write(srv.out.join("server/request_cookie"), "not-the-cookie").expect("write cookie");
+    let o = run(srv.jbazel(&jb, "", &["build", "//app:hello"]));
+    assert_eq!(code(&o), 36, "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(err.contains("rejected the request cookie"), "{err}");
+    assert!(err.contains("server/request_cookie"), "{err}");
+}
+
+#[test]
+fn exit_codes_match_the_real_bazel_client() {
+    let _g = serial();
+    let extra = vec![
+        (
+            "bad/BUILD".to_string(),
+            "cc_binary(name = \"broken\", srcs = [\"broken.cc\"])\n".to_string(),
+        ),
+        ("bad/broken.cc".to_string(), "int main() { return this is not C++; }\n".to_string()),
+        ("syntax/BUILD".to_string(), "cc_library(name = \"x\",, srcs = [\n".to_string()),
+    ];
+    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let jb = jbazel_bin();
+    for (what, target) in [("failing target", "//bad:broken"), ("BUILD syntax error", "//syntax:x")] {
+        let real = run(srv.real_bazel_local(&["build", target]).expect("real bazel"));
+        let ours = run(srv.jbazel(&jb, "", &["build", target]));
+        assert_ne!(code(&real), 0, "{what}: real bazel must fail\n{}", describe(&real));
+        assert_eq!(
+            code(&ours),
+            code(&real),
+            "{what}: jbazel vs bazel\n--- jbazel\n{}\n--- bazel\n{}",
+            describe(&ours),
+            describe(&real)
+        );
+    }
+    // The same error text reaches the user (compiler / parser message).
+    let o = run(srv.jbazel(&jb, "", &["build", "//syntax:x"]));
+    assert!(text(&o.stderr).contains("syntax error"), "{}", describe(&o));
+}
+
+/// Waits for the child with a deadline; None when it is still running then.
+fn wait_child(child: &mut std::process::Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn slow_build(srv: &BazelServer, marker: &std::path::Path) -> std::process::Child {
+    let _ = std::fs::remove_file(marker);
+    let mut c = srv.jbazel(&jbazel_bin(), "", &["build", "//slow:slow"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn jbazel");
+    support::wait_for("the slow action to start", Duration::from_secs(120), || marker.exists())
+        .expect("slow action");
+    child
+}
+
+fn read_stderr(child: &mut std::process::Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn ctrl_c_cancels_and_frees_the_lock() {
+    let _g = serial();
+    let extra = vec![(
+        "slow/BUILD".to_string(),
+        // Runs unsandboxed so it can tell the test it started; sleeps far longer than the test.
+        "genrule(name = \"slow\", outs = [\"slow.txt\"], tags = [\"no-sandbox\", \"no-cache\"],\n\
+         cmd = \"touch {T}/started; sleep 300; touch $@\")\n"
+            .to_string(),
+    )];
+    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let jb = jbazel_bin();
+    let marker = srv.tmp.path().join("started");
+    // Warm up so the timed commands below are not the first build.
+    let o = run(srv.jbazel(&jb, "", &["build", "//app:hello"]));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+
+    // SIGINT: the command is cancelled within 2 s and jbazel exits with Bazel's code (8).
+    let mut child = slow_build(&srv, &marker);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let t = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let st = wait_child(&mut child, Duration::from_secs(30)).expect("jbazel must exit after SIGINT");
+    let took = t.elapsed();
+    let err = read_stderr(&mut child);
+    assert!(took < Duration::from_secs(2), "cancel took {took:?}\n{err}");
+    assert_eq!(st.code(), Some(8), "{st:?}\n{err}");
+
+    // The next command does not wait for the lock: with --noblock_for_lock a busy server
+    // would answer exit 9 at once.
+    let t = Instant::now();
+    let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
+    assert_eq!(code(&o), 0, "after cancel: {}", describe(&o));
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+
+    // Control: while a command runs, --noblock_for_lock does get exit 9 (so the check above
+    // could fail), and SIGTERM to jbazel still cancels the command before jbazel dies.
+    let mut child = slow_build(&srv, &marker);
+    let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
+    assert_eq!(code(&o), 9, "busy server: {}", describe(&o));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let st = wait_child(&mut child, Duration::from_secs(10)).expect("jbazel must exit after SIGTERM");
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
+    let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
+    assert_eq!(code(&o), 0, "after SIGTERM: {}", describe(&o));
+}
+
+#[test]
+fn dry_run_contacts_nothing() {
+    let _g = serial();
+    let t = tempfile::tempdir().expect("tempdir");
+    let ws = t.path().join("ws");
+    std::fs::create_dir_all(ws.join("pkg/sub")).expect("mkdir");
+    std::fs::write(ws.join("MODULE.bazel"), "").expect("write");
+    std::fs::write(ws.join(".bazelrc"), "build --jobs=3\n").expect("write");
+    // Nothing listens on these addresses: contacting either would fail the command.
+    let dead = support::free_port().expect("port");
+    let o = std::process::Command::new(jbazel_bin())
+        .args(["--nohome_rc", "--output_base=/ignored", "build", "//pkg:all"])
+        .current_dir(ws.join("pkg/sub"))
+        .env_clear()
+        .env("PATH", support::POD_PATH)
+        .env("HOME", t.path())
+        .env("JBAZEL_DRY_RUN", "1")
+        .env("JBAZEL_USER", "alice")
+        .env("JBAZEL_SESSION_ID", "s-1")
+        .env("JBAZEL_ORCHESTRATOR", format!("http://127.0.0.1:{dead}"))
+        .env("JBAZEL_FILESTORE_ROOT", t.path().join("fs"))
+        .output()
+        .expect("spawn");
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let out = text(&o.stdout);
+    let root = std::fs::canonicalize(&ws).expect("canonical");
+    let hash = support::md5_hex(&root.to_string_lossy());
+    for want in [
+        format!("workspace_root: {}\n", root.display()),
+        format!("repo_hash: {hash}\n"),
+        "user_id: alice\n".to_string(),
+        "session_id: s-1\n".to_string(),
+        format!("at orchestrator http://127.0.0.1:{dead}"),
+        "  build\n".to_string(),
+        "  --rc_source=client\n".to_string(),
+        "  --rc_source=/work/src/.bazelrc\n".to_string(),
+        "  --default_override=1:build=--jobs=3\n".to_string(),
+        format!("  --client_env=PATH={}\n", jbazel::mirror::FALLBACK_POD_PATH),
+        "  --client_cwd=/work/src/pkg/sub\n".to_string(),
+        "  //pkg:all\n".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in\n{out}");
+    }
+    assert!(!out.contains("--client_env=HOME="), "desktop HOME must not be sent\n{out}");
+    assert!(text(&o.stderr).contains("ignoring startup option --output_base=/ignored"), "{}", describe(&o));
+
+    // Outside a workspace: Bazel's exit code 2 and a clear message.
+    let o = std::process::Command::new(jbazel_bin())
+        .args(["build", "//x"])
+        .current_dir(t.path())
+        .env("JBAZEL_DRY_RUN", "1")
+        .env("JBAZEL_USER", "alice")
+        .output()
+        .expect("spawn");
+    assert_eq!(code(&o), 2, "{}", describe(&o));
+    assert!(text(&o.stderr).contains("only supported from within a workspace"), "{}", describe(&o));
+}
