@@ -22,18 +22,32 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-STATE=${JBAZEL_CLUSTER_STATE:-/var/lib/jbazel-cluster}
 K8S_VERSION=${K8S_VERSION:-1.20.2}
 UP_TIMEOUT=${JBAZEL_CLUSTER_TIMEOUT:-180}
 
-ETCD_PORT=2379
-ETCD_PEER_PORT=2380
-API_PORT=6443
-KUBELET_PORT=10250
-KUBELET_HEALTHZ_PORT=10248
-POD_SUBNET=10.244.0.0/24
-POD_GATEWAY=10.244.0.1
-BRIDGE=jbazel0
+# JBAZEL_CLUSTER_INSTANCE=N (1-9) runs a second, fully separate cluster beside the main one
+# (own state dir, ports +100*N, subnet 10.244.N.0/24, bridge jbazelN, cgroup root): for
+# testing this script without disturbing the cluster others use.
+INSTANCE=${JBAZEL_CLUSTER_INSTANCE:-0}
+[[ $INSTANCE =~ ^[0-9]$ ]] || { echo "JBAZEL_CLUSTER_INSTANCE must be 0-9" >&2; exit 2; }
+if ((INSTANCE == 0)); then
+    STATE=${JBAZEL_CLUSTER_STATE:-/var/lib/jbazel-cluster}
+else
+    STATE=${JBAZEL_CLUSTER_STATE:-/var/lib/jbazel-cluster-$INSTANCE}
+fi
+shift_port() { echo $(($1 + 100 * INSTANCE)); }
+ETCD_PORT=$(shift_port 2379)
+ETCD_PEER_PORT=$(shift_port 2380)
+API_PORT=$(shift_port 6443)
+KUBELET_PORT=$(shift_port 10250)
+KUBELET_HEALTHZ_PORT=$(shift_port 10248)
+CONTROLLER_MANAGER_PORT=$(shift_port 10257)
+SCHEDULER_PORT=$(shift_port 10259)
+POD_SUBNET=10.244.$INSTANCE.0/24
+POD_GATEWAY=10.244.$INSTANCE.1
+BRIDGE=jbazel$INSTANCE
+# The kubelet owns (and cleans) every pod cgroup under its root: one root per instance.
+CGROUP_ROOT=/jbazel$INSTANCE
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 NAMESPACE=jbazel
@@ -68,11 +82,12 @@ starttime() { # field 22 of /proc/PID/stat (after the parenthesised comm)
     echo "${20}"
 }
 
-pid_of() { # prints the pid of component $1 if it runs
+pid_of() { # prints the pid of component $1 if it runs (a zombie does not count)
     local f=$RUN/$1.pid pid st
     [[ -f $f ]] || return 1
     read -r pid st <"$f" || return 1
     [[ -n $pid && -d /proc/$pid && $(starttime "$pid") == "$st" ]] || return 1
+    gone "$pid" && return 1
     echo "$pid"
 }
 
@@ -82,7 +97,8 @@ start() { # start COMPONENT CMD...: own session and process group, log under $LO
     local c=$1; shift
     mkdir -p "$RUN" "$LOGS"
     printf '\n===== %s start %s: %s\n' "$c" "$(date -Is)" "$*" >>"$LOGS/$c.log"
-    setsid nohup "$@" >>"$LOGS/$c.log" 2>&1 </dev/null &
+    # fd 8 holds the cluster lock: a daemon must not inherit it (it would hold it forever).
+    setsid nohup "$@" >>"$LOGS/$c.log" 2>&1 </dev/null 8>&- &
     local pid=$!
     echo "$pid $(starttime "$pid")" >"$RUN/$c.pid"
     log "started $c (pid $pid, log $LOGS/$c.log)"
@@ -317,6 +333,7 @@ authorization:
 tlsCertFile: $PKI/kubelet.crt
 tlsPrivateKeyFile: $PKI/kubelet.key
 cgroupDriver: cgroupfs
+cgroupRoot: $CGROUP_ROOT
 failSwapOn: false
 makeIPTablesUtilChains: false
 # Local-only images (no registry) must never be garbage-collected.
@@ -328,6 +345,8 @@ evictionHard:
   nodefs.inodesFree: "1%"
   imagefs.available: "1%"
 serializeImagePulls: false
+# Report status changes (Ready) within 2 s of them, not 10 s.
+nodeStatusUpdateFrequency: 2s
 resolvConf: /etc/resolv.conf
 EOF
 }
@@ -378,6 +397,28 @@ clean_runtime_state() { # only when none of our components runs
     rm -rf "$CTRD/state" "$CNI_IPAM" "$KUBELET_DIR/pods" "$KUBELET_DIR/plugins" \
         "$KUBELET_DIR/plugins_registry" "$KUBELET_DIR/pod-resources" "$KUBELET_DIR"/*_state \
         "$RUNC_ROOT"
+}
+
+cgroup_mounts() { findmnt -rn -t cgroup,cgroup2 -o TARGET; }
+
+make_cgroup_root() { # the kubelet insists its cgroupRoot exists in every hierarchy
+    local m f
+    while IFS= read -r m; do
+        mkdir -p "$m$CGROUP_ROOT"
+        for f in cpuset.cpus cpuset.mems; do # cgroup v1 cpuset children start empty
+            if [[ -f $m/$f && -z $(cat "$m$CGROUP_ROOT/$f") ]]; then
+                cat "$m/$f" >"$m$CGROUP_ROOT/$f"
+            fi
+        done
+    done < <(cgroup_mounts)
+}
+
+remove_cgroup_root() { # empty pod cgroups the kubelet left; busy ones stay
+    local m
+    while IFS= read -r m; do
+        [[ -d $m$CGROUP_ROOT ]] && find "$m$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null
+    done < <(cgroup_mounts)
+    return 0
 }
 
 # ---------------------------------------------------------------------------------------
@@ -439,7 +480,7 @@ cmd_up() {
     done
     [[ -x /usr/lib/cni/bridge ]] || die "/usr/lib/cni/bridge missing: run integration/setup.sh"
     mkdir -p "$STATE" "$RUN" "$LOGS"
-    exec 8>"$STATE/.lock"
+    exec 8>"$STATE/cluster.lock"
     flock 8
 
     BIN=$("$HERE/build-kubernetes.sh") || die "building Kubernetes $K8S_VERSION failed"
@@ -462,6 +503,7 @@ cmd_up() {
     make_pki
     make_kubeconfigs
     write_configs
+    make_cgroup_root
     set_deadline "$UP_TIMEOUT"
 
     start etcd etcd --name jbazel --data-dir "$STATE/etcd" \
@@ -501,7 +543,8 @@ cmd_up() {
         --kubeconfig="$STATE/controller-manager.kubeconfig" \
         --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
         --authorization-kubeconfig="$STATE/controller-manager.kubeconfig" \
-        --bind-address=127.0.0.1 --port=0 --leader-elect=false \
+        --bind-address=127.0.0.1 --port=0 --secure-port="$CONTROLLER_MANAGER_PORT" \
+        --leader-elect=false \
         --service-account-private-key-file="$PKI/sa.key" \
         --root-ca-file="$PKI/ca.crt" \
         --use-service-account-credentials=true \
@@ -511,7 +554,8 @@ cmd_up() {
         --kubeconfig="$STATE/scheduler.kubeconfig" \
         --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
         --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
-        --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false
+        --bind-address=127.0.0.1 --port=0 --secure-port="$SCHEDULER_PORT" \
+        --leader-elect=false --profiling=false
 
     wait_until containerd "containerd on $SOCK" ctr --address "$SOCK" version
     import_pause_image
@@ -547,10 +591,11 @@ cmd_down() {
     local purge=0
     [[ ${1:-} == --purge ]] && purge=1
     [[ -d $STATE ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
-    exec 8>"$STATE/.lock"
+    exec 8>"$STATE/cluster.lock"
     flock 8
     stop_all
     clean_runtime_state
+    remove_cgroup_root
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link delete "$BRIDGE" || log "warning: could not delete bridge $BRIDGE"
     fi
