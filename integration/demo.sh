@@ -1,6 +1,28 @@
 #!/usr/bin/env bash
-# The main job (README.md): from nothing to `jbazel build //...` on a remote Bazel server.
+# The main job (README.md): from nothing to `jbazel build //...` on a remote Bazel server in
+# a local Kubernetes pod, and the built binary run from the desktop's mirror.
+#
+#   ./integration/demo.sh              set up everything, run the demo, leave it running
+#   ./integration/demo.sh --teardown   the same, then stop what the demo started
+#   ./integration/demo.sh --down       stop the demo's processes/pods and the cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "demo: the end-to-end demo is not built yet (issue: integration + image)." >&2
-exit 1
+
+if [ "${1:-}" = "--down" ]; then
+  [ -x target/debug/jbazel-demo ] && target/debug/jbazel-demo --down || true
+  exec integration/cluster/cluster.sh down
+fi
+
+t0=$(date +%s)
+bash integration/setup.sh
+echo "==> local Kubernetes (integration/cluster/cluster.sh up)"
+integration/cluster/cluster.sh up
+echo "==> cargo build (orchestrator, jbazel, supervisor, demo driver)"
+cargo build --workspace --bins --quiet
+echo "==> pod image (image/build.sh)"
+image/build.sh
+echo "==> setup took $(( $(date +%s) - t0 )) s"
+export KUBECONFIG=/var/lib/jbazel-cluster/admin.kubeconfig
+target/debug/jbazel-demo "$@"
+echo "==> kubectl get pods -n jbazel (KUBECONFIG=$KUBECONFIG)"
+kubectl get pods -n jbazel -o wide || true

@@ -1,8 +1,14 @@
 //! Test fixtures and the end-to-end harness of the jbazel platform.
 //!
 //! - [`spanner`]: a real Cloud Spanner emulator per test, with the project's schema.
+//! - [`cluster`]: the local Kubernetes cluster (`integration/cluster/cluster.sh up`), a
+//!   namespace per test, pod waits with deadlines.
+//! - [`platform`]: the platform's own programs run for real: an orchestrator process and a
+//!   desktop checkout that is a bind mount of the filestore.
 //!
 //! Architecture invariant: fixtures start real components (emulator, Bazel, cluster) and
 //! fail loudly when they cannot; nothing here fakes a component.
 
+pub mod cluster;
+pub mod platform;
 pub mod spanner;

@@ -56,16 +56,34 @@ pub enum EmulatorError {
 pub struct SpannerEmulator {
     child: Child,
     addr: SocketAddr,
+    detached: bool,
+}
+
+/// How to start an emulator; the default is a test's: a free port, killed on drop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmulatorOptions {
+    /// Listen here instead of on a free loopback port (the demo uses 127.0.0.1:9010).
+    pub addr: Option<SocketAddr>,
+    /// Outlive this handle and this process (the demo leaves the emulator running).
+    pub detached: bool,
 }
 
 impl SpannerEmulator {
     /// Starts an emulator on a free port and creates the instance, the database and the
     /// schema. Fails loudly (never skips) when the emulator cannot run.
     pub async fn start() -> Result<Self, EmulatorError> {
+        Self::start_with(EmulatorOptions::default()).await
+    }
+
+    /// Starts an emulator as `options` say and creates the instance, database and schema.
+    pub async fn start_with(options: EmulatorOptions) -> Result<Self, EmulatorError> {
         let bin = std::env::var_os("SPANNER_EMULATOR_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_EMULATOR_BIN));
-        let addr = free_loopback_port().map_err(EmulatorError::Port)?;
+        let addr = match options.addr {
+            Some(addr) => addr,
+            None => free_loopback_port().map_err(EmulatorError::Port)?,
+        };
         let mut cmd = Command::new(&bin);
         cmd.arg(format!("--host_port={addr}"))
             .stdin(Stdio::null())
@@ -73,24 +91,37 @@ impl SpannerEmulator {
             .stderr(Stdio::null())
             // Own process group: Drop kills the group, whatever the emulator spawned.
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the emulator
-        // when this test process dies without running Drop.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        if !options.detached {
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
+            // emulator when this test process dies without running Drop.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().map_err(|source| EmulatorError::Spawn {
             bin: bin.clone(),
             source,
         })?;
-        let mut emulator = SpannerEmulator { child, addr };
+        // Not detached until set up: a failure below still kills the group on drop.
+        let mut emulator = SpannerEmulator {
+            child,
+            addr,
+            detached: false,
+        };
         emulator.wait_listening()?;
         emulator.create_database().await?;
+        emulator.detached = options.detached;
         Ok(emulator)
+    }
+
+    /// Process group id (= pid of the emulator): what a tear-down kills.
+    pub fn pgid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `host:port` for `SPANNER_EMULATOR_HOST`.
@@ -204,6 +235,9 @@ impl SpannerEmulator {
 
 impl Drop for SpannerEmulator {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         // The child leads its own group (process_group(0)), so its pid is the pgid.
         let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
@@ -258,7 +292,9 @@ mod tests {
 
     #[test]
     fn statements_split_on_semicolons() {
-        let stmts = schema_statements("CREATE TABLE A (x INT64) PRIMARY KEY (x);\n-- c\n;CREATE INDEX I ON A (x);");
+        let stmts = schema_statements(
+            "CREATE TABLE A (x INT64) PRIMARY KEY (x);\n-- c\n;CREATE INDEX I ON A (x);",
+        );
         assert_eq!(stmts.len(), 2);
     }
 }

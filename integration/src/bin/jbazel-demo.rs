@@ -1,0 +1,339 @@
+//! The Phase 0 demo driver (README's main job, run by `integration/demo.sh` once the cluster
+//! is up, the workspace built and the image imported).
+//!
+//! Starts the Spanner emulator and the orchestrator (left running), lays out the mock
+//! filestore with the sample workspace, makes the desktop path a bind mount of
+//! `R/alice/<md5(path)>/src`, runs `jbazel build //...` there, then checks and prints the
+//! four verification points and a timing breakdown of the cold start.
+//!
+//! `jbazel-demo --down` stops what a previous run left (emulator, orchestrator, pods,
+//! desktop mount), by the process groups it recorded.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::watcher::{self, Event};
+use kube::Api;
+
+use integration::cluster::{describe_pod, Cluster, IMAGE};
+use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
+use integration::spanner::{EmulatorOptions, SpannerEmulator};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jbazel-demo",
+    about = "End-to-end demo: `jbazel build //...` on a remote Bazel server in a local Kubernetes pod"
+)]
+struct Args {
+    /// Stop what a previous run left running (emulator, orchestrator, pods, desktop mount).
+    #[arg(long)]
+    down: bool,
+    /// Tear everything down at the end instead of leaving it running.
+    #[arg(long)]
+    teardown: bool,
+    /// Mock filestore root R (hostPath of the pods).
+    #[arg(
+        long,
+        env = "MOCK_FILESTORE_PATH",
+        default_value = "/tmp/mock-filestore"
+    )]
+    filestore_root: PathBuf,
+    /// The desktop checkout: a bind mount of R/<user>/<md5(path)>/src.
+    #[arg(long, default_value = "/tmp/jbazel-demo/desktop/alice/sample")]
+    desktop_path: PathBuf,
+    /// The user.
+    #[arg(long, default_value = "alice")]
+    user: String,
+    /// Kubernetes namespace of the Bazel server pods.
+    #[arg(long, default_value = "jbazel")]
+    namespace: String,
+    /// Where the demo keeps its pid files and logs.
+    #[arg(long, default_value = "/var/lib/jbazel-demo")]
+    state_dir: PathBuf,
+    /// Spanner emulator address.
+    #[arg(long, default_value = "127.0.0.1:9010")]
+    spanner: SocketAddr,
+    /// Orchestrator port (0.0.0.0:PORT).
+    #[arg(long, default_value_t = 50051)]
+    orchestrator_port: u16,
+}
+
+const PGID_FILES: [&str; 2] = ["emulator.pgid", "orchestrator.pgid"];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.down {
+        return tear_down(&args).await;
+    }
+    // A previous run's processes hold the ports: stop them first (idempotent demo).
+    tear_down(&args).await?;
+    demo(&args).await
+}
+
+async fn demo(args: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let cluster = Cluster::connect()
+        .await
+        .context("the local cluster must be up (integration/cluster/cluster.sh up)")?;
+
+    step("Spanner emulator + schema");
+    let emulator = SpannerEmulator::start_with(EmulatorOptions {
+        addr: Some(args.spanner),
+        detached: true,
+    })
+    .await
+    .context("starting the Spanner emulator")?;
+    write_pgid(&args.state_dir, "emulator.pgid", emulator.pgid())?;
+    let t_emulator = t0.elapsed();
+
+    step("orchestrator");
+    fs::create_dir_all(&args.filestore_root)
+        .with_context(|| format!("creating {}", args.filestore_root.display()))?;
+    let log_path = args.state_dir.join("orchestrator.log");
+    let orchestrator = Orchestrator::start(&OrchestratorOptions {
+        spanner_host: emulator.host(),
+        project: emulator.project().into(),
+        instance: emulator.instance().into(),
+        database: emulator.database().into(),
+        namespace: args.namespace.clone(),
+        filestore_root: args.filestore_root.clone(),
+        image: IMAGE.into(),
+        port: args.orchestrator_port,
+        log_path: log_path.clone(),
+        kubeconfig: cluster.kubeconfig().to_path_buf(),
+        detached: true,
+    })
+    .context("starting the orchestrator")?;
+    write_pgid(&args.state_dir, "orchestrator.pgid", orchestrator.pgid())?;
+    let t_orchestrator = t0.elapsed();
+
+    step("mock filestore + desktop checkout");
+    let workspace = repo_root().join("integration/sample-workspace");
+    let desktop = Desktop::create(
+        &args.filestore_root,
+        &args.user,
+        &args.desktop_path,
+        &workspace,
+    )
+    .context("creating the desktop checkout")?;
+    println!(
+        "  desktop {} -> {}/{}/{}/src",
+        desktop.desktop_path.display(),
+        args.filestore_root.display(),
+        args.user,
+        desktop.repo_hash
+    );
+
+    step("jbazel build //...");
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
+    let watch = tokio::spawn(watch_pod_stages(
+        pods.clone(),
+        desktop.repo_hash.clone(),
+        Instant::now(),
+    ));
+    let session = format!(
+        "demo-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let t_build_start = Instant::now();
+    let status = desktop
+        .jbazel(&orchestrator.url(), &session, cluster.kubeconfig())?
+        .args(["build", "//..."])
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .context("running jbazel")?;
+    let t_build = t_build_start.elapsed();
+    watch.abort();
+    let stages = watch.await.unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "jbazel build //... failed ({status}); orchestrator log: {}",
+            log_path.display()
+        );
+    }
+
+    step("verification");
+    let mut failures = 0;
+    let needle = format!("Creating Pod for repo {}", desktop.repo_hash);
+    failures += check(
+        orchestrator.log().contains(&needle),
+        &format!(
+            "1. orchestrator logged \"{needle}\" ({})",
+            log_path.display()
+        ),
+    );
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("jbazel.dev/repo-hash={}", desktop.repo_hash)))
+        .await
+        .context("listing pods")?;
+    let pod_line = listed
+        .items
+        .iter()
+        .map(describe_pod)
+        .collect::<Vec<_>>()
+        .join("; ");
+    failures += check(
+        !listed.items.is_empty(),
+        &format!("2. the cluster lists the Bazel server pod: {pod_line}"),
+    );
+    println!(
+        "     see it yourself: KUBECONFIG={} kubectl get pods -n {}",
+        cluster.kubeconfig().display(),
+        args.namespace
+    );
+    let binary = desktop.artifact("app", "hello");
+    failures += check(
+        binary.is_file(),
+        &format!("3. Bazel artifacts are in {}", desktop.out_dir().display()),
+    );
+    let ran = Command::new(&binary).output();
+    let output = ran
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    failures += check(
+        output == "hello from jbazel",
+        &format!(
+            "4. the mirror binary runs on the host: {} -> {output:?}",
+            binary.display()
+        ),
+    );
+
+    step("cold start timing");
+    println!("  emulator + schema          {:>8.2?}", t_emulator);
+    println!(
+        "  orchestrator up            {:>8.2?}",
+        t_orchestrator - t_emulator
+    );
+    for (stage, at) in &stages {
+        println!("  {stage:<26} {at:>8.2?} after jbazel started");
+    }
+    println!("  jbazel build //... total   {:>8.2?}", t_build);
+
+    if args.teardown {
+        drop(desktop);
+        tear_down(args).await?;
+        println!("\nTorn down.");
+    } else {
+        desktop.keep_mounted();
+        println!(
+            "\nLeft running (emulator {}, orchestrator {}, pod in namespace {}). Tear down: ./integration/demo.sh --down",
+            args.spanner,
+            orchestrator.url(),
+            args.namespace
+        );
+    }
+    if failures > 0 {
+        bail!("{failures} verification point(s) failed");
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+fn check(ok: bool, what: &str) -> usize {
+    println!("  [{}] {what}", if ok { " ok " } else { "FAIL" });
+    usize::from(!ok)
+}
+
+fn write_pgid(dir: &Path, name: &str, pgid: u32) -> Result<()> {
+    let path = dir.join(name);
+    fs::write(&path, pgid.to_string()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// When the pod for `repo_hash` reached each stage, seen by a watch (not polling).
+async fn watch_pod_stages(
+    pods: Api<Pod>,
+    repo_hash: String,
+    t0: Instant,
+) -> Vec<(String, Duration)> {
+    let mut stages: Vec<(String, Duration)> = Vec::new();
+    let config = watcher::Config::default().labels(&format!("jbazel.dev/repo-hash={repo_hash}"));
+    let mut stream = std::pin::pin!(watcher::watcher(pods, config));
+    let note = |stages: &mut Vec<(String, Duration)>, name: &str| {
+        if !stages.iter().any(|(s, _)| s == name) {
+            stages.push((name.to_string(), t0.elapsed()));
+        }
+    };
+    while let Ok(Some(event)) = stream.try_next().await {
+        let pod = match event {
+            Event::Apply(p) | Event::InitApply(p) => p,
+            _ => continue,
+        };
+        note(&mut stages, "pod created");
+        let status = pod.status.unwrap_or_default();
+        for c in status.conditions.unwrap_or_default() {
+            if c.status == "True" {
+                match c.type_.as_str() {
+                    "PodScheduled" => note(&mut stages, "pod scheduled"),
+                    "Ready" => note(&mut stages, "Bazel server ready"),
+                    _ => {}
+                }
+            }
+        }
+        if status
+            .container_statuses
+            .unwrap_or_default()
+            .iter()
+            .any(|cs| cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
+        {
+            note(&mut stages, "supervisor running");
+        }
+    }
+    stages
+}
+
+/// SIGKILLs a process group and waits (bounded) until its leader is gone, so its ports
+/// are free for the next run.
+async fn kill_group_and_wait(pgid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pgid);
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The leader is not our child (a previous run started it): wait for it to vanish.
+    while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops what a previous run recorded, deletes the demo's pods, unmounts the desktop.
+async fn tear_down(args: &Args) -> Result<()> {
+    for name in PGID_FILES {
+        let path = args.state_dir.join(name);
+        if let Ok(text) = fs::read_to_string(&path) {
+            if let Ok(pgid) = text.trim().parse::<i32>() {
+                kill_group_and_wait(pgid).await;
+            }
+            let _ = fs::remove_file(&path);
+        }
+    }
+    if args.desktop_path.exists() {
+        let _ = nix::mount::umount2(&args.desktop_path, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Ok(cluster) = Cluster::connect().await {
+        let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
+        let _ = pods
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels("app.kubernetes.io/name=jbazel-server"),
+            )
+            .await;
+    }
+    Ok(())
+}

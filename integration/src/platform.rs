@@ -1,0 +1,390 @@
+//! The platform's own programs, run for real: an orchestrator process and a "desktop"
+//! (a user's checkout that is a bind mount of the filestore, as in production's NFS mirror).
+//!
+//! Used by the end-to-end tests and the demo driver. Binaries come from the same cargo
+//! target dir as the test or demo executable (`cargo build --workspace --bins` first).
+
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+
+/// Why a platform component could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// A binary of the workspace is not built.
+    #[error("binary {0} not found: run `cargo build --workspace --bins` first")]
+    MissingBinary(PathBuf),
+    /// A process could not be spawned.
+    #[error("cannot start {what}: {source}")]
+    Spawn { what: String, source: io::Error },
+    /// The orchestrator did not come up.
+    #[error("orchestrator on {addr} did not start: {reason}; log {log}:\n{tail}")]
+    OrchestratorDown {
+        addr: SocketAddr,
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// A filesystem step failed.
+    #[error("{what} {path}: {source}")]
+    Fs {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The desktop bind mount failed.
+    #[error("cannot bind-mount {src} on {target}: {source}")]
+    Mount {
+        src: PathBuf,
+        target: PathBuf,
+        source: nix::Error,
+    },
+}
+
+fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PlatformError + 'a {
+    move |source| PlatformError::Fs {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cargo target dir's profile folder this executable was built into
+/// (`target/debug` for `target/debug/deps/e2e-xxxx` and for `target/debug/jbazel-demo`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// Path of a workspace binary (`orchestrator`, `jbazel`, `supervisor`), checked to exist.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, PlatformError> {
+    let path = bin_dir().join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(PlatformError::MissingBinary(path))
+    }
+}
+
+/// The repository root (for the sample workspace and scripts).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Lower-case hex MD5 of a path's bytes: the RepoHash of a workspace at that path.
+pub fn repo_hash(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    hex::encode(Md5::digest(path.as_os_str().as_bytes()))
+}
+
+/// A free loopback TCP port (bind 0, read, release).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How to run an orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorOptions {
+    /// `host:port` of the Spanner emulator.
+    pub spanner_host: String,
+    pub project: String,
+    pub instance: String,
+    pub database: String,
+    /// Kubernetes namespace for the pods.
+    pub namespace: String,
+    /// Filestore root R (hostPath of the pods).
+    pub filestore_root: PathBuf,
+    /// The pod image.
+    pub image: String,
+    /// Port to listen on (0.0.0.0:port, so pods reach it through the bridge gateway).
+    pub port: u16,
+    /// Where the log goes.
+    pub log_path: PathBuf,
+    /// Kubeconfig of the cluster.
+    pub kubeconfig: PathBuf,
+    /// Keep running after this handle is dropped (the demo leaves it running).
+    pub detached: bool,
+}
+
+/// A running orchestrator process (its own process group; killed on drop unless detached).
+pub struct Orchestrator {
+    child: Child,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    detached: bool,
+}
+
+impl Orchestrator {
+    /// Starts the orchestrator binary and waits until it accepts connections.
+    pub fn start(opts: &OrchestratorOptions) -> Result<Self, PlatformError> {
+        let bin = workspace_binary("orchestrator")?;
+        let log = fs::File::create(&opts.log_path).map_err(fs_err("create", &opts.log_path))?;
+        let log_err = log.try_clone().map_err(fs_err("open", &opts.log_path))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--listen")
+            .arg(format!("0.0.0.0:{}", opts.port))
+            .arg("--project")
+            .arg(&opts.project)
+            .arg("--instance")
+            .arg(&opts.instance)
+            .arg("--database")
+            .arg(&opts.database)
+            .arg("--namespace")
+            .arg(&opts.namespace)
+            .arg("--image")
+            .arg(&opts.image)
+            .arg("--filestore-root")
+            .arg(&opts.filestore_root)
+            .arg("--pod-orchestrator-addr")
+            .arg(format!(
+                "http://{}:{}",
+                crate::cluster::POD_GATEWAY,
+                opts.port
+            ))
+            .env("SPANNER_EMULATOR_HOST", &opts.spanner_host)
+            .env("KUBECONFIG", &opts.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        if !opts.detached {
+            // SAFETY: prctl is async-signal-safe; the orchestrator dies with the test.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| PlatformError::Spawn {
+            what: bin.display().to_string(),
+            source,
+        })?;
+        let mut orch = Orchestrator {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], opts.port)),
+            log_path: opts.log_path.clone(),
+            detached: opts.detached,
+        };
+        orch.wait_listening(Duration::from_secs(30))?;
+        Ok(orch)
+    }
+
+    /// `http://127.0.0.1:port`, for jbazel.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Process group id (= pid): what a tear-down kills.
+    pub fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The orchestrator's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_listening(&mut self, limit: Duration) -> Result<(), PlatformError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            let reason = match self.child.try_wait() {
+                Ok(Some(status)) => Some(format!("exited with {status}")),
+                _ if Instant::now() > deadline => Some(format!("not listening after {limit:?}")),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                return Err(PlatformError::OrchestratorDown {
+                    addr: self.addr,
+                    reason,
+                    log: self.log_path.clone(),
+                    tail: tail(&self.log(), 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A user's desktop checkout: `desktop_path` is a bind mount of `R/<user>/<md5(path)>/src`,
+/// as production's NFS mount would be. Unmounted on drop.
+pub struct Desktop {
+    pub filestore_root: PathBuf,
+    pub user: String,
+    pub desktop_path: PathBuf,
+    pub repo_hash: String,
+    mounted: bool,
+}
+
+impl Desktop {
+    /// Lays out `R/<user>/<hash>/{src,out}` with a copy of `workspace` in `src`, and mounts
+    /// it at `desktop_path` (created if missing).
+    pub fn create(
+        filestore_root: &Path,
+        user: &str,
+        desktop_path: &Path,
+        workspace: &Path,
+    ) -> Result<Self, PlatformError> {
+        let hash = repo_hash(desktop_path);
+        let repo = filestore_root.join(user).join(&hash);
+        let src = repo.join("src");
+        let out = repo.join("out");
+        fs::create_dir_all(&src).map_err(fs_err("create", &src))?;
+        fs::create_dir_all(&out).map_err(fs_err("create", &out))?;
+        copy_tree(workspace, &src)?;
+        fs::create_dir_all(desktop_path).map_err(fs_err("create", desktop_path))?;
+        nix::mount::mount(
+            Some(&src),
+            desktop_path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| PlatformError::Mount {
+            src: src.clone(),
+            target: desktop_path.to_path_buf(),
+            source,
+        })?;
+        Ok(Desktop {
+            filestore_root: filestore_root.to_path_buf(),
+            user: user.to_string(),
+            desktop_path: desktop_path.to_path_buf(),
+            repo_hash: hash,
+            mounted: true,
+        })
+    }
+
+    /// `R/<user>/<hash>/out`: the mirror of the pod's `/work/out`.
+    pub fn out_dir(&self) -> PathBuf {
+        self.filestore_root
+            .join(&self.user)
+            .join(&self.repo_hash)
+            .join("out")
+    }
+
+    /// Where Bazel puts `//pkg:target` in the mirror.
+    pub fn artifact(&self, package: &str, target: &str) -> PathBuf {
+        self.out_dir()
+            .join("execroot/__main__/bazel-out/k8-fastbuild/bin")
+            .join(package)
+            .join(target)
+    }
+
+    /// A `jbazel` command in the checkout, for this user and the given session.
+    pub fn jbazel(
+        &self,
+        orchestrator_url: &str,
+        session: &str,
+        kubeconfig: &Path,
+    ) -> Result<Command, PlatformError> {
+        let mut cmd = Command::new(workspace_binary("jbazel")?);
+        cmd.current_dir(&self.desktop_path)
+            .env("JBAZEL_ORCHESTRATOR", orchestrator_url)
+            .env("JBAZEL_FILESTORE_ROOT", &self.filestore_root)
+            .env("JBAZEL_USER", &self.user)
+            .env("JBAZEL_SESSION_ID", session)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("JBAZEL_SERVER")
+            .env_remove("JBAZEL_DRY_RUN")
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Unmounts the desktop path now (also done on drop).
+    pub fn unmount(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.desktop_path, nix::mount::MntFlags::MNT_DETACH);
+            self.mounted = false;
+        }
+    }
+
+    /// Keeps the mount after this handle is gone (the demo leaves it for the user).
+    pub fn keep_mounted(mut self) {
+        self.mounted = false;
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Copies a directory tree of regular files and dirs (the sample workspace).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), PlatformError> {
+    for entry in fs::read_dir(from).map_err(fs_err("read", from))? {
+        let entry = entry.map_err(fs_err("read", from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ty = entry.file_type().map_err(fs_err("stat", &src))?;
+        if ty.is_dir() {
+            fs::create_dir_all(&dst).map_err(fs_err("create", &dst))?;
+            copy_tree(&src, &dst)?;
+        } else if ty.is_file() {
+            fs::copy(&src, &dst).map_err(fs_err("copy", &src))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_hash_is_md5_of_the_path() {
+        // md5("/home/alice/src/sample")
+        assert_eq!(
+            repo_hash(Path::new("/home/alice/src/sample")),
+            hex::encode(Md5::digest(b"/home/alice/src/sample"))
+        );
+        assert_eq!(repo_hash(Path::new("/a")).len(), 32);
+        assert_ne!(repo_hash(Path::new("/a")), repo_hash(Path::new("/a/")));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

@@ -1,0 +1,205 @@
+//! End to end, all real: the Spanner emulator, the orchestrator binary, the local Kubernetes
+//! cluster running the project image (supervisor + Bazel 4.2.3), and the jbazel binary in a
+//! desktop checkout that is a bind mount of the filestore.
+//!
+//! One scenario walks a user's day, step by step, on one namespace: the first build spawns
+//! the pod; the second reuses it; a failing target's exit code comes through; `run` runs
+//! the binary on the desktop; a pod deleted by hand is respawned; a desktop bounce (new
+//! SessionId) replaces the pod. Needs `integration/cluster/cluster.sh up && image/build.sh`
+//! (integration/test.sh does it) and fails, never skips, when a component is missing.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+
+use integration::cluster::{delete_pod_and_wait, Cluster, IMAGE};
+use integration::platform::{free_port, repo_root, Desktop, Orchestrator, OrchestratorOptions};
+use integration::spanner::SpannerEmulator;
+
+const USER: &str = "alice";
+
+fn run(cmd: &mut std::process::Command) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = cmd.output().expect("jbazel must start");
+    (out, started.elapsed())
+}
+
+fn show(step: &str, out: &Output, took: Duration) -> String {
+    format!(
+        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn server_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("jbazel.dev/repo-hash={repo_hash}")))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_day_on_the_remote_bazel_server() {
+    let cluster = Cluster::connect()
+        .await
+        .expect("the local cluster must be up");
+    let namespace = cluster.test_namespace("e2e").await.expect("namespace");
+    let pods = namespace.pods();
+    let emulator = SpannerEmulator::start().await.expect("emulator");
+
+    // The filestore must be a host path the pods can mount: a fresh dir under /tmp.
+    let scratch = tempfile::Builder::new()
+        .prefix("jbazel-e2e-")
+        .tempdir_in("/tmp")
+        .expect("scratch dir");
+    let filestore = scratch.path().join("filestore");
+    fs::create_dir_all(&filestore).unwrap();
+    let orchestrator = Orchestrator::start(&OrchestratorOptions {
+        spanner_host: emulator.host(),
+        project: emulator.project().into(),
+        instance: emulator.instance().into(),
+        database: emulator.database().into(),
+        namespace: namespace.name().into(),
+        filestore_root: filestore.clone(),
+        image: IMAGE.into(),
+        port: free_port().expect("port"),
+        log_path: scratch.path().join("orchestrator.log"),
+        kubeconfig: cluster.kubeconfig().to_path_buf(),
+        detached: false,
+    })
+    .expect("orchestrator must start");
+
+    let desktop_path = scratch.path().join("home/alice/sample");
+    let workspace = repo_root().join("integration/sample-workspace");
+    let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let jbazel = |session: &str, args: &[&str]| {
+        let mut cmd = desktop
+            .jbazel(&orchestrator.url(), session, &kubeconfig)
+            .expect("jbazel binary");
+        cmd.args(args);
+        run(&mut cmd)
+    };
+
+    // 1. The first build spawns the pod and builds in it; the artifact is in the mirror and
+    //    runs on the desktop.
+    let (out, cold) = jbazel("day1", &["build", "//..."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("first build", &out, cold)
+    );
+    assert!(
+        orchestrator
+            .log()
+            .contains(&format!("Creating Pod for repo {}", desktop.repo_hash)),
+        "orchestrator log:\n{}",
+        orchestrator.log()
+    );
+    let first = server_pods(&pods, &desktop.repo_hash).await;
+    assert_eq!(first.len(), 1, "exactly one server pod");
+    let binary = desktop.artifact("app", "hello");
+    let ran = std::process::Command::new(&binary)
+        .output()
+        .unwrap_or_else(|e| panic!("mirror binary {}: {e}", binary.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        "hello from jbazel"
+    );
+
+    // 2. A second build reuses the READY server: same pod, faster.
+    let (out, warm) = jbazel("day1", &["build", "//..."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("second build", &out, warm)
+    );
+    let second = server_pods(&pods, &desktop.repo_hash).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        uid(&second[0]),
+        uid(&first[0]),
+        "the READY server is reused"
+    );
+    assert!(warm < cold, "warm {warm:?} must beat cold {cold:?}");
+    eprintln!("e2e: cold build {cold:?}, warm build {warm:?}");
+
+    // 3. A failing target: Bazel's exit code (1: build failed) through the whole chain.
+    let broken = desktop.desktop_path.join("broken");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(
+        broken.join("BUILD"),
+        "cc_binary(name = \"broken\", srcs = [\"broken.cc\"])\n",
+    )
+    .unwrap();
+    fs::write(broken.join("broken.cc"), "int main() { return missing; }\n").unwrap();
+    let (out, took) = jbazel("day1", &["build", "//broken:broken"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        show("failing build", &out, took)
+    );
+    fs::remove_dir_all(&broken).unwrap();
+
+    // 4. `run` builds remotely and runs the binary here, on the desktop.
+    let (out, took) = jbazel("day1", &["run", "//app:hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show("run", &out, took));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from jbazel"),
+        "{}",
+        show("run", &out, took)
+    );
+
+    // 5. A pod deleted by hand is respawned by the next build.
+    let name = first[0].metadata.name.clone().unwrap_or_default();
+    delete_pod_and_wait(&pods, &name, 0, Duration::from_secs(60))
+        .await
+        .expect("delete pod");
+    let (out, took) = jbazel("day1", &["build", "//..."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("respawn build", &out, took)
+    );
+    let respawned = server_pods(&pods, &desktop.repo_hash).await;
+    assert_eq!(respawned.len(), 1);
+    assert_ne!(uid(&respawned[0]), uid(&first[0]), "a new pod");
+
+    // 6. A desktop bounce (new SessionId): the old pod goes, a new one builds.
+    let (out, took) = jbazel("day2", &["build", "//..."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("bounce build", &out, took)
+    );
+    let bounced = server_pods(&pods, &desktop.repo_hash).await;
+    assert_eq!(bounced.len(), 1, "the old session's pod is gone");
+    assert_ne!(uid(&bounced[0]), uid(&respawned[0]));
+    let labels = bounced[0].metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("jbazel.dev/session").map(String::as_str),
+        Some("day2")
+    );
+
+    drop(desktop);
+    let _ = namespace.cleanup().await;
+    assert!(Path::new(&filestore).exists());
+}
