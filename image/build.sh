@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Builds the jbazel pod image without Docker or a registry and imports it into the local
+# cluster's containerd (integration/cluster/cluster.sh), tagged
+# docker.io/library/jbazel-bazel-server:dev (pods use imagePullPolicy: Never).
+#
+#   layer 1  debootstrap --variant=minbase bookworm + image/packages.txt (the list
+#            image/Dockerfile installs too). Cached under /var/cache/jbazel/image/, keyed by
+#            the package list, the mirror and this recipe's version: built once (~3-5 min).
+#   layer 2  /opt/jbazel/rules_cc, /opt/jbazel/rules_java (offline stubs for Bazel 4.2.3) and
+#            /etc/jbazel/system.bazelrc (image/bazel/system.bazelrc.in, @RULES_DIR@=/opt/jbazel)
+#   layer 3  /usr/local/bin/supervisor (`cargo build --release -p supervisor`), the ENTRYPOINT
+# -> a docker-archive tar (also loadable with `docker load` / `kind load image-archive`)
+# -> `ctr -n k8s.io images import` on the cluster's containerd socket.
+#
+# Usage: image/build.sh [--no-import] [--no-cargo] [--out FILE]
+#   --no-import   only write the archive
+#   --no-cargo    use target/release/supervisor as it is (do not run cargo)
+#   --out FILE    archive path (default /var/cache/jbazel/image/jbazel-bazel-server-dev.tar)
+# Env: JBAZEL_CONTAINERD_SOCK (default /var/lib/jbazel-cluster/containerd/containerd.sock),
+#      DEBIAN_MIRROR (default http://deb.debian.org/debian), CARGO_TARGET_DIR.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+CACHE=${JBAZEL_CACHE:-/var/cache/jbazel}/image
+TAG=docker.io/library/jbazel-bazel-server:dev
+SOCK=${JBAZEL_CONTAINERD_SOCK:-/var/lib/jbazel-cluster/containerd/containerd.sock}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+SUITE=bookworm
+RULES_DIR=/opt/jbazel
+RECIPE_VERSION=1 # bump when the base-layer recipe below changes
+
+import=1 cargo=1 out=$CACHE/jbazel-bazel-server-dev.tar
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --no-import) import=0; shift ;;
+        --no-cargo) cargo=0; shift ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '[image %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+t0=$SECONDS
+
+[[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, ctr)"
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+
+# Deterministic tars: the same content gives the same layer digest, so containerd keeps
+# one copy and re-imports of unchanged layers cost nothing.
+det_tar() { # det_tar DIR OUT.tar
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -cf "$2.tmp" .
+    mv "$2.tmp" "$2"
+}
+
+packages=$(sed 's/#.*//' "$HERE/packages.txt" | awk NF | sort -u | paste -sd' ' -)
+[[ -n $packages ]] || die "no packages in $HERE/packages.txt"
+key=$(printf '%s\n' "recipe=$RECIPE_VERSION" "suite=$SUITE" "mirror=$MIRROR" "$packages" |
+    sha256sum | cut -c1-16)
+BASE_DIR=$CACHE/base-$key
+BASE_LAYER=$BASE_DIR/layer.tar
+
+# ---------------------------------------------------------------------------------------
+# Layer 1: the base rootfs.
+
+unmount_under() {
+    local m
+    awk -v s="$1/" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while IFS= read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+}
+
+build_base() {
+    local tmp=$BASE_DIR.tmp rootfs=$BASE_DIR.tmp/rootfs
+    command -v debootstrap >/dev/null || die "debootstrap missing: run integration/setup.sh"
+    [[ -d $tmp ]] && unmount_under "$tmp"
+    rm -rf "$tmp"
+    mkdir -p "$rootfs" "$CACHE/debs/partial"
+    trap 'unmount_under "'"$tmp"'"' EXIT
+    log "debootstrap --variant=minbase $SUITE (log $tmp/debootstrap.log)"
+    debootstrap --variant=minbase --cache-dir="$CACHE/debs" "$SUITE" "$rootfs" "$MIRROR" \
+        >"$tmp/debootstrap.log" 2>&1 ||
+        { tail -30 "$tmp/debootstrap.log" >&2; die "debootstrap failed"; }
+
+    cat >"$rootfs/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+EOF
+    printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod +x "$rootfs/usr/sbin/policy-rc.d"
+    cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+    mount -t proc proc "$rootfs/proc"
+    mount --rbind /dev "$rootfs/dev"
+    mount --make-rslave "$rootfs/dev"
+    mount --bind "$CACHE/debs" "$rootfs/var/cache/apt/archives"
+
+    log "installing: $packages (log $tmp/apt.log)"
+    # shellcheck disable=SC2086 # the package list is meant to split
+    if ! chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
+        sh -c "apt-get update && apt-get install -y --no-install-recommends $packages" \
+        >"$tmp/apt.log" 2>&1; then
+        tail -30 "$tmp/apt.log" >&2
+        die "installing the packages in the rootfs failed"
+    fi
+    unmount_under "$tmp"
+    trap - EXIT
+
+    # What a container runtime provides or a layer should not carry.
+    rm -f "$rootfs/usr/sbin/policy-rc.d"
+    : >"$rootfs/etc/resolv.conf"
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log \
+        "$rootfs"/dev/* "$rootfs"/proc/* "$rootfs"/sys/* "$rootfs"/tmp/* "$rootfs"/run/*
+    chroot "$rootfs" bazel --version >"$tmp/bazel-version" 2>&1 ||
+        { cat "$tmp/bazel-version" >&2; die "bazel does not run in the new rootfs"; }
+
+    log "packing the base layer"
+    det_tar "$rootfs" "$tmp/layer.tar"
+    sha256sum "$tmp/layer.tar" | cut -d' ' -f1 >"$tmp/layer.tar.sha256"
+    rm -rf "$rootfs"
+    rm -rf "$BASE_DIR"
+    mv "$tmp" "$BASE_DIR"
+    # Older bases (another package list) are dead weight.
+    find "$CACHE" -maxdepth 1 -name 'base-*' ! -name "base-$key" -exec rm -rf {} +
+}
+
+if [[ -s $BASE_LAYER && -s $BASE_LAYER.sha256 ]]; then
+    log "base layer cached: $BASE_DIR ($(du -h "$BASE_LAYER" | cut -f1))"
+else
+    build_base
+    log "base layer built in $((SECONDS - t0)) s ($(du -h "$BASE_LAYER" | cut -f1))"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Layer 2: rule stubs and the system rc.
+
+work=$(mktemp -d "$CACHE/.work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/jbazel$RULES_DIR" "$work/jbazel/etc/jbazel"
+cp -r "$HERE/bazel/rules_cc" "$HERE/bazel/rules_java" "$work/jbazel$RULES_DIR/"
+sed "/^#/!s|@RULES_DIR@|$RULES_DIR|g" "$HERE/bazel/system.bazelrc.in" >"$work/jbazel/etc/jbazel/system.bazelrc"
+chmod -R u=rwX,go=rX "$work/jbazel"
+det_tar "$work/jbazel" "$work/jbazel.tar"
+
+# ---------------------------------------------------------------------------------------
+# Layer 3: the supervisor.
+
+target_dir=${CARGO_TARGET_DIR:-$REPO/target}
+if ((cargo)); then
+    log "cargo build --release -p supervisor"
+    (cd "$REPO" && cargo build --release -p supervisor --quiet) || die "cargo build of the supervisor failed"
+fi
+supervisor=$target_dir/release/supervisor
+[[ -x $supervisor ]] || die "$supervisor missing (cargo build --release -p supervisor)"
+mkdir -p "$work/sup/usr/local/bin"
+cp "$supervisor" "$work/sup/usr/local/bin/supervisor"
+det_tar "$work/sup" "$work/supervisor.tar"
+
+# ---------------------------------------------------------------------------------------
+# Archive and import.
+
+mkdir -p "$(dirname "$out")"
+"$HERE/docker-archive.sh" --out "$out" --tag "$TAG" \
+    --entrypoint '["/usr/local/bin/supervisor"]' \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env HOME=/root --env LANG=C.UTF-8 --workdir / \
+    "$BASE_LAYER" "$work/jbazel.tar" "$work/supervisor.tar" >/dev/null
+log "archive $out ($(du -h "$out" | cut -f1))"
+
+if ((import)); then
+    [[ -S $SOCK ]] || die "no containerd socket at $SOCK: start the cluster first (integration/cluster/cluster.sh up) or pass --no-import"
+    ctr --address "$SOCK" -n k8s.io images import "$out" >"$work/import.log" 2>&1 ||
+        { cat "$work/import.log" >&2; die "ctr images import failed"; }
+    ctr --address "$SOCK" -n k8s.io images ls -q "name==$TAG" | grep -q . ||
+        die "$TAG is not in containerd after the import"
+    log "imported $TAG into $SOCK"
+fi
+log "done in $((SECONDS - t0)) s"
