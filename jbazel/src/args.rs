@@ -275,13 +275,21 @@ pub fn apply_startup(
 }
 
 /// Bazel's `IsStandardTerminal()` from its inputs.
-pub fn is_standard_terminal(term: Option<&str>, emacs: bool, stdout_tty: bool, stderr_tty: bool) -> bool {
+pub fn is_standard_terminal(
+    term: Option<&str>,
+    emacs: bool,
+    stdout_tty: bool,
+    stderr_tty: bool,
+) -> bool {
     let term = term.unwrap_or("");
     if emacs && term == "eterm-color" {
         return true;
     }
     if term.is_empty()
-        || matches!(term, "dumb" | "emacs" | "xterm-mono" | "symbolics" | "9term")
+        || matches!(
+            term,
+            "dumb" | "emacs" | "xterm-mono" | "symbolics" | "9term"
+        )
         || emacs
     {
         return false;
@@ -297,10 +305,33 @@ pub fn is_emacs(emacs_var: Option<&str>, inside_emacs_set: bool) -> bool {
 /// Desktop variables never sent: they describe the desktop, not the pod (paths, sockets,
 /// the desktop session), or are jbazel's own configuration.
 const DESKTOP_ONLY: &[&str] = &[
-    "PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "TMPDIR", "TMP", "TEMP", "LD_LIBRARY_PATH",
-    "LD_PRELOAD", "DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "KUBECONFIG",
-    "BAZEL_REAL", "MAIL", "SHELL", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CLIENT",
-    "SSH_CONNECTION", "SSH_TTY", "GPG_AGENT_INFO", "XAUTHORITY", "WINDOWID", "OPENBLAS_CORETYPE",
+    "PATH",
+    "HOME",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "TMPDIR",
+    "TMP",
+    "TEMP",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "KUBECONFIG",
+    "BAZEL_REAL",
+    "MAIL",
+    "SHELL",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "GPG_AGENT_INFO",
+    "XAUTHORITY",
+    "WINDOWID",
+    "OPENBLAS_CORETYPE",
 ];
 const DESKTOP_ONLY_PREFIXES: &[&str] = &["XDG_", "JBAZEL_", "BAZELISK_", "CARGO_", "RUST"];
 
@@ -363,14 +394,24 @@ pub fn run_request_args(i: &RunArgsInput) -> Vec<String> {
         format!("--startup_time={}", i.startup_time_ms),
         format!("--binary_path={}", i.binary_path),
         "--rc_source=client".to_string(),
-        format!("--default_override=0:common=--isatty={}", u8::from(i.isatty)),
-        format!("--default_override=0:common=--terminal_columns={}", i.terminal_columns),
+        format!(
+            "--default_override=0:common=--isatty={}",
+            u8::from(i.isatty)
+        ),
+        format!(
+            "--default_override=0:common=--terminal_columns={}",
+            i.terminal_columns
+        ),
     ];
     if i.emacs {
         a.push("--default_override=0:common=--emacs".to_string());
     }
     a.extend(i.rc_args.iter().cloned());
-    a.extend(i.client_env.iter().map(|(k, v)| format!("--client_env={k}={v}")));
+    a.extend(
+        i.client_env
+            .iter()
+            .map(|(k, v)| format!("--client_env={k}={v}")),
+    );
     a.push(format!("--client_cwd={}", i.client_cwd));
     a.extend(i.user_args.iter().cloned());
     a
@@ -384,20 +425,44 @@ mod tests {
         a.iter().map(|s| s.to_string()).collect()
     }
 
+    /// (argv, startup options, jbazel options, command, args)
+    type SplitCase<'a> = (
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a str,
+        &'a [&'a str],
+    );
+
     #[test]
     fn split_table() {
-        let cases: &[(&[&str], &[&str], &[&str], &str, &[&str])] = &[
+        let cases: &[SplitCase] = &[
             (&["build", "//..."], &[], &[], "build", &["//..."]),
             (&[], &[], &[], "", &[]),
             (
-                &["--output_base", "/x", "--nohome_rc", "--bazelrc=a.rc", "test", "--nohome_rc", "//t"],
+                &[
+                    "--output_base",
+                    "/x",
+                    "--nohome_rc",
+                    "--bazelrc=a.rc",
+                    "test",
+                    "--nohome_rc",
+                    "//t",
+                ],
                 &["--output_base=/x", "--nohome_rc", "--bazelrc=a.rc"],
                 &[],
                 "test",
                 &["--nohome_rc", "//t"],
             ),
             (
-                &["--jbazel-dry-run", "--noblock_for_lock", "run", "//x", "--", "-a"],
+                &[
+                    "--jbazel-dry-run",
+                    "--noblock_for_lock",
+                    "run",
+                    "//x",
+                    "--",
+                    "-a",
+                ],
                 &["--noblock_for_lock"],
                 &["--jbazel-dry-run"],
                 "run",
@@ -419,25 +484,44 @@ mod tests {
     #[test]
     fn split_errors_table() {
         let cases: &[(&[&str], ArgsError)] = &[
-            (&["--bogus", "build"], ArgsError::UnknownStartupOption("--bogus".into())),
-            (&["--output_base"], ArgsError::MissingValue("--output_base".into())),
+            (
+                &["--bogus", "build"],
+                ArgsError::UnknownStartupOption("--bogus".into()),
+            ),
+            (
+                &["--output_base"],
+                ArgsError::MissingValue("--output_base".into()),
+            ),
             (
                 &["--batch=1", "build"],
                 ArgsError::NullaryWithValue("--batch=1".into(), "--batch".into()),
             ),
         ];
         for (argv, want) in cases {
-            assert_eq!(split_command_line(&v(argv)).expect_err("error"), *want, "{argv:?}");
+            assert_eq!(
+                split_command_line(&v(argv)).expect_err("error"),
+                *want,
+                "{argv:?}"
+            );
         }
     }
 
     #[test]
     fn startup_handling_table() {
         let s = apply_startup(
-            &[("/w/.bazelrc".into(), "--noblock_for_lock".into()),
-              ("/w/.bazelrc".into(), "--max_idle_secs=5".into())],
-            &v(&["--block_for_lock", "--output_base=/x", "--nohome_rc", "--bazelrc=/r",
-                 "--invocation_policy=p", "--batch", "--client_debug"]),
+            &[
+                ("/w/.bazelrc".into(), "--noblock_for_lock".into()),
+                ("/w/.bazelrc".into(), "--max_idle_secs=5".into()),
+            ],
+            &v(&[
+                "--block_for_lock",
+                "--output_base=/x",
+                "--nohome_rc",
+                "--bazelrc=/r",
+                "--invocation_policy=p",
+                "--batch",
+                "--client_debug",
+            ]),
         )
         .expect("startup");
         assert!(s.block_for_lock, "the command line wins over rc files");
@@ -445,7 +529,10 @@ mod tests {
         assert_eq!(s.invocation_policy.as_deref(), Some("p"));
         assert!(!s.rc.home_rc);
         assert_eq!(s.rc.bazelrc, v(&["/r"]));
-        assert_eq!(s.ignored, v(&["--max_idle_secs=5", "--output_base=/x", "--batch"]));
+        assert_eq!(
+            s.ignored,
+            v(&["--max_idle_secs=5", "--output_base=/x", "--batch"])
+        );
 
         let s = apply_startup(&[("/w/.bazelrc".into(), "--noblock_for_lock".into())], &[])
             .expect("startup");
@@ -459,7 +546,11 @@ mod tests {
             apply_startup(&[("/w/.bazelrc".into(), "--nonsense".into())], &[]),
             Err(ArgsError::UnknownStartupOption(_))
         ));
-        assert!(apply_startup(&[], &v(&["--version"])).expect("version").version);
+        assert!(
+            apply_startup(&[], &v(&["--version"]))
+                .expect("version")
+                .version
+        );
     }
 
     #[test]
@@ -473,7 +564,11 @@ mod tests {
             (Some("xterm"), true, true, true, false),
         ];
         for (term, emacs, o, e, want) in cases {
-            assert_eq!(is_standard_terminal(term, emacs, o, e), want, "{term:?} {emacs} {o} {e}");
+            assert_eq!(
+                is_standard_terminal(term, emacs, o, e),
+                want,
+                "{term:?} {emacs} {o} {e}"
+            );
         }
         assert!(is_emacs(Some("t"), false));
         assert!(is_emacs(None, true));
@@ -483,19 +578,34 @@ mod tests {
     #[test]
     fn client_env_table() {
         let pod = parse_env_file("# pod\nPATH=/usr/local/bin:/usr/bin:/bin\n\nHOME=/root\nBAD\n");
-        assert_eq!(pod, [("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()), ("HOME".into(), "/root".into())]);
+        assert_eq!(
+            pod,
+            [
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), "/root".into())
+            ]
+        );
         let desktop: Vec<(String, String)> = [
-            ("PATH", "/home/u/bin:/usr/bin"), ("HOME", "/home/u"), ("TERM", "xterm"),
-            ("LANG", "C.UTF-8"), ("CC", "clang"), ("XDG_RUNTIME_DIR", "/run/user/1"),
-            ("JBAZEL_SERVER", "x"), ("SSH_AUTH_SOCK", "/tmp/s"), ("PWD", "/home/u/p"),
+            ("PATH", "/home/u/bin:/usr/bin"),
+            ("HOME", "/home/u"),
+            ("TERM", "xterm"),
+            ("LANG", "C.UTF-8"),
+            ("CC", "clang"),
+            ("XDG_RUNTIME_DIR", "/run/user/1"),
+            ("JBAZEL_SERVER", "x"),
+            ("SSH_AUTH_SOCK", "/tmp/s"),
+            ("PWD", "/home/u/p"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let got = client_env(&pod, &desktop);
         let want: Vec<(String, String)> = [
-            ("CC", "clang"), ("HOME", "/root"), ("LANG", "C.UTF-8"),
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"), ("TERM", "xterm"),
+            ("CC", "clang"),
+            ("HOME", "/root"),
+            ("LANG", "C.UTF-8"),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("TERM", "xterm"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -512,7 +622,10 @@ mod tests {
             isatty: false,
             terminal_columns: 80,
             emacs: false,
-            rc_args: v(&["--rc_source=/work/out/jbazel/system.bazelrc", "--default_override=1:build=--x"]),
+            rc_args: v(&[
+                "--rc_source=/work/out/jbazel/system.bazelrc",
+                "--default_override=1:build=--x",
+            ]),
             client_env: vec![("PATH".into(), "/usr/bin".into())],
             client_cwd: "/work/src/app".into(),
             user_args: v(&["//app:hello", "--keep_going"]),
@@ -534,12 +647,20 @@ mod tests {
                 "--keep_going",
             ])
         );
-        let tty = RunArgsInput { isatty: true, emacs: true, terminal_columns: 132, ..input.clone() };
+        let tty = RunArgsInput {
+            isatty: true,
+            emacs: true,
+            terminal_columns: 132,
+            ..input.clone()
+        };
         let a = run_request_args(&tty);
         assert_eq!(a[4], "--default_override=0:common=--isatty=1");
         assert_eq!(a[5], "--default_override=0:common=--terminal_columns=132");
         assert_eq!(a[6], "--default_override=0:common=--emacs");
-        let none = RunArgsInput { command: String::new(), ..input };
+        let none = RunArgsInput {
+            command: String::new(),
+            ..input
+        };
         assert!(run_request_args(&none).is_empty());
     }
 }

@@ -76,7 +76,11 @@ pub struct Output {
 }
 
 impl Output {
-    fn write(rw: &mut Option<StreamRewriter>, to_stdout: bool, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(
+        rw: &mut Option<StreamRewriter>,
+        to_stdout: bool,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         let data = match rw {
             Some(r) => std::borrow::Cow::Owned(r.push(bytes)),
             None => std::borrow::Cow::Borrowed(bytes),
@@ -128,7 +132,10 @@ impl Signals {
 /// Sends Cancel for a command; true when the server answered.
 pub async fn cancel(channel: Channel, cookie: String, command_id: String) -> bool {
     let mut c = CommandServerClient::new(channel);
-    let req = CancelRequest { cookie, command_id: command_id.clone() };
+    let req = CancelRequest {
+        cookie,
+        command_id: command_id.clone(),
+    };
     match tokio::time::timeout(CANCEL_TIMEOUT, c.cancel(req)).await {
         Ok(Ok(_)) => {
             tracing::debug!(command_id = %command_id, "cancel sent");

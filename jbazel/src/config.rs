@@ -34,13 +34,21 @@ pub enum Hop {
 )]
 pub struct Settings {
     /// Orchestrator gRPC address.
-    #[arg(long = "jbazel-orchestrator", env = "JBAZEL_ORCHESTRATOR", value_name = "URL",
-          default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "jbazel-orchestrator",
+        env = "JBAZEL_ORCHESTRATOR",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub orchestrator: String,
 
     /// Where the desktop sees the filestore root R (the repository's output base is R/USER/HASH/out).
-    #[arg(long = "jbazel-filestore-root", env = "JBAZEL_FILESTORE_ROOT", value_name = "DIR",
-          default_value = "/tmp/mock-filestore")]
+    #[arg(
+        long = "jbazel-filestore-root",
+        env = "JBAZEL_FILESTORE_ROOT",
+        value_name = "DIR",
+        default_value = "/tmp/mock-filestore"
+    )]
     pub filestore_root: PathBuf,
 
     /// UserId (default: your login name; must be a lower-case DNS label).
@@ -48,11 +56,19 @@ pub struct Settings {
     pub user: Option<String>,
 
     /// SessionId (default: derived from this boot and desktop login session).
-    #[arg(long = "jbazel-session-id", env = "JBAZEL_SESSION_ID", value_name = "ID")]
+    #[arg(
+        long = "jbazel-session-id",
+        env = "JBAZEL_SESSION_ID",
+        value_name = "ID"
+    )]
     pub session_id: Option<String>,
 
     /// Talk to this Bazel server directly (host:port), skipping the orchestrator and the hop.
-    #[arg(long = "jbazel-server", env = "JBAZEL_SERVER", value_name = "HOST:PORT")]
+    #[arg(
+        long = "jbazel-server",
+        env = "JBAZEL_SERVER",
+        value_name = "HOST:PORT"
+    )]
     pub server: Option<String>,
 
     /// How to reach the pod's command port.
@@ -60,8 +76,12 @@ pub struct Settings {
     pub hop: Hop,
 
     /// Give up waiting for the server after this many seconds.
-    #[arg(long = "jbazel-deadline-secs", env = "JBAZEL_DEADLINE_SECS", value_name = "SECS",
-          default_value_t = 300)]
+    #[arg(
+        long = "jbazel-deadline-secs",
+        env = "JBAZEL_DEADLINE_SECS",
+        value_name = "SECS",
+        default_value_t = 300
+    )]
     pub deadline_secs: u64,
 
     /// Print the workspace root, RepoHash, UserId, SessionId, the server and the exact

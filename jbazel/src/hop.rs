@@ -44,7 +44,10 @@ impl std::fmt::Display for Target {
                 namespace,
                 pod,
                 port,
-            } => write!(f, "pod {namespace}/{pod} port {port} (API server port-forward)"),
+            } => write!(
+                f,
+                "pod {namespace}/{pod} port {port} (API server port-forward)"
+            ),
             Target::PodIp { ip, port, .. } => write!(f, "{ip}:{port} (pod IP)"),
         }
     }

@@ -223,7 +223,10 @@ mod tests {
             ..src()
         };
         let id = resolve(&over).expect("identity");
-        assert_eq!((id.user_id.as_str(), id.session_id.as_str()), ("bob", "test-1"));
+        assert_eq!(
+            (id.user_id.as_str(), id.session_id.as_str()),
+            ("bob", "test-1")
+        );
 
         let bad_login = Sources {
             login_name: Some("John.Doe".into()),
@@ -236,7 +239,10 @@ mod tests {
             jbazel_user: Some("../root".into()),
             ..src()
         };
-        assert!(matches!(resolve(&bad_env), Err(IdentityError::BadUser { .. })));
+        assert!(matches!(
+            resolve(&bad_env),
+            Err(IdentityError::BadUser { .. })
+        ));
 
         let bad_session = Sources {
             jbazel_session_id: Some("a b".into()),
@@ -251,6 +257,9 @@ mod tests {
             login_name: None,
             ..src()
         };
-        assert!(matches!(resolve(&nobody), Err(IdentityError::NoLogin { uid: 1000 })));
+        assert!(matches!(
+            resolve(&nobody),
+            Err(IdentityError::NoLogin { uid: 1000 })
+        ));
     }
 }

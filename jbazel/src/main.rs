@@ -109,11 +109,22 @@ fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
         );
     }
 
-    let cwd = std::env::current_dir()
-        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context("cannot read the working directory")))?;
+    let cwd = std::env::current_dir().map_err(|e| {
+        fail(
+            LOCAL_ENV,
+            anyhow!(e).context("cannot read the working directory"),
+        )
+    })?;
     let ws = workspace::find_root(&cwd, &workspace::Disk).map_err(|e| {
-        let what = if cl.command.is_empty() { "jbazel".to_string() } else { format!("the '{}' command", cl.command) };
-        fail(BAD_ARGV, anyhow!("{what} is only supported from within a workspace: {e}"))
+        let what = if cl.command.is_empty() {
+            "jbazel".to_string()
+        } else {
+            format!("the '{}' command", cl.command)
+        };
+        fail(
+            BAD_ARGV,
+            anyhow!("{what} is only supported from within a workspace: {e}"),
+        )
     })?;
     let sources = identity::Sources::read(settings.user.clone(), settings.session_id.clone());
     let id = identity::resolve(&sources).map_err(|e| fail(BAD_ARGV, e))?;
@@ -153,7 +164,12 @@ fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| fail(LOCAL_ENV, anyhow!(e).context("cannot start the async runtime")))?;
+        .map_err(|e| {
+            fail(
+                LOCAL_ENV,
+                anyhow!(e).context("cannot start the async runtime"),
+            )
+        })?;
     rt.block_on(remote(&plan, start))
 }
 
@@ -168,14 +184,20 @@ fn exec_bazel_real(argv: &[String]) -> Fail {
     };
     let args = argv.iter().filter(|a| !a.starts_with(args::JBAZEL_PREFIX));
     let err = std::process::Command::new(&real).args(args).exec();
-    fail(LOCAL_ENV, anyhow!(err).context(format!("cannot exec BAZEL_REAL={}", real.to_string_lossy())))
+    fail(
+        LOCAL_ENV,
+        anyhow!(err).context(format!("cannot exec BAZEL_REAL={}", real.to_string_lossy())),
+    )
 }
 
 /// Warns when the workspace root is not the filestore's copy: the server would not see the
 /// user's files.
 fn check_mirror(plan: &Plan) {
     use std::os::unix::fs::MetadataExt;
-    let same = match (std::fs::metadata(&plan.root), std::fs::metadata(&plan.map.mirror_src)) {
+    let same = match (
+        std::fs::metadata(&plan.root),
+        std::fs::metadata(&plan.map.mirror_src),
+    ) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     };
@@ -234,7 +256,12 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         pod_env.push(("PATH".into(), mirror::FALLBACK_POD_PATH.into()));
     }
     let desktop_env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
         .collect();
     let client_env = args::client_env(&pod_env, &desktop_env);
 
@@ -315,12 +342,24 @@ fn dry_run(plan: &Plan, start: Instant) -> Result<Done, Fail> {
     out.push_str(&format!("repo_hash: {}\n", plan.repo_hash));
     out.push_str(&format!("user_id: {}\n", plan.id.user_id));
     out.push_str(&format!("session_id: {}\n", plan.id.session_id));
-    out.push_str(&format!("filestore_src: {}\n", plan.map.mirror_src.display()));
-    out.push_str(&format!("filestore_out: {}\n", plan.map.mirror_out.display()));
-    out.push_str(&format!("request_cookie: {}\n", plan.mirror.request_cookie_path().display()));
+    out.push_str(&format!(
+        "filestore_src: {}\n",
+        plan.map.mirror_src.display()
+    ));
+    out.push_str(&format!(
+        "filestore_out: {}\n",
+        plan.map.mirror_out.display()
+    ));
+    out.push_str(&format!(
+        "request_cookie: {}\n",
+        plan.mirror.request_cookie_path().display()
+    ));
     out.push_str(&format!("server: {server}\n"));
     out.push_str(&format!("block_for_lock: {}\n", p.request.block_for_lock));
-    out.push_str(&format!("client_description: {}\n", p.request.client_description));
+    out.push_str(&format!(
+        "client_description: {}\n",
+        p.request.client_description
+    ));
     out.push_str("args:\n");
     for a in &p.request.arg {
         out.push_str(&format!("  {}\n", String::from_utf8_lossy(a)));
@@ -430,4 +469,3 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         }
     }
 }
-

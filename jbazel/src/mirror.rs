@@ -93,13 +93,22 @@ mod tests {
         std::fs::create_dir_all(t.path().join("jbazel")).expect("mkdir");
         std::fs::write(t.path().join("server/request_cookie"), "abc\n").expect("write");
         std::fs::write(t.path().join("server/response_cookie"), "def").expect("write");
-        std::fs::write(t.path().join("server/exit_code_to_use_on_abrupt_exit"), "33").expect("write");
+        std::fs::write(
+            t.path().join("server/exit_code_to_use_on_abrupt_exit"),
+            "33",
+        )
+        .expect("write");
         std::fs::write(t.path().join("jbazel/client-env"), "PATH=/a:/b\n").expect("write");
         assert_eq!(m.request_cookie().expect("cookie"), "abc");
         assert_eq!(m.response_cookie().expect("cookie"), "def");
         assert_eq!(m.abrupt_exit_code(), 33);
         assert_eq!(m.client_env(), Some(vec![("PATH".into(), "/a:/b".into())]));
-        let err = Mirror::new(&t.path().join("nope")).request_cookie().expect_err("missing");
-        assert!(err.to_string().contains("nope/server/request_cookie"), "{err}");
+        let err = Mirror::new(&t.path().join("nope"))
+            .request_cookie()
+            .expect_err("missing");
+        assert!(
+            err.to_string().contains("nope/server/request_cookie"),
+            "{err}"
+        );
     }
 }

@@ -59,7 +59,9 @@ pub enum OrchestratorError {
     #[error("server spawn failed: {reason}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
     Failed { reason: String, message: String },
     /// The watch ended before READY.
-    #[error("the orchestrator ended the watch before the server was ready (last stage: {last_stage})")]
+    #[error(
+        "the orchestrator ended the watch before the server was ready (last stage: {last_stage})"
+    )]
     EndedEarly { last_stage: String },
     /// The deadline passed.
     #[error("no server after {secs}s (last stage: {last_stage}); raise JBAZEL_DEADLINE_SECS or check the pod")]
@@ -135,12 +137,13 @@ pub fn location(
     if pod_name.is_empty() {
         return Err(OrchestratorError::Incomplete { what: "pod_name" });
     }
-    let command_port = u16::try_from(port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or(OrchestratorError::Incomplete {
-            what: "command_port",
-        })?;
+    let command_port =
+        u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(OrchestratorError::Incomplete {
+                what: "command_port",
+            })?;
     Ok(ServerLocation {
         pod_name,
         namespace: if namespace.is_empty() {
@@ -179,11 +182,8 @@ pub async fn await_ready(
     progress: &mut dyn Progress,
 ) -> Result<ServerLocation, OrchestratorError> {
     let mut last_stage = String::from("GetServer");
-    let result = tokio::time::timeout(
-        deadline,
-        follow(client, ids, progress, &mut last_stage),
-    )
-    .await;
+    let result =
+        tokio::time::timeout(deadline, follow(client, ids, progress, &mut last_stage)).await;
     progress.finish();
     match result {
         Ok(r) => r,
@@ -261,9 +261,7 @@ mod tests {
     use super::*;
     use crate::progress::Silent;
     use proto::orchestrator::orchestrator_server::{Orchestrator, OrchestratorServer};
-    use proto::orchestrator::{
-        GetServerResponse, ReportReadyRequest, ReportReadyResponse,
-    };
+    use proto::orchestrator::{GetServerResponse, ReportReadyRequest, ReportReadyResponse};
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
     use tokio_stream::Stream;
@@ -293,15 +291,39 @@ mod tests {
 
     #[test]
     fn step_table() {
-        assert_eq!(step(&ev(Stage::PodPending, "", None)), Step::Wait { stage: "pod pending" });
-        assert_eq!(step(&ev(Stage::ContainerRunning, "", None)), Step::Wait { stage: "starting Bazel server" });
-        assert_eq!(step(&ServerEvent { stage: 99, ..Default::default() }), Step::Wait { stage: "waiting" });
-        assert!(matches!(step(&ev(Stage::Ready, "", None)), Step::Ready(None)));
+        assert_eq!(
+            step(&ev(Stage::PodPending, "", None)),
+            Step::Wait {
+                stage: "pod pending"
+            }
+        );
+        assert_eq!(
+            step(&ev(Stage::ContainerRunning, "", None)),
+            Step::Wait {
+                stage: "starting Bazel server"
+            }
+        );
+        assert_eq!(
+            step(&ServerEvent {
+                stage: 99,
+                ..Default::default()
+            }),
+            Step::Wait { stage: "waiting" }
+        );
+        assert!(matches!(
+            step(&ev(Stage::Ready, "", None)),
+            Step::Ready(None)
+        ));
         assert_eq!(
             step(&ev(Stage::Failed, "ErrImageNeverPull", None)),
-            Step::Failed { reason: "ErrImageNeverPull".into(), message: "Failed".into() }
+            Step::Failed {
+                reason: "ErrImageNeverPull".into(),
+                message: "Failed".into()
+            }
         );
-        assert!(matches!(step(&ev(Stage::Failed, "", None)), Step::Failed { reason, .. } if reason == "unknown reason"));
+        assert!(
+            matches!(step(&ev(Stage::Failed, "", None)), Step::Failed { reason, .. } if reason == "unknown reason")
+        );
     }
 
     #[test]
@@ -311,13 +333,37 @@ mod tests {
         assert_eq!(loc.command_port, 9001);
         assert_eq!(loc.pod_ip, "10.244.0.5");
         // Fields missing in the event come from GetServer's answer.
-        let sparse = Server { pod_name: String::new(), command_port: 0, ..full.clone() };
-        assert_eq!(location(Some(&sparse), Some(&full)).expect("loc").pod_name, full.pod_name);
-        assert!(matches!(location(Some(&sparse), None), Err(OrchestratorError::Incomplete { what: "pod_name" })));
-        let big = Server { command_port: 70000, ..full.clone() };
-        assert!(matches!(location(Some(&big), None), Err(OrchestratorError::Incomplete { what: "command_port" })));
-        let no_ns = Server { namespace: String::new(), ..full };
-        assert_eq!(location(Some(&no_ns), None).expect("loc").namespace, "jbazel");
+        let sparse = Server {
+            pod_name: String::new(),
+            command_port: 0,
+            ..full.clone()
+        };
+        assert_eq!(
+            location(Some(&sparse), Some(&full)).expect("loc").pod_name,
+            full.pod_name
+        );
+        assert!(matches!(
+            location(Some(&sparse), None),
+            Err(OrchestratorError::Incomplete { what: "pod_name" })
+        ));
+        let big = Server {
+            command_port: 70000,
+            ..full.clone()
+        };
+        assert!(matches!(
+            location(Some(&big), None),
+            Err(OrchestratorError::Incomplete {
+                what: "command_port"
+            })
+        ));
+        let no_ns = Server {
+            namespace: String::new(),
+            ..full
+        };
+        assert_eq!(
+            location(Some(&no_ns), None).expect("loc").namespace,
+            "jbazel"
+        );
     }
 
     /// The fake: answers GetServer with `get`, then streams `events` and then, if `hang`,
@@ -350,7 +396,10 @@ mod tests {
             &self,
             _req: Request<proto::orchestrator::WatchServerRequest>,
         ) -> Result<Response<EventStream>, Status> {
-            *self.watch_calls.lock().map_err(|_| Status::internal("lock"))? += 1;
+            *self
+                .watch_calls
+                .lock()
+                .map_err(|_| Status::internal("lock"))? += 1;
             let mut items: Vec<Result<ServerEvent, Status>> =
                 self.events.iter().cloned().map(Ok).collect();
             if let Some(s) = &self.end_status {
@@ -358,7 +407,10 @@ mod tests {
             }
             let s = tokio_stream::iter(items);
             if self.hang {
-                Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(s, tokio_stream::pending()))))
+                Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+                    s,
+                    tokio_stream::pending(),
+                ))))
             } else {
                 Ok(Response::new(Box::pin(s)))
             }
@@ -372,7 +424,9 @@ mod tests {
     }
 
     async fn serve(fake: Fake) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -391,7 +445,13 @@ mod tests {
     }
 
     fn fake(get: Result<Server, Status>, events: Vec<ServerEvent>) -> Fake {
-        Fake { get, events, end_status: None, hang: false, watch_calls: Arc::new(Mutex::new(0)) }
+        Fake {
+            get,
+            events,
+            end_status: None,
+            hang: false,
+            watch_calls: Arc::new(Mutex::new(0)),
+        }
     }
 
     async fn run(f: Fake, deadline: Duration) -> Result<ServerLocation, OrchestratorError> {
@@ -419,7 +479,11 @@ mod tests {
                 ev(Stage::PodPending, "", None),
                 ev(Stage::PodScheduled, "", None),
                 ev(Stage::ContainerRunning, "", None),
-                ev(Stage::Ready, "", Some(server(ServerStatus::Ready, "10.244.0.7"))),
+                ev(
+                    Stage::Ready,
+                    "",
+                    Some(server(ServerStatus::Ready, "10.244.0.7")),
+                ),
             ],
         );
         let loc = run(f, LONG).await.expect("ready");
@@ -431,7 +495,10 @@ mod tests {
     async fn failed_stage_gives_the_reason() {
         let f = fake(
             Ok(server(ServerStatus::Pending, "")),
-            vec![ev(Stage::PodScheduled, "", None), ev(Stage::Failed, "ErrImageNeverPull", None)],
+            vec![
+                ev(Stage::PodScheduled, "", None),
+                ev(Stage::Failed, "ErrImageNeverPull", None),
+            ],
         );
         let err = run(f, LONG).await.expect_err("failed");
         assert!(err.to_string().contains("ErrImageNeverPull"), "{err}");
@@ -439,8 +506,13 @@ mod tests {
 
     #[tokio::test]
     async fn watch_error_status_gives_the_reason() {
-        let mut f = fake(Ok(server(ServerStatus::Pending, "")), vec![ev(Stage::PodPending, "", None)]);
-        f.end_status = Some(Status::failed_precondition("CrashLoopBackOff: supervisor exited 1"));
+        let mut f = fake(
+            Ok(server(ServerStatus::Pending, "")),
+            vec![ev(Stage::PodPending, "", None)],
+        );
+        f.end_status = Some(Status::failed_precondition(
+            "CrashLoopBackOff: supervisor exited 1",
+        ));
         let err = run(f, LONG).await.expect_err("failed");
         assert!(err.to_string().contains("CrashLoopBackOff"), "{err}");
     }
@@ -454,17 +526,28 @@ mod tests {
 
     #[tokio::test]
     async fn ended_watch_is_an_error() {
-        let f = fake(Ok(server(ServerStatus::Pending, "")), vec![ev(Stage::PodPending, "", None)]);
+        let f = fake(
+            Ok(server(ServerStatus::Pending, "")),
+            vec![ev(Stage::PodPending, "", None)],
+        );
         let err = run(f, LONG).await.expect_err("ended");
-        assert!(matches!(err, OrchestratorError::EndedEarly { ref last_stage } if last_stage == "pod pending"), "{err}");
+        assert!(
+            matches!(err, OrchestratorError::EndedEarly { ref last_stage } if last_stage == "pod pending"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn deadline_is_honoured() {
-        let mut f = fake(Ok(server(ServerStatus::Pending, "")), vec![ev(Stage::ContainerRunning, "", None)]);
+        let mut f = fake(
+            Ok(server(ServerStatus::Pending, "")),
+            vec![ev(Stage::ContainerRunning, "", None)],
+        );
         f.hang = true;
         let t = std::time::Instant::now();
-        let err = run(f, Duration::from_millis(300)).await.expect_err("deadline");
+        let err = run(f, Duration::from_millis(300))
+            .await
+            .expect_err("deadline");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(
             matches!(err, OrchestratorError::Deadline { ref last_stage, .. } if last_stage == "starting Bazel server"),
@@ -478,6 +561,9 @@ mod tests {
         let addr = format!("http://{}", l.local_addr().expect("addr"));
         drop(l);
         let err = connect(&addr).await.expect_err("unreachable");
-        assert!(err.to_string().contains("cannot reach the orchestrator"), "{err}");
+        assert!(
+            err.to_string().contains("cannot reach the orchestrator"),
+            "{err}"
+        );
     }
 }

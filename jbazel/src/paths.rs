@@ -313,7 +313,10 @@ pub fn desktop_exec_request(req: &ExecRequest, rw: &Rewriter, fs: &dyn ReadLink)
     }
     if out.argv.len() == 3 && out.argv[1] == b"-c" {
         let script = &out.argv[2];
-        let end = script.iter().position(|b| *b == b' ').unwrap_or(script.len());
+        let end = script
+            .iter()
+            .position(|b| *b == b' ')
+            .unwrap_or(script.len());
         let first = &script[..end];
         if first.starts_with(b"/") && first.iter().all(|b| shell_safe(*b)) {
             let resolved = resolve(first);
@@ -391,7 +394,8 @@ mod tests {
             ("/data/fs/alice/x/out/jbazel/system.bazelrc", "/work/out/jbazel/system.bazelrc"),
         ];
         let mut m = m;
-        m.aliases.push((PathBuf::from("/data/fs/alice/x/out"), POD_OUT));
+        m.aliases
+            .push((PathBuf::from("/data/fs/alice/x/out"), POD_OUT));
         for (path, want) in cases {
             assert_eq!(m.pod_name(Path::new(path)), want, "{path}");
         }
@@ -402,12 +406,27 @@ mod tests {
         let rw = map().to_desktop();
         let cases: &[(&str, String)] = &[
             ("/work/src", "/home/alice/proj".into()),
-            ("/work/src/app/BUILD:3:1: error", "/home/alice/proj/app/BUILD:3:1: error".into()),
-            ("bazel-bin -> /work/out/execroot/x", format!("bazel-bin -> {OUT}/execroot/x")),
-            ("'/work/out/a' \"/work/src\"", format!("'{OUT}/a' \"/home/alice/proj\"")),
-            ("--x=/work/src:/work/out", format!("--x=/home/alice/proj:{OUT}")),
+            (
+                "/work/src/app/BUILD:3:1: error",
+                "/home/alice/proj/app/BUILD:3:1: error".into(),
+            ),
+            (
+                "bazel-bin -> /work/out/execroot/x",
+                format!("bazel-bin -> {OUT}/execroot/x"),
+            ),
+            (
+                "'/work/out/a' \"/work/src\"",
+                format!("'{OUT}/a' \"/home/alice/proj\""),
+            ),
+            (
+                "--x=/work/src:/work/out",
+                format!("--x=/home/alice/proj:{OUT}"),
+            ),
             // Not whole prefixes: untouched.
-            ("/work/srcs /work/src2 /work/out.d /x/work/src a/work/out", "/work/srcs /work/src2 /work/out.d /x/work/src a/work/out".into()),
+            (
+                "/work/srcs /work/src2 /work/out.d /x/work/src a/work/out",
+                "/work/srcs /work/src2 /work/out.d /x/work/src a/work/out".into(),
+            ),
             ("/work/s /work /work/", "/work/s /work /work/".into()),
             ("no paths here", "no paths here".into()),
         ];
@@ -469,7 +488,9 @@ mod tests {
         let got = rewrite_exec_request(&req, &rw);
         assert_eq!(
             String::from_utf8_lossy(&got.working_directory),
-            format!("{OUT}/execroot/__main__/bazel-out/k8-fastbuild/bin/app/hello.runfiles/__main__")
+            format!(
+                "{OUT}/execroot/__main__/bazel-out/k8-fastbuild/bin/app/hello.runfiles/__main__"
+            )
         );
         assert_eq!(got.argv[0], b"/bin/bash");
         assert_eq!(got.argv[1], b"-c");
@@ -477,7 +498,10 @@ mod tests {
             String::from_utf8_lossy(&got.argv[2]),
             format!("{OUT}/execroot/__main__/bazel-out/k8-fastbuild/bin/app/hello 'a b'")
         );
-        assert_eq!(got.environment_variable[0].name, b"BUILD_WORKSPACE_DIRECTORY");
+        assert_eq!(
+            got.environment_variable[0].name,
+            b"BUILD_WORKSPACE_DIRECTORY"
+        );
         assert_eq!(got.environment_variable[0].value, b"/home/alice/proj");
         assert_eq!(got.environment_variable[1].value, b"/home/alice/proj/app");
     }
@@ -505,13 +529,23 @@ mod tests {
             ("/tmp/rel", "../etc/x"),
         ]);
         let cases = [
-            (format!("{ex}/bazel-out/k8-fastbuild/bin/tools/where"), "/home/alice/proj/tools/where.sh".to_string()),
-            (format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello"), format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello")),
+            (
+                format!("{ex}/bazel-out/k8-fastbuild/bin/tools/where"),
+                "/home/alice/proj/tools/where.sh".to_string(),
+            ),
+            (
+                format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello"),
+                format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello"),
+            ),
             ("/tmp/rel".to_string(), "/etc/x".to_string()),
             ("/tmp/loop/x".to_string(), "/tmp/loop/x".to_string()),
         ];
         for (input, want) in cases {
-            assert_eq!(resolve_pod_links(Path::new(&input), &rw, &links), PathBuf::from(&want), "{input}");
+            assert_eq!(
+                resolve_pod_links(Path::new(&input), &rw, &links),
+                PathBuf::from(&want),
+                "{input}"
+            );
         }
         let req = ExecRequest {
             working_directory: b"/work/out/execroot/__main__/bazel-out/k8-fastbuild/bin/tools/where.runfiles/__main__".to_vec(),
@@ -523,7 +557,10 @@ mod tests {
             environment_variable: vec![],
         };
         let got = desktop_exec_request(&req, &rw, &links);
-        assert_eq!(String::from_utf8_lossy(&got.argv[2]), "/home/alice/proj/tools/where.sh a 'b c'");
+        assert_eq!(
+            String::from_utf8_lossy(&got.argv[2]),
+            "/home/alice/proj/tools/where.sh a 'b c'"
+        );
         assert_eq!(
             String::from_utf8_lossy(&got.working_directory),
             format!("{ex}/bazel-out/k8-fastbuild/bin/tools/where.runfiles/__main__")

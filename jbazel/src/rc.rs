@@ -430,7 +430,10 @@ mod tests {
             }
         }
         fn resolve(&self, p: &Path) -> PathBuf {
-            self.links.get(p).cloned().unwrap_or_else(|| p.to_path_buf())
+            self.links
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| p.to_path_buf())
         }
     }
     impl RcFs for MemFs {
@@ -454,7 +457,10 @@ mod tests {
             ("# comment", &[]),
             ("build --a # trailing", &["build", "--a"]),
             ("build --a#b", &["build", "--a"]),
-            ("build '--x=a b' \"--y=c d\"", &["build", "--x=a b", "--y=c d"]),
+            (
+                "build '--x=a b' \"--y=c d\"",
+                &["build", "--x=a b", "--y=c d"],
+            ),
             ("build --x='a#b'", &["build", "--x=a#b"]),
             ("build --x=a\\ b", &["build", "--x=a b"]),
             ("build --x=\\\"", &["build", "--x=\""]),
@@ -475,7 +481,10 @@ mod tests {
     fn opts(rc: &RcFile) -> Vec<String> {
         rc.options
             .iter()
-            .flat_map(|(c, os)| os.iter().map(move |o| format!("{}:{c}={}", o.source_index, o.option)))
+            .flat_map(|(c, os)| {
+                os.iter()
+                    .map(move |o| format!("{}:{c}={}", o.source_index, o.option))
+            })
             .collect()
     }
 
@@ -487,7 +496,10 @@ mod tests {
                 "build --a \\\n  --b\ntest --t\n\n# c\nbuild --c\nimport %workspace%/tools/x.rc\n\
                  try-import %workspace%/missing.rc\nbuild --d\nstartup --max_idle_secs=5\n",
             ),
-            ("/ws/tools/x.rc", "test --x1\nimport /ws/tools/y.rc\nbuild --x2\n"),
+            (
+                "/ws/tools/x.rc",
+                "test --x1\nimport /ws/tools/y.rc\nbuild --x2\n",
+            ),
             ("/ws/tools/y.rc", "query --y\r\n"),
         ]);
         let rc = parse(&fs, "/ws/.bazelrc").expect("parse");
@@ -498,19 +510,43 @@ mod tests {
         assert_eq!(
             opts(&rc),
             [
-                "0:build=--a", "0:build=--b", "0:build=--c", "1:build=--x2", "0:build=--d",
-                "0:test=--t", "1:test=--x1", "2:query=--y", "0:startup=--max_idle_secs=5",
+                "0:build=--a",
+                "0:build=--b",
+                "0:build=--c",
+                "1:build=--x2",
+                "0:build=--d",
+                "0:test=--t",
+                "1:test=--x1",
+                "2:query=--y",
+                "0:startup=--max_idle_secs=5",
             ]
         );
     }
 
     #[test]
     fn parse_errors_table() {
-        let cases: &[(&[(&str, &str)], fn(&RcError) -> bool, i32)] = &[
-            (&[("/a", "import /missing")], |e| matches!(e, RcError::Unreadable { .. }), 37),
-            (&[("/a", "import")], |e| matches!(e, RcError::InvalidImport { .. }), 2),
-            (&[("/a", "import /b /c")], |e| matches!(e, RcError::InvalidImport { .. }), 2),
-            (&[("/a", "import /a")], |e| matches!(e, RcError::ImportLoop { .. }), 2),
+        type Case<'a> = (&'a [(&'a str, &'a str)], fn(&RcError) -> bool, i32);
+        let cases: &[Case] = &[
+            (
+                &[("/a", "import /missing")],
+                |e| matches!(e, RcError::Unreadable { .. }),
+                37,
+            ),
+            (
+                &[("/a", "import")],
+                |e| matches!(e, RcError::InvalidImport { .. }),
+                2,
+            ),
+            (
+                &[("/a", "import /b /c")],
+                |e| matches!(e, RcError::InvalidImport { .. }),
+                2,
+            ),
+            (
+                &[("/a", "import /a")],
+                |e| matches!(e, RcError::ImportLoop { .. }),
+                2,
+            ),
             (
                 &[("/a", "import /b"), ("/b", "try-import /a")],
                 |e| matches!(e, RcError::ImportLoop { .. }),
@@ -528,8 +564,11 @@ mod tests {
             assert!(is(&err), "{files:?}: {err:?}");
             assert_eq!(err.exit_code(), *code);
         }
-        let err = parse(&MemFs::with(&[("/a", "import /b"), ("/b", "import /a")]), "/a")
-            .expect_err("loop");
+        let err = parse(
+            &MemFs::with(&[("/a", "import /b"), ("/b", "import /a")]),
+            "/a",
+        )
+        .expect_err("loop");
         assert_eq!(err.to_string(), "Import loop detected:\n  /a\n  /b\n  /a\n");
     }
 
@@ -562,26 +601,61 @@ mod tests {
             (
                 sel(&|_| {}),
                 home,
-                vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc", "/home/u/.bazelrc"],
+                vec![
+                    "/out/jbazel/system.bazelrc",
+                    "/ws/.bazelrc",
+                    "/home/u/.bazelrc",
+                ],
             ),
-            (sel(&|_| {}), None, vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc"]),
-            (sel(&|s| s.home_rc = false), home, vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc"]),
-            (sel(&|s| s.workspace_rc = false), home, vec!["/out/jbazel/system.bazelrc", "/home/u/.bazelrc"]),
-            (sel(&|s| s.system_rc = false), home, vec!["/ws/.bazelrc", "/home/u/.bazelrc"]),
+            (
+                sel(&|_| {}),
+                None,
+                vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc"],
+            ),
+            (
+                sel(&|s| s.home_rc = false),
+                home,
+                vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc"],
+            ),
+            (
+                sel(&|s| s.workspace_rc = false),
+                home,
+                vec!["/out/jbazel/system.bazelrc", "/home/u/.bazelrc"],
+            ),
+            (
+                sel(&|s| s.system_rc = false),
+                home,
+                vec!["/ws/.bazelrc", "/home/u/.bazelrc"],
+            ),
             (sel(&|s| s.ignore_all_rc_files = true), home, vec![]),
             (
-                sel(&|s| s.bazelrc = vec!["my.rc".into(), "~/x.rc".into(), "/dev/null".into(), "/nope".into()]),
+                sel(&|s| {
+                    s.bazelrc = vec![
+                        "my.rc".into(),
+                        "~/x.rc".into(),
+                        "/dev/null".into(),
+                        "/nope".into(),
+                    ]
+                }),
                 home,
                 vec![
-                    "/out/jbazel/system.bazelrc", "/ws/.bazelrc", "/home/u/.bazelrc",
-                    "/ws/sub/my.rc", "/home/u/x.rc", "/dev/null",
+                    "/out/jbazel/system.bazelrc",
+                    "/ws/.bazelrc",
+                    "/home/u/.bazelrc",
+                    "/ws/sub/my.rc",
+                    "/home/u/x.rc",
+                    "/dev/null",
                 ],
             ),
             // The same file twice is read once.
             (
                 sel(&|s| s.bazelrc = vec!["/ws/.bazelrc".into()]),
                 home,
-                vec!["/out/jbazel/system.bazelrc", "/ws/.bazelrc", "/home/u/.bazelrc"],
+                vec![
+                    "/out/jbazel/system.bazelrc",
+                    "/ws/.bazelrc",
+                    "/home/u/.bazelrc",
+                ],
             ),
         ];
         for (s, h, want) in cases {
@@ -590,18 +664,18 @@ mod tests {
             assert_eq!(got, want, "{s:?}");
         }
         // An unreadable --bazelrc is an error (exit 2), a missing default is not.
-        let err = top_level_files(
-            &fs,
-            &sel(&|s| s.bazelrc = vec!["/nope".into()]),
-            &loc(home),
-        )
-        .expect_err("unreadable");
+        let err = top_level_files(&fs, &sel(&|s| s.bazelrc = vec!["/nope".into()]), &loc(home))
+            .expect_err("unreadable");
         assert_eq!(err.exit_code(), 2);
         assert_eq!(err.to_string(), "Unable to read .bazelrc file '/nope'.");
         // A home rc that is a symlink to the workspace rc is read once.
-        fs.links.insert("/home/u/.bazelrc".into(), "/ws/.bazelrc".into());
+        fs.links
+            .insert("/home/u/.bazelrc".into(), "/ws/.bazelrc".into());
         let got = top_level_files(&fs, &RcSelection::default(), &loc(home)).expect("files");
-        assert_eq!(got, ["/out/jbazel/system.bazelrc", "/ws/.bazelrc"].map(PathBuf::from));
+        assert_eq!(
+            got,
+            ["/out/jbazel/system.bazelrc", "/ws/.bazelrc"].map(PathBuf::from)
+        );
     }
 
     #[test]
@@ -612,8 +686,12 @@ mod tests {
             ("/ws/common.rc", "build --keep_going\ntest --test_output=errors\n"),
             ("/home/u/.bazelrc", "import /ws/common.rc\nbuild:opt -c opt\n"),
         ]);
-        let files = read_all(&fs, &RcSelection::default(), &loc(Some(Path::new("/home/u"))))
-            .expect("read");
+        let files = read_all(
+            &fs,
+            &RcSelection::default(),
+            &loc(Some(Path::new("/home/u"))),
+        )
+        .expect("read");
         let name = |p: &Path| {
             p.strip_prefix("/ws")
                 .map(|r| format!("/work/src/{}", r.display()))
@@ -640,7 +718,10 @@ mod tests {
         );
         assert_eq!(
             startup_options(&files),
-            [(PathBuf::from("/out/jbazel/system.bazelrc"), "--max_idle_secs=0".to_string())]
+            [(
+                PathBuf::from("/out/jbazel/system.bazelrc"),
+                "--max_idle_secs=0".to_string()
+            )]
         );
     }
 }

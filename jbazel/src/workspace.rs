@@ -34,7 +34,9 @@ pub struct Disk;
 
 impl MarkerProbe for Disk {
     fn is_regular_file(&self, path: &Path) -> bool {
-        std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false)
+        std::fs::metadata(path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
     }
 }
 
@@ -117,16 +119,33 @@ mod tests {
     #[test]
     fn root_discovery_table() {
         // (files that are regular files, start dir, expected root and marker)
-        let cases: &[(&[&str], &str, Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a [&'a str], &'a str, Option<(&'a str, &'a str)>);
+        let cases: &[Case] = &[
             (&["/w/WORKSPACE"], "/w", Some(("/w", "WORKSPACE"))),
-            (&["/w/WORKSPACE.bazel"], "/w/a/b", Some(("/w", "WORKSPACE.bazel"))),
+            (
+                &["/w/WORKSPACE.bazel"],
+                "/w/a/b",
+                Some(("/w", "WORKSPACE.bazel")),
+            ),
             (&["/w/MODULE.bazel"], "/w/a", Some(("/w", "MODULE.bazel"))),
             (&["/w/REPO.bazel"], "/w/a", Some(("/w", "REPO.bazel"))),
             // Nearest wins, whatever the marker.
-            (&["/w/WORKSPACE", "/w/a/REPO.bazel"], "/w/a/b", Some(("/w/a", "REPO.bazel"))),
-            (&["/w/MODULE.bazel", "/w/a/WORKSPACE"], "/w/a", Some(("/w/a", "WORKSPACE"))),
+            (
+                &["/w/WORKSPACE", "/w/a/REPO.bazel"],
+                "/w/a/b",
+                Some(("/w/a", "REPO.bazel")),
+            ),
+            (
+                &["/w/MODULE.bazel", "/w/a/WORKSPACE"],
+                "/w/a",
+                Some(("/w/a", "WORKSPACE")),
+            ),
             // Two markers in one dir: the first of MARKERS is reported.
-            (&["/w/WORKSPACE", "/w/MODULE.bazel"], "/w", Some(("/w", "MODULE.bazel"))),
+            (
+                &["/w/WORKSPACE", "/w/MODULE.bazel"],
+                "/w",
+                Some(("/w", "MODULE.bazel")),
+            ),
             // The root directory itself can be a workspace.
             (&["/WORKSPACE"], "/x/y", Some(("/", "WORKSPACE"))),
             // No marker at all.
@@ -181,8 +200,14 @@ mod tests {
     fn repo_hash_is_md5_of_the_path() {
         // printf %s PATH | md5sum
         let cases = [
-            ("/home/alice/src/project", "a98ab360bd19925198be45fc0d3911af"),
-            ("/home/alice/src/project/", "a98ab360bd19925198be45fc0d3911af"),
+            (
+                "/home/alice/src/project",
+                "a98ab360bd19925198be45fc0d3911af",
+            ),
+            (
+                "/home/alice/src/project/",
+                "a98ab360bd19925198be45fc0d3911af",
+            ),
             ("/", "6666cd76f96956469e7be39d750cc7d9"),
         ];
         for (path, want) in cases {

@@ -65,13 +65,21 @@ fn build_run_mirror_and_wrong_cookie() {
         (".bazelrc".to_string(), "build --jobs=2\ntry-import %workspace%/user.bazelrc\n".to_string()),
         ("user.bazelrc".to_string(), "build --color=no\n".to_string()),
     ];
-    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let srv = BazelServer::start(Options {
+        files: extra,
+        ..Default::default()
+    })
+    .expect("bazel server");
     let jb = jbazel_bin();
 
     // 1. A build from a subdirectory succeeds and the binary is in the mirror.
     let o = run(srv.jbazel(&jb, "app", &["build", ":hello"]));
     assert_eq!(code(&o), 0, "{}", describe(&o));
-    assert!(text(&o.stderr).contains("Build completed successfully"), "{}", describe(&o));
+    assert!(
+        text(&o.stderr).contains("Build completed successfully"),
+        "{}",
+        describe(&o)
+    );
     let bin = srv.bin("app/hello");
     assert!(bin.is_file(), "{} missing", bin.display());
     let hello = run(std::process::Command::new(&bin));
@@ -88,12 +96,23 @@ fn build_run_mirror_and_wrong_cookie() {
     // 2. `run` executes locally: the exec request's /work paths became desktop paths.
     let o = run(srv.jbazel(&jb, "", &["run", "//app:hello"]));
     assert_eq!(code(&o), 0, "{}", describe(&o));
-    assert_eq!(text(&o.stdout).trim(), "hello from jbazel", "{}", describe(&o));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "hello from jbazel",
+        "{}",
+        describe(&o)
+    );
     let o = run(srv.jbazel(&jb, "app", &["run", "//tools:where", "--", "a", "b c"]));
     assert_eq!(code(&o), 0, "{}", describe(&o));
     let out = text(&o.stdout);
-    assert!(out.contains(&format!("ws={}\n", srv.desktop.display())), "{out}");
-    assert!(out.contains(&format!("pwd={}/execroot/", srv.out.display())), "{out}");
+    assert!(
+        out.contains(&format!("ws={}\n", srv.desktop.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("pwd={}/execroot/", srv.out.display())),
+        "{out}"
+    );
     assert!(out.contains("args=a b c"), "{out}");
 
     // A failing local binary gives its exit code (jbazel exec'd it).
@@ -114,15 +133,35 @@ fn exit_codes_match_the_real_bazel_client() {
             "bad/BUILD".to_string(),
             "cc_binary(name = \"broken\", srcs = [\"broken.cc\"])\n".to_string(),
         ),
-        ("bad/broken.cc".to_string(), "int main() { return this is not C++; }\n".to_string()),
-        ("syntax/BUILD".to_string(), "cc_library(name = \"x\",, srcs = [\n".to_string()),
+        (
+            "bad/broken.cc".to_string(),
+            "int main() { return this is not C++; }\n".to_string(),
+        ),
+        (
+            "syntax/BUILD".to_string(),
+            "cc_library(name = \"x\",, srcs = [\n".to_string(),
+        ),
     ];
-    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let srv = BazelServer::start(Options {
+        files: extra,
+        ..Default::default()
+    })
+    .expect("bazel server");
     let jb = jbazel_bin();
-    for (what, target) in [("failing target", "//bad:broken"), ("BUILD syntax error", "//syntax:x")] {
-        let real = run(srv.real_bazel_local(&["build", target]).expect("real bazel"));
+    for (what, target) in [
+        ("failing target", "//bad:broken"),
+        ("BUILD syntax error", "//syntax:x"),
+    ] {
+        let real = run(srv
+            .real_bazel_local(&["build", target])
+            .expect("real bazel"));
         let ours = run(srv.jbazel(&jb, "", &["build", target]));
-        assert_ne!(code(&real), 0, "{what}: real bazel must fail\n{}", describe(&real));
+        assert_ne!(
+            code(&real),
+            0,
+            "{what}: real bazel must fail\n{}",
+            describe(&real)
+        );
         assert_eq!(
             code(&ours),
             code(&real),
@@ -137,7 +176,10 @@ fn exit_codes_match_the_real_bazel_client() {
 }
 
 /// Waits for the child with a deadline; None when it is still running then.
-fn wait_child(child: &mut std::process::Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+fn wait_child(
+    child: &mut std::process::Child,
+    deadline: Duration,
+) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -151,12 +193,25 @@ fn wait_child(child: &mut std::process::Child, deadline: Duration) -> Option<std
 }
 
 fn slow_build(srv: &BazelServer, marker: &std::path::Path) -> std::process::Child {
+    slow_build_via(srv, marker, None)
+}
+
+fn slow_build_via(
+    srv: &BazelServer,
+    marker: &std::path::Path,
+    server: Option<&str>,
+) -> std::process::Child {
     let _ = std::fs::remove_file(marker);
     let mut c = srv.jbazel(&jbazel_bin(), "", &["build", "//slow:slow"]);
+    if let Some(addr) = server {
+        c.env("JBAZEL_SERVER", addr);
+    }
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = c.spawn().expect("spawn jbazel");
-    support::wait_for("the slow action to start", Duration::from_secs(120), || marker.exists())
-        .expect("slow action");
+    support::wait_for("the slow action to start", Duration::from_secs(120), || {
+        marker.exists()
+    })
+    .expect("slow action");
     child
 }
 
@@ -169,7 +224,7 @@ fn read_stderr(child: &mut std::process::Child) -> String {
 }
 
 #[test]
-fn ctrl_c_cancels_and_frees_the_lock() {
+fn interrupts_and_lost_connections_cancel_and_free_the_lock() {
     let _g = serial();
     let extra = vec![(
         "slow/BUILD".to_string(),
@@ -178,7 +233,11 @@ fn ctrl_c_cancels_and_frees_the_lock() {
          cmd = \"touch {T}/started; sleep 300; touch $@\")\n"
             .to_string(),
     )];
-    let srv = BazelServer::start(Options { files: extra, ..Default::default() }).expect("bazel server");
+    let srv = BazelServer::start(Options {
+        files: extra,
+        ..Default::default()
+    })
+    .expect("bazel server");
     let jb = jbazel_bin();
     let marker = srv.tmp.path().join("started");
     // Warm up so the timed commands below are not the first build.
@@ -190,7 +249,8 @@ fn ctrl_c_cancels_and_frees_the_lock() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     let t = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let st = wait_child(&mut child, Duration::from_secs(30)).expect("jbazel must exit after SIGINT");
+    let st =
+        wait_child(&mut child, Duration::from_secs(30)).expect("jbazel must exit after SIGINT");
     let took = t.elapsed();
     let err = read_stderr(&mut child);
     assert!(took < Duration::from_secs(2), "cancel took {took:?}\n{err}");
@@ -201,7 +261,11 @@ fn ctrl_c_cancels_and_frees_the_lock() {
     let t = Instant::now();
     let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
     assert_eq!(code(&o), 0, "after cancel: {}", describe(&o));
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
 
     // Control: while a command runs, --noblock_for_lock does get exit 9 (so the check above
     // could fail), and SIGTERM to jbazel still cancels the command before jbazel dies.
@@ -210,10 +274,72 @@ fn ctrl_c_cancels_and_frees_the_lock() {
     assert_eq!(code(&o), 9, "busy server: {}", describe(&o));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let st = wait_child(&mut child, Duration::from_secs(10)).expect("jbazel must exit after SIGTERM");
+    let st =
+        wait_child(&mut child, Duration::from_secs(10)).expect("jbazel must exit after SIGTERM");
     assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
     let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
     assert_eq!(code(&o), 0, "after SIGTERM: {}", describe(&o));
+
+    // A lost connection: jbazel sends Cancel through a new connection, then exits with
+    // Bazel's abrupt-exit code; the server is free for the next command.
+    let proxy = Proxy::start(&srv.addr());
+    let mut child = slow_build_via(&srv, &marker, Some(&proxy.addr));
+    proxy.cut();
+    let st = wait_child(&mut child, Duration::from_secs(10))
+        .expect("jbazel must exit when the connection drops");
+    let err = read_stderr(&mut child);
+    assert_eq!(st.code(), Some(37), "{st:?}\n{err}");
+    assert!(err.contains("lost the connection"), "{err}");
+    let o = run(srv.jbazel(&jb, "", &["--noblock_for_lock", "build", "//app:hello"]));
+    assert_eq!(code(&o), 0, "after a lost connection: {}", describe(&o));
+}
+
+/// A TCP relay to the server whose open connections can be cut (new ones still pass).
+struct Proxy {
+    addr: String,
+    conns: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = l.local_addr().expect("addr").to_string();
+        let conns = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (up, keep) = (upstream.to_string(), conns.clone());
+        std::thread::spawn(move || {
+            for down in l.incoming().flatten() {
+                let Ok(upc) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (Ok(d2), Ok(u2)) = (down.try_clone(), upc.try_clone()) else {
+                    continue;
+                };
+                if let Ok(mut k) = keep.lock() {
+                    k.push(down.try_clone().expect("clone"));
+                    k.push(upc.try_clone().expect("clone"));
+                }
+                let (mut d, mut u) = (down, upc);
+                let (mut d2, mut u2) = (d2, u2);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut d, &mut u);
+                    let _ = u.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut d2);
+                    let _ = d2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { addr, conns }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        let mut k = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        for c in k.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 #[test]
@@ -227,7 +353,12 @@ fn dry_run_contacts_nothing() {
     // Nothing listens on these addresses: contacting either would fail the command.
     let dead = support::free_port().expect("port");
     let o = std::process::Command::new(jbazel_bin())
-        .args(["--nohome_rc", "--output_base=/ignored", "build", "//pkg:all"])
+        .args([
+            "--nohome_rc",
+            "--output_base=/ignored",
+            "build",
+            "//pkg:all",
+        ])
         .current_dir(ws.join("pkg/sub"))
         .env_clear()
         .env("PATH", support::POD_PATH)
@@ -253,14 +384,24 @@ fn dry_run_contacts_nothing() {
         "  --rc_source=client\n".to_string(),
         "  --rc_source=/work/src/.bazelrc\n".to_string(),
         "  --default_override=1:build=--jobs=3\n".to_string(),
-        format!("  --client_env=PATH={}\n", jbazel::mirror::FALLBACK_POD_PATH),
+        format!(
+            "  --client_env=PATH={}\n",
+            jbazel::mirror::FALLBACK_POD_PATH
+        ),
         "  --client_cwd=/work/src/pkg/sub\n".to_string(),
         "  //pkg:all\n".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want:?} in\n{out}");
     }
-    assert!(!out.contains("--client_env=HOME="), "desktop HOME must not be sent\n{out}");
-    assert!(text(&o.stderr).contains("ignoring startup option --output_base=/ignored"), "{}", describe(&o));
+    assert!(
+        !out.contains("--client_env=HOME="),
+        "desktop HOME must not be sent\n{out}"
+    );
+    assert!(
+        text(&o.stderr).contains("ignoring startup option --output_base=/ignored"),
+        "{}",
+        describe(&o)
+    );
 
     // Outside a workspace: Bazel's exit code 2 and a clear message.
     let o = std::process::Command::new(jbazel_bin())
@@ -271,5 +412,9 @@ fn dry_run_contacts_nothing() {
         .output()
         .expect("spawn");
     assert_eq!(code(&o), 2, "{}", describe(&o));
-    assert!(text(&o.stderr).contains("only supported from within a workspace"), "{}", describe(&o));
+    assert!(
+        text(&o.stderr).contains("only supported from within a workspace"),
+        "{}",
+        describe(&o)
+    );
 }

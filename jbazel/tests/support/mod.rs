@@ -145,11 +145,17 @@ impl BazelServer {
         // The rule stubs must be visible inside the server's namespace (its /work is a tmpfs).
         let rules = t.join("rules");
         copy_dir(&repo.join("image/bazel/rules_cc"), &rules.join("rules_cc"))?;
-        copy_dir(&repo.join("image/bazel/rules_java"), &rules.join("rules_java"))?;
+        copy_dir(
+            &repo.join("image/bazel/rules_java"),
+            &rules.join("rules_java"),
+        )?;
         let template = std::fs::read_to_string(repo.join("image/bazel/system.bazelrc.in"))
             .context("read image/bazel/system.bazelrc.in")?;
         let system_rc = t.join("system.bazelrc");
-        std::fs::write(&system_rc, template.replace("@RULES_DIR@", &rules.to_string_lossy()))?;
+        std::fs::write(
+            &system_rc,
+            template.replace("@RULES_DIR@", &rules.to_string_lossy()),
+        )?;
         let home = t.join("home");
         std::fs::create_dir_all(&home)?;
         let port = free_port()?;
@@ -265,7 +271,14 @@ exec "$@""#;
         let mut c = Command::new("nsenter");
         c.arg("-t")
             .arg(self.server_pid.to_string())
-            .args(["-m", "sh", "-c", r#"cd /work/src && exec "$@""#, "sh", "bazel"])
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                r#"cd /work/src && exec "$@""#,
+                "sh",
+                "bazel",
+            ])
             .args(server_startup_args(self.port, &self.system_rc))
             .args(args)
             .env_clear()
@@ -285,7 +298,10 @@ exec "$@""#;
         }
         let mut c = Command::new("bazel");
         c.arg("--batch")
-            .arg(format!("--output_base={}", self.tmp.path().join("local-out").display()))
+            .arg(format!(
+                "--output_base={}",
+                self.tmp.path().join("local-out").display()
+            ))
             .arg(format!("--bazelrc={}", self.system_rc.display()))
             .args(args)
             .current_dir(&ws)
@@ -304,10 +320,15 @@ exec "$@""#;
         }
         let pid = nix::unistd::Pid::from_raw(self.server_pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if wait_for("server exit", Duration::from_secs(15), || !pid_alive(self.server_pid)).is_err()
+        if wait_for("server exit", Duration::from_secs(15), || {
+            !pid_alive(self.server_pid)
+        })
+        .is_err()
         {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = wait_for("server kill", Duration::from_secs(5), || !pid_alive(self.server_pid));
+            let _ = wait_for("server kill", Duration::from_secs(5), || {
+                !pid_alive(self.server_pid)
+            });
         }
         self.server_pid = 0;
     }
