@@ -114,6 +114,38 @@ fn precedes_name(b: u8) -> bool {
     continues_name(b) || matches!(b, b'/' | b'~')
 }
 
+/// Bytes of context kept before a chunk: enough for an ANSI colour sequence.
+const CONTEXT: usize = 16;
+
+/// Whether the text before a `/` ends a word: nothing, a non-name byte, or an ANSI CSI
+/// sequence (`ESC [ 0 m`: Bazel colours `ERROR: ` right before a path on a terminal).
+fn boundary_before(prev: &[u8], head: &[u8]) -> bool {
+    let mut ctx: Vec<u8> = Vec::with_capacity(CONTEXT);
+    let take = CONTEXT.min(head.len());
+    if take < CONTEXT {
+        ctx.extend_from_slice(&prev[prev.len().saturating_sub(CONTEXT - take)..]);
+    }
+    ctx.extend_from_slice(&head[head.len() - take..]);
+    let Some(&last) = ctx.last() else {
+        return true;
+    };
+    if !precedes_name(last) {
+        return true;
+    }
+    // ESC '[' [0-9;?]* final, with final in '@'..='~'.
+    if (b'@'..=b'~').contains(&last) {
+        let body = &ctx[..ctx.len() - 1];
+        let params = body
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit() || **b == b';' || **b == b'?')
+            .count();
+        let start = body.len() - params;
+        return start >= 2 && body[start - 2] == 0x1b && body[start - 1] == b'[';
+    }
+    false
+}
+
 /// Replaces whole-prefix occurrences of pod paths by desktop paths in bytes.
 #[derive(Debug, Clone)]
 pub struct Rewriter {
@@ -128,7 +160,7 @@ impl Rewriter {
 
     /// Rewrites a complete text.
     pub fn rewrite(&self, input: &[u8]) -> Vec<u8> {
-        self.rewrite_part(input, None, true).0
+        self.rewrite_part(input, &[], true).0
     }
 
     /// Rewrites a complete string (lossless for UTF-8 input).
@@ -138,13 +170,12 @@ impl Rewriter {
 
     /// Rewrites `buf`, knowing the byte before it. Unless `at_end`, stops before a tail that
     /// may still become a match, and returns how many input bytes were consumed.
-    fn rewrite_part(&self, buf: &[u8], prev: Option<u8>, at_end: bool) -> (Vec<u8>, usize) {
+    fn rewrite_part(&self, buf: &[u8], prev: &[u8], at_end: bool) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(buf.len());
         let mut i = 0;
         'scan: while i < buf.len() {
             if buf[i] == b'/' {
-                let before = if i == 0 { prev } else { Some(buf[i - 1]) };
-                let boundary_before = !before.is_some_and(precedes_name);
+                let boundary_before = boundary_before(prev, &buf[..i]);
                 for (pat, repl) in &self.rules {
                     if buf[i..].starts_with(pat) {
                         let after = i + pat.len();
@@ -176,7 +207,8 @@ impl Rewriter {
 pub struct StreamRewriter {
     rewriter: Rewriter,
     pending: Vec<u8>,
-    prev: Option<u8>,
+    /// The last bytes already emitted (context for the boundary before a match).
+    prev: Vec<u8>,
 }
 
 impl StreamRewriter {
@@ -184,16 +216,18 @@ impl StreamRewriter {
         StreamRewriter {
             rewriter,
             pending: Vec::new(),
-            prev: None,
+            prev: Vec::new(),
         }
     }
 
     /// Rewrites what can be rewritten of the stream so far.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(chunk);
-        let (out, consumed) = self.rewriter.rewrite_part(&self.pending, self.prev, false);
+        let (out, consumed) = self.rewriter.rewrite_part(&self.pending, &self.prev, false);
         if consumed > 0 {
-            self.prev = Some(self.pending[consumed - 1]);
+            self.prev.extend_from_slice(&self.pending[..consumed]);
+            let excess = self.prev.len().saturating_sub(CONTEXT);
+            self.prev.drain(..excess);
             self.pending.drain(..consumed);
         }
         out
@@ -201,7 +235,7 @@ impl StreamRewriter {
 
     /// The held-back tail, at the end of the stream.
     pub fn finish(&mut self) -> Vec<u8> {
-        let (out, _) = self.rewriter.rewrite_part(&self.pending, self.prev, true);
+        let (out, _) = self.rewriter.rewrite_part(&self.pending, &self.prev, true);
         self.pending.clear();
         out
     }
@@ -428,6 +462,13 @@ mod tests {
                 "/work/srcs /work/src2 /work/out.d /x/work/src a/work/out".into(),
             ),
             ("/work/s /work /work/", "/work/s /work /work/".into()),
+            // After a colour sequence, as Bazel prints errors on a terminal.
+            (
+                "\x1b[31m\x1b[1mERROR: \x1b[0m/work/src/BUILD:1",
+                "\x1b[31m\x1b[1mERROR: \x1b[0m/home/alice/proj/BUILD:1".into(),
+            ),
+            ("\x1b[0m/work/out", format!("\x1b[0m{OUT}")),
+            ("x[0m/work/src", "x[0m/work/src".into()),
             ("no paths here", "no paths here".into()),
         ];
         for (input, want) in cases {
@@ -438,7 +479,7 @@ mod tests {
     #[test]
     fn stream_rewrite_across_chunk_boundaries() {
         let rw = map().to_desktop();
-        let text = "INFO: /work/src/app/BUILD ok\n/work/out\r\x1b[1A/work/srcs /work/out/x";
+        let text = "INFO: /work/src/app/BUILD ok\n/work/out\r\x1b[1A/work/srcs /work/out/x \x1b[0m/work/src";
         let want = rw.rewrite(text.as_bytes());
         // Every split into two chunks, and byte-by-byte, gives the same result.
         for cut in 0..=text.len() {

@@ -170,9 +170,35 @@ fn exit_codes_match_the_real_bazel_client() {
             describe(&real)
         );
     }
-    // The same error text reaches the user (compiler / parser message).
+    // The same error text reaches the user (compiler / parser message), with the pod's
+    // paths when the output is not a terminal...
     let o = run(srv.jbazel(&jb, "", &["build", "//syntax:x"]));
-    assert!(text(&o.stderr).contains("syntax error"), "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(err.contains("syntax error"), "{}", describe(&o));
+    assert!(err.contains("/work/src/syntax/BUILD"), "{}", describe(&o));
+
+    // ...and the desktop's paths on a terminal (`script` gives jbazel one), unless turned off.
+    let on_tty = |args: &[&str]| {
+        let line = srv.jbazel_shell_line(&jb, "", args);
+        run({
+            let mut c = std::process::Command::new("script");
+            c.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+            c
+        })
+    };
+    let o = on_tty(&["build", "//syntax:x"]);
+    let shown = text(&o.stdout);
+    let desktop_build = format!("{}/syntax/BUILD", srv.desktop.display());
+    assert!(shown.contains(&desktop_build), "{}", describe(&o));
+    assert!(
+        !shown.contains("/work/src/syntax/BUILD"),
+        "{}",
+        describe(&o)
+    );
+    let o = on_tty(&["--jbazel-no-translate-paths", "build", "//syntax:x"]);
+    let shown = text(&o.stdout);
+    assert!(shown.contains("/work/src/syntax/BUILD"), "{}", describe(&o));
+    assert!(!shown.contains(&desktop_build), "{}", describe(&o));
 }
 
 /// Waits for the child with a deadline; None when it is still running then.

@@ -265,6 +265,25 @@ exec "$@""#;
         c
     }
 
+    /// [`BazelServer::jbazel`] as one `sh` command line (for `script`, which gives it a
+    /// terminal). Every path here is a temp path without shell-special characters.
+    pub fn jbazel_shell_line(&self, jbazel: &Path, rel_cwd: &str, args: &[&str]) -> String {
+        format!(
+            "env -i PATH={POD_PATH} HOME={home} TERM=xterm JBAZEL_SERVER={addr} \
+             JBAZEL_FILESTORE_ROOT={fs} JBAZEL_USER={USER} JBAZEL_SESSION_ID={SESSION} \
+             unshare -m --propagation private sh -c \
+             'mount --bind \"$1\" \"$2\" && cd \"$2/$3\" && shift 3 && exec \"$@\"' \
+             sh {src} {desktop} '{rel_cwd}' {jbazel} {args}",
+            home = self.home.display(),
+            addr = self.addr(),
+            fs = self.filestore.display(),
+            src = self.src.display(),
+            desktop = self.desktop.display(),
+            jbazel = jbazel.display(),
+            args = args.join(" "),
+        )
+    }
+
     /// The real Bazel client on this very server: in the server's mount namespace, from
     /// `/work/src`, with the startup options the server was started with (else it restarts).
     pub fn real_bazel(&self, args: &[&str]) -> Command {
