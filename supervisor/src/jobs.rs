@@ -1,10 +1,7 @@
-//! The two jobs, run inside the tokio runtime after the pivot:
-//!
-//! - [`run_command`]: `supervisor run -- CMD`: spawn CMD in the view, forward signals, pass
-//!   its exit status through.
-//! - [`serve`]: the Bazel server: publish the jbazel files, start the server through the
-//!   client, Ping it, report readiness, restart it with backoff when it dies, and shut it down
-//!   cleanly on SIGTERM/SIGINT.
+//! The Bazel job, run inside the (current-thread) tokio runtime after the pivot: publish the
+//! jbazel files, start the server through the client, Ping it, serve readiness, report it,
+//! restart the server with backoff when it dies, and shut it down cleanly on SIGTERM/SIGINT.
+//! (`supervisor run` needs no runtime: see [`crate::run`].)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,60 +16,11 @@ use crate::bazel::{self, Client};
 use crate::config::Config;
 use crate::health::{self, Readiness};
 use crate::pivot;
-use crate::plan::{Mode, MountPlan};
+use crate::plan::MountPlan;
 use crate::publish;
 use crate::reaper::{ExitInfo, Reaper};
 use crate::report;
-use crate::signals::{Forwarder, Shutdown};
-
-/// `run`: exit code of CMD (128+signal when killed; 127 when it cannot be started).
-pub async fn run_command(plan: &MountPlan, reaper: &Reaper) -> i32 {
-    let forwarder = match Forwarder::install() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return 1;
-        }
-    };
-    let mut cmd = pivot::command_in_view(plan, &plan.command);
-    let info = if plan.mode.mode == Mode::Bwrap {
-        match pivot::add_bwrap_info_fd(&mut cmd) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create bwrap's info pipe");
-                return 1;
-            }
-        }
-    } else {
-        None
-    };
-    let (pid, exited) = match reaper.spawn(&mut cmd) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(command = ?plan.command, error = %e, "cannot start the command");
-            eprintln!("supervisor: cannot start {:?}: {e}", plan.command[0]);
-            return if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-        }
-    };
-    drop(cmd);
-    // Signals go to the command itself; under bwrap that is bwrap's child.
-    let target = info.and_then(|i| i.child_pid()).unwrap_or(pid);
-    tracing::info!(pid, signal_target = target, command = ?plan.command, "command started");
-    let status = forwarder.forward_until_exit(target, exited).await;
-    reaper.reap_all();
-    let code = status.map_or(1, ExitInfo::exit_code);
-    tracing::info!(
-        exit_code = code,
-        ?status,
-        orphans_reaped = reaper.orphans_reaped(),
-        "command exited"
-    );
-    code
-}
+use crate::signals::Shutdown;
 
 /// Settings of the Bazel job besides the config and the plan.
 #[derive(Debug, Clone)]

@@ -3,8 +3,9 @@
 //! readiness, reaps zombies, and shuts Bazel down cleanly.
 //!
 //! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (pure) ->
-//! [`pivot`] (syscalls, before the runtime exists) -> [`jobs`] (inside the runtime: [`bazel`],
-//! [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
+//! [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a synchronous init loop)
+//! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`bazel`], [`health`],
+//! [`report`], [`publish`], [`reaper`], [`signals`]).
 
 pub mod backoff;
 pub mod bazel;
@@ -17,4 +18,5 @@ pub mod plan;
 pub mod publish;
 pub mod reaper;
 pub mod report;
+pub mod run;
 pub mod signals;

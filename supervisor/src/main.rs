@@ -138,6 +138,10 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
     }
     drop(entered);
 
+    if let Job::Run(_) = &cfg.job {
+        let _g = span.enter();
+        return Ok(supervisor::run::run_command(&the_plan));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,10 +158,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
             let reaper = Reaper::install()
                 .context("installing the reaper (SIGCHLD, subreaper)")
                 .map_err(|e| Failure::new(EXIT_SETUP, e))?;
-            Ok(match &cfg.job {
-                Job::Run(_) => jobs::run_command(&the_plan, &reaper).await,
-                Job::Serve => jobs::serve(&cfg, &the_plan, &serve, &reaper).await,
-            })
+            Ok(jobs::serve(&cfg, &the_plan, &serve, &reaper).await)
         }
         .instrument(span.clone()),
     )

@@ -38,6 +38,29 @@ impl ExitInfo {
     }
 }
 
+/// Orphans re-parented to us when we are not PID 1 (PID 1 gets them anyway).
+pub fn become_subreaper() -> std::io::Result<()> {
+    if nix::unistd::getpid().as_raw() != 1 {
+        nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Reaps one exited child, if any (never blocks).
+pub fn reap_one() -> Option<(i32, ExitInfo)> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return None,
+            Ok(status) => {
+                if let Some(x) = ExitInfo::from_wait(status) {
+                    return Some(x);
+                }
+                // Stopped/continued: not an exit; look further.
+            }
+        }
+    }
+}
+
 /// Exits nobody had registered yet, kept briefly so a late [`Reaper::watch`] still sees them.
 const UNCLAIMED_KEPT: usize = 256;
 
@@ -58,9 +81,7 @@ impl Reaper {
     /// Becomes the child subreaper (unless PID 1 already) and starts reaping on SIGCHLD.
     /// Call inside the tokio runtime, before spawning anything.
     pub fn install() -> std::io::Result<Reaper> {
-        if nix::unistd::getpid().as_raw() != 1 {
-            nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
-        }
+        become_subreaper()?;
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Reaper {
             inner: Arc::new(Mutex::new(Inner::default())),
@@ -85,28 +106,20 @@ impl Reaper {
 
     /// Reaps every exited child now (the SIGCHLD task does this; callers may too).
     pub fn reap_all(&self) {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some((pid, info)) = ExitInfo::from_wait(status) else {
-                        continue;
-                    };
-                    let mut inner = self.lock();
-                    match inner.watchers.remove(&pid) {
-                        Some(tx) => {
-                            tracing::debug!(pid, ?info, "child exited");
-                            let _ = tx.send(info);
-                        }
-                        None => {
-                            inner.orphans_reaped += 1;
-                            tracing::debug!(pid, ?info, "reaped an orphan");
-                            if inner.unclaimed.len() == UNCLAIMED_KEPT {
-                                inner.unclaimed.pop_front();
-                            }
-                            inner.unclaimed.push_back((pid, info));
-                        }
+        while let Some((pid, info)) = reap_one() {
+            let mut inner = self.lock();
+            match inner.watchers.remove(&pid) {
+                Some(tx) => {
+                    tracing::debug!(pid, ?info, "child exited");
+                    let _ = tx.send(info);
+                }
+                None => {
+                    inner.orphans_reaped += 1;
+                    tracing::debug!(pid, ?info, "reaped an orphan");
+                    if inner.unclaimed.len() == UNCLAIMED_KEPT {
+                        inner.unclaimed.pop_front();
                     }
+                    inner.unclaimed.push_back((pid, info));
                 }
             }
         }

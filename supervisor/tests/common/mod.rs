@@ -14,8 +14,14 @@ pub const HASH: &str = "0123456789abcdef0123456789abcdef";
 pub const USER: &str = "alice";
 pub const MARKER: &str = "marker-7f3a from the filestore\n";
 
+/// The supervisor under test: this build's binary, or `SUPERVISOR_BIN` (e.g. an image's
+/// binary or a differently tuned build).
 pub fn supervisor_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_supervisor")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SUPERVISOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_supervisor").to_owned())
+    })
 }
 
 /// Repository root of the workspace (for the sample workspace and the rule stubs).
