@@ -12,13 +12,17 @@
 # -> a docker-archive tar (also loadable with `docker load` / `kind load image-archive`)
 # -> `ctr -n k8s.io images import` on the cluster's containerd socket.
 #
-# Usage: image/build.sh [--no-import] [--no-cargo] [--out FILE]
-#   --no-import   only write the archive
-#   --no-cargo    use target/release/supervisor as it is (do not run cargo)
+# Usage: image/build.sh [--no-import] [--no-cargo] [--supervisor BIN] [--out FILE]
+#   --no-import       only write the archive
+#   --no-cargo        use target/release/supervisor as it is (do not run cargo)
+#   --supervisor BIN  put BIN in the image as the supervisor (e.g. target/debug/supervisor,
+#                     to skip a release build); implies --no-cargo
 #   --out FILE    archive path (default /var/cache/jbazel/image/jbazel-bazel-server-dev.tar)
 # Env: JBAZEL_CONTAINERD_SOCK (default /var/lib/jbazel-cluster/containerd/containerd.sock),
 #      DEBIAN_MIRROR (default http://deb.debian.org/debian), CARGO_TARGET_DIR.
 set -euo pipefail
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -31,13 +35,14 @@ SUITE=bookworm
 RULES_DIR=/opt/jbazel
 RECIPE_VERSION=1 # bump when the base-layer recipe below changes
 
-import=1 cargo=1 out=$CACHE/jbazel-bazel-server-dev.tar
+import=1 cargo=1 out=$CACHE/jbazel-bazel-server-dev.tar supervisor=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-import) import=0; shift ;;
         --no-cargo) cargo=0; shift ;;
+        --supervisor) supervisor=$(realpath "$2"); cargo=0; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -155,8 +160,9 @@ if ((cargo)); then
     log "cargo build --release -p supervisor"
     (cd "$REPO" && cargo build --release -p supervisor --quiet) || die "cargo build of the supervisor failed"
 fi
-supervisor=$target_dir/release/supervisor
+supervisor=${supervisor:-$target_dir/release/supervisor}
 [[ -x $supervisor ]] || die "$supervisor missing (cargo build --release -p supervisor)"
+log "supervisor: $supervisor"
 mkdir -p "$work/sup/usr/local/bin"
 cp "$supervisor" "$work/sup/usr/local/bin/supervisor"
 det_tar "$work/sup" "$work/supervisor.tar"

@@ -17,8 +17,16 @@
 # (the host), no masquerade. State: /var/lib/jbazel-cluster (JBAZEL_CLUSTER_STATE);
 # binaries: /var/cache/jbazel/kubernetes-1.20.2/bin (built on first use, ~4-5 min).
 # Processes run in their own sessions (setsid) and outlive the shell that ran `up`.
+# Env: JBAZEL_CLUSTER_INSTANCE=N (1-9) a second, separate cluster (state dir
+#      /var/lib/jbazel-cluster-N, ports +100*N, pods 10.244.N.0/24 on bridge jbazelN);
+#      JBAZEL_CLUSTER_TIMEOUT readiness deadline in s (180); JBAZEL_KUBELET_VERBOSITY (0).
+# Not here yet (TODO): a kind path for machines with Docker (kind create cluster with an
+# extraMount of the filestore root at the same path, `kind load image-archive` of
+# image/build.sh's archive or `kind load docker-image` after building image/Dockerfile).
 # Measured facts behind the flags: /work/shared/environment.md "A real Kubernetes here".
 set -euo pipefail
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -568,7 +576,8 @@ cmd_up() {
         --cert-dir="$STATE/kubelet-pki" \
         --container-runtime=remote \
         --container-runtime-endpoint="unix://$SOCK" \
-        --pod-infra-container-image="$PAUSE_IMAGE"
+        --pod-infra-container-image="$PAUSE_IMAGE" \
+        --v="${JBAZEL_KUBELET_VERBOSITY:-0}"
 
     ensure_namespace
     wait_until kubelet "kubelet healthz" curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
@@ -632,6 +641,6 @@ case ${1:-} in
     down) shift; cmd_down "$@" ;;
     status) cmd_status ;;
     env) echo "export KUBECONFIG=$ADMIN_KUBECONFIG" ;;
-    -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    -h|--help|help) usage ;;
+    *) usage >&2; exit 2 ;;
 esac

@@ -25,6 +25,9 @@ use kube::{Api, Client, Config};
 pub const DEFAULT_KUBECONFIG: &str = "/var/lib/jbazel-cluster/admin.kubeconfig";
 /// The pod image `image/build.sh` imports into the cluster's containerd.
 pub const IMAGE: &str = "docker.io/library/jbazel-bazel-server:dev";
+/// The static pause image `cluster.sh up` imports (the pod sandbox image): a container that
+/// runs until SIGTERM, for tests that need a pod but not Bazel.
+pub const PAUSE_IMAGE: &str = "docker.io/library/jbazel-pause:3.4.1";
 /// The CNI bridge's address: the host as pods see it (the orchestrator listens there).
 pub const POD_GATEWAY: &str = "10.244.0.1";
 /// Label on every namespace [`Cluster::test_namespace`] creates; `cluster.sh up` deletes
