@@ -5,6 +5,9 @@
 //!    (target: direct <= 0.5x bwrap);
 //! 2. the supervisor's own RSS while a real Bazel server runs under it (target <= 2 MB).
 //!
+//! Env: `PIVOT_BENCH_RUNS` (default 100), `SUPERVISOR_BENCH=pivot|rss` (one part),
+//! `SUPERVISOR_BIN` (measure another build of the supervisor, e.g. the image's).
+//!
 //! Not a timed test: under `cargo test` (no `--bench` argument) it only smoke-runs a few
 //! iterations of part 1 and asserts nothing about speed.
 
@@ -21,22 +24,49 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// CPU time (user + system) of all reaped descendants so far.
+fn children_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Wall and CPU time (the whole process tree: robust when other work loads the machine).
+struct Sample {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+}
+
 /// Runs each command once per round, interleaved, so background load hits all alike.
-fn time_interleaved(n: usize, makers: &mut [&mut dyn FnMut() -> Command]) -> Vec<Vec<Duration>> {
-    let mut times = vec![Vec::with_capacity(n); makers.len()];
+fn time_interleaved(n: usize, makers: &mut [&mut dyn FnMut() -> Command]) -> Vec<Sample> {
+    let mut out: Vec<Sample> = (0..makers.len())
+        .map(|_| Sample {
+            wall: Vec::with_capacity(n),
+            cpu: Vec::with_capacity(n),
+        })
+        .collect();
     for _ in 0..n {
         for (i, make) in makers.iter_mut().enumerate() {
             let mut c = make();
             c.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
+            let cpu0 = children_cpu();
             let t0 = Instant::now();
             let status = c.status().expect("spawn");
-            times[i].push(t0.elapsed());
+            out[i].wall.push(t0.elapsed());
+            out[i].cpu.push(children_cpu().saturating_sub(cpu0));
             assert!(status.success(), "{c:?} failed: {status:?}");
         }
     }
-    times
+    out
 }
 
 fn ms(d: Duration) -> String {
@@ -70,24 +100,29 @@ fn pivot_bench(n: usize) {
             .args(["--mode", "bwrap", "run", "--", "true"]);
         c
     };
-    let mut t = time_interleaved(n, &mut [&mut direct, &mut raw_bwrap, &mut sup_bwrap]).into_iter();
-    let (direct, raw_bwrap, sup_bwrap) = (
-        t.next().unwrap_or_default(),
-        t.next().unwrap_or_default(),
-        t.next().unwrap_or_default(),
-    );
-    let (d, b, sb) = (median(direct), median(raw_bwrap), median(sup_bwrap));
-    println!("pivot + exec of `true`, median of {n} interleaved runs (wall time, spawn to exit):");
-    println!("  supervisor --mode direct run -- true : {}", ms(d));
-    println!("  bwrap (same binds) true              : {}", ms(b));
-    println!("  supervisor --mode bwrap run -- true  : {}", ms(sb));
+    let t = time_interleaved(n, &mut [&mut direct, &mut raw_bwrap, &mut sup_bwrap]);
+    println!("pivot + exec of `true`, median of {n} interleaved runs (spawn to exit; CPU = user+sys of the process tree):");
+    println!("  supervisor: {}", supervisor_bin());
+    let names = [
+        "supervisor --mode direct run -- true",
+        "bwrap (same binds) true             ",
+        "supervisor --mode bwrap run -- true ",
+    ];
+    let mut med = Vec::new();
+    for (name, s) in names.iter().zip(t) {
+        let (w, c) = (median(s.wall), median(s.cpu));
+        println!("  {name}: wall {}, CPU {}", ms(w), ms(c));
+        med.push((w.as_secs_f64(), c.as_secs_f64()));
+    }
     println!(
-        "  ratio direct / bwrap                 : {:.2}x (target <= 0.5x)",
-        d.as_secs_f64() / b.as_secs_f64()
+        "  ratio direct / bwrap: wall {:.2}x, CPU {:.2}x (target <= 0.5x)",
+        med[0].0 / med[1].0,
+        med[0].1 / med[1].1
     );
     println!(
-        "  ratio direct / supervisor-with-bwrap : {:.2}x",
-        d.as_secs_f64() / sb.as_secs_f64()
+        "  ratio direct / supervisor-with-bwrap: wall {:.2}x, CPU {:.2}x",
+        med[0].0 / med[2].0,
+        med[0].1 / med[2].1
     );
 }
 
@@ -158,6 +193,7 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     if !bench {
         // `cargo test --all-targets`: smoke only.
+        println!("smoke run (not `cargo bench`): the figures below mean nothing");
         pivot_bench(3);
         return;
     }
@@ -165,6 +201,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    pivot_bench(n);
-    rss_bench();
+    // SUPERVISOR_BENCH=pivot|rss runs one part (default: both).
+    let part = std::env::var("SUPERVISOR_BENCH").unwrap_or_default();
+    if part != "rss" {
+        pivot_bench(n);
+    }
+    if part != "pivot" {
+        rss_bench();
+    }
 }
