@@ -10,14 +10,17 @@
 #            /etc/jbazel/system.bazelrc (image/bazel/system.bazelrc.in, @RULES_DIR@=/opt/jbazel)
 #   layer 3  /usr/local/bin/supervisor (`cargo build --release -p supervisor`), the ENTRYPOINT
 # -> a docker-archive tar (also loadable with `docker load` / `kind load image-archive`)
-# -> `ctr -n k8s.io images import` on the cluster's containerd socket.
+#    -> `ctr -n k8s.io images import` on the cluster's containerd socket; when containerd
+#    already has the base layer, an OCI layout without it is imported instead (~1 s).
 #
 # Usage: image/build.sh [--no-import] [--no-cargo] [--supervisor BIN] [--out FILE]
 #   --no-import       only write the archive
 #   --no-cargo        use target/release/supervisor as it is (do not run cargo)
 #   --supervisor BIN  put BIN in the image as the supervisor (e.g. target/debug/supervisor,
 #                     to skip a release build); implies --no-cargo
-#   --out FILE    archive path (default /var/cache/jbazel/image/jbazel-bazel-server-dev.tar)
+#   --out FILE        also write the docker archive there (for docker load / kind load);
+#                     default /var/cache/jbazel/image/jbazel-bazel-server-dev.tar, written
+#                     only with --no-import or when containerd lacks the base layer
 # Env: JBAZEL_CONTAINERD_SOCK (default /var/lib/jbazel-cluster/containerd/containerd.sock),
 #      DEBIAN_MIRROR (default http://deb.debian.org/debian), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -35,13 +38,13 @@ SUITE=bookworm
 RULES_DIR=/opt/jbazel
 RECIPE_VERSION=1 # bump when the base-layer recipe below changes
 
-import=1 cargo=1 out=$CACHE/jbazel-bazel-server-dev.tar supervisor=""
+import=1 cargo=1 out=$CACHE/jbazel-bazel-server-dev.tar out_given=0 supervisor=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-import) import=0; shift ;;
         --no-cargo) cargo=0; shift ;;
         --supervisor) supervisor=$(realpath "$2"); cargo=0; shift 2 ;;
-        --out) out=$2; shift 2 ;;
+        --out) out=$(realpath -m "$2"); out_given=1; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -170,20 +173,49 @@ det_tar "$work/sup" "$work/supervisor.tar"
 # ---------------------------------------------------------------------------------------
 # Archive and import.
 
-mkdir -p "$(dirname "$out")"
-"$HERE/docker-archive.sh" --out "$out" --tag "$TAG" \
-    --entrypoint '["/usr/local/bin/supervisor"]' \
-    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env HOME=/root --env LANG=C.UTF-8 --workdir / \
-    "$BASE_LAYER" "$work/jbazel.tar" "$work/supervisor.tar" >/dev/null
-log "archive $out ($(du -h "$out" | cut -f1))"
+archive() { # archive OUT [extra docker-archive.sh flags]
+    local to=$1; shift
+    "$HERE/docker-archive.sh" --out "$to" --tag "$TAG" "$@" \
+        --entrypoint '["/usr/local/bin/supervisor"]' \
+        --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        --env HOME=/root --env LANG=C.UTF-8 --workdir / \
+        "$BASE_LAYER" "$work/jbazel.tar" "$work/supervisor.tar" >/dev/null
+}
+
+import_archive() {
+    ctr --address "$SOCK" -n k8s.io images import "$1" >"$work/import.log" 2>&1 ||
+        { cat "$work/import.log" >&2; die "ctr images import of $1 failed"; }
+}
+
+# The docker archive (for docker load / kind load) is written when asked for, when nothing
+# is imported, or when containerd needs the whole image.
+wrote_archive=0
+if ((!import)) || [[ $out_given == 1 ]]; then
+    mkdir -p "$(dirname "$out")"
+    archive "$out"
+    wrote_archive=1
+    log "archive $out ($(du -h "$out" | cut -f1))"
+fi
 
 if ((import)); then
     [[ -S $SOCK ]] || die "no containerd socket at $SOCK: start the cluster first (integration/cluster/cluster.sh up) or pass --no-import"
-    ctr --address "$SOCK" -n k8s.io images import "$out" >"$work/import.log" 2>&1 ||
-        { cat "$work/import.log" >&2; die "ctr images import failed"; }
+    base_digest=$(cat "$BASE_LAYER.sha256")
+    if ctr --address "$SOCK" -n k8s.io content ls -q 2>/dev/null | grep -qx "sha256:$base_digest"; then
+        # containerd has the base layer: send only the small layers (OCI layout).
+        archive "$work/image-oci.tar" --oci --omit-blob "$base_digest"
+        import_archive "$work/image-oci.tar"
+        log "imported $TAG (base layer already in containerd)"
+    else
+        if ((!wrote_archive)); then
+            mkdir -p "$(dirname "$out")"
+            archive "$out"
+            log "archive $out ($(du -h "$out" | cut -f1))"
+        fi
+        import_archive "$out"
+        log "imported $TAG with its base layer"
+    fi
     ctr --address "$SOCK" -n k8s.io images ls -q "name==$TAG" | grep -q . ||
         die "$TAG is not in containerd after the import"
-    log "imported $TAG into $SOCK"
+    log "image in $SOCK: $(ctr --address "$SOCK" -n k8s.io images ls "name==$TAG" | awk 'NR == 2 { print $3 }')"
 fi
 log "done in $((SECONDS - t0)) s"
