@@ -225,6 +225,16 @@ pub fn is_bazel_server(pid: i32) -> bool {
         .is_ok_and(|c| c.first().is_some_and(|a| a.starts_with("bazel(")))
 }
 
+/// Is `pid` a Bazel server that belongs to this supervisor? It must be a Bazel JVM and our
+/// child: the daemonized server is re-parented to us (PID 1 or subreaper). A stale
+/// `server.pid.txt` whose pid now names someone else's process fails this test.
+pub fn is_our_server(pid: i32) -> bool {
+    let ours = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.ppid == nix::unistd::getpid().as_raw());
+    ours && is_bazel_server(pid)
+}
+
 /// How the server was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -263,7 +273,7 @@ async fn wait_gone(
 }
 
 /// Stops the server within `grace`: protocol `shutdown` (half the grace), SIGTERM (until 85%),
-/// then SIGKILL. Signals go only to a live Bazel server process.
+/// then SIGKILL. Signals go only to our own live Bazel server ([`is_our_server`]).
 pub async fn stop(
     client: Option<&Client>,
     pid: i32,
@@ -295,11 +305,8 @@ pub async fn stop(
         if !alive(pid) {
             return outcome;
         }
-        if !is_bazel_server(pid) {
-            tracing::warn!(
-                pid,
-                "not a Bazel server process any more; not signalling it"
-            );
+        if !is_our_server(pid) {
+            tracing::warn!(pid, "not our Bazel server process; not signalling it");
             return Stopped::AlreadyGone;
         }
         tracing::info!(pid, signal = %sig, "stopping Bazel server");

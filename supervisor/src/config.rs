@@ -222,7 +222,7 @@ fn read_system_rc(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
 }
 
-/// Checks the orchestrator address and the pod IP. Pure.
+/// Checks the orchestrator address and the pod IP; the pod name defaults to the hostname.
 pub fn validate_report(
     orchestrator_addr: Option<&str>,
     pod_name: Option<&str>,
@@ -243,9 +243,17 @@ pub fn validate_report(
     if !pod_ip.is_empty() && pod_ip.parse::<IpAddr>().is_err() {
         return Err(ConfigError::PodIp(pod_ip.to_owned()));
     }
+    // Kubernetes sets the hostname to the pod name; POD_NAME (downward API) wins.
+    let pod_name = match pod_name.filter(|n| !n.is_empty()) {
+        Some(n) => n.to_owned(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+    };
     Ok(ReportSettings {
         orchestrator_addr,
-        pod_name: pod_name.unwrap_or_default().to_owned(),
+        pod_name,
         pod_ip: pod_ip.to_owned(),
     })
 }

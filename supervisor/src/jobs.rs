@@ -162,7 +162,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
                     failures + 1
                 };
                 tracing::warn!(pid, reason = %why, failures, "Bazel server gone; restarting");
-                if bazel::alive(pid) && bazel::is_bazel_server(pid) {
+                if bazel::alive(pid) && bazel::is_our_server(pid) {
                     // Hung, not dead: replace it.
                     let _ =
                         bazel::stop(None, pid, server.exited.take(), Duration::from_secs(5)).await;
@@ -174,6 +174,9 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             }
         }
     };
+    // Whatever else still runs under us (a client killed mid-start leaves its half-started
+    // server behind; an orphan of a build action) goes too: the pod's job is over.
+    stop_children(reaper, Duration::from_secs(3)).await;
     health.abort();
     tracing::info!(
         exit_code = code,
@@ -317,7 +320,7 @@ async fn stop_leftovers(out: &std::path::Path, client_pid: Option<i32>, grace: D
     let Ok(pid) = bazel::read_pid(out) else {
         return 0;
     };
-    if !bazel::alive(pid) || !bazel::is_bazel_server(pid) {
+    if !bazel::alive(pid) || !bazel::is_our_server(pid) {
         return 0;
     }
     let client = bazel::read_server_files(out)
@@ -329,5 +332,46 @@ async fn stop_leftovers(out: &std::path::Path, client_pid: Option<i32>, grace: D
         1
     } else {
         0
+    }
+}
+
+/// Our direct children (including orphans re-parented to us). procfs.
+fn children() -> Vec<i32> {
+    let me = nix::unistd::getpid().as_raw();
+    procfs::process::all_processes()
+        .map(|ps| {
+            ps.flatten()
+                .filter_map(|p| p.stat().ok())
+                .filter(|s| s.ppid == me && s.state != 'Z')
+                .map(|s| s.pid)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGTERM every remaining child, SIGKILL after a second, until none is left or `within`
+/// passes. Repeats: a dying intermediate hands its own children over to us.
+async fn stop_children(reaper: &Reaper, within: Duration) {
+    use nix::sys::signal::{kill, Signal};
+    let start = Instant::now();
+    loop {
+        reaper.reap_all();
+        let kids = children();
+        if kids.is_empty() || start.elapsed() >= within {
+            if !kids.is_empty() {
+                tracing::warn!(?kids, "children still running at exit");
+            }
+            return;
+        }
+        let sig = if start.elapsed() < Duration::from_secs(1) {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGKILL
+        };
+        for pid in kids {
+            tracing::info!(pid, signal = %sig, "stopping a leftover child");
+            let _ = kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -321,10 +321,53 @@ fn bwrap_mode_ready_and_clean_shutdown_without_orchestrator() {
         mnt_ns_of(s.sup.pid()),
         "bwrap: the server runs in bwrap's view"
     );
+    let ppid = procfs::process::Process::new(server)
+        .and_then(|p| p.stat())
+        .expect("stat")
+        .ppid;
+    assert_eq!(
+        ppid,
+        s.sup.pid(),
+        "bwrap: the server is re-parented to the subreaper too"
+    );
     sigterm_cleanly(&mut s);
 }
 
 #[test]
 fn probe_fails_when_nothing_listens() {
     assert_eq!(probe(free_port()), 1);
+}
+
+#[test]
+fn sigterm_while_the_server_starts_leaves_nothing_behind() {
+    // SIGTERM (a) as soon as the supervisor starts the client, (b) once the half-started
+    // JVM has written its pid file but before it answers Ping.
+    for trigger in ["client started", "pid file written"] {
+        let mut s = start_supervisor("direct", None);
+        let pid = s.sup.pid();
+        let pid_file = s.sup.out.join("server/server.pid.txt");
+        let reached = wait_until(Duration::from_secs(60), || match trigger {
+            "client started" => s.sup.logs().contains("starting the Bazel server"),
+            _ => pid_file.exists(),
+        });
+        assert!(reached, "{trigger}: {}", s.sup.logs());
+        let ns = mnt_ns_of(pid).expect("supervisor's mount namespace");
+        signal(pid, Signal::SIGTERM);
+        let status = wait_child(&mut s.sup.child, Duration::from_secs(GRACE_SECS + 10))
+            .unwrap_or_else(|| panic!("{trigger}: no exit after SIGTERM:\n{}", s.sup.logs()));
+        assert_eq!(status.code(), Some(0), "{trigger}: {}", s.sup.logs());
+        assert!(
+            wait_until(Duration::from_secs(5), || processes_in_mnt_ns(&ns)
+                .is_empty()),
+            "{trigger}: left in the pod's mount namespace: {:?}\n{}",
+            processes_in_mnt_ns(&ns),
+            s.sup.logs()
+        );
+        if let Some(server) = s.sup.server_pid() {
+            assert!(
+                !is_bazel_server(server),
+                "{trigger}: server {server} survived"
+            );
+        }
+    }
 }
