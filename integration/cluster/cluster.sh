@@ -407,6 +407,19 @@ clean_runtime_state() { # only when none of our components runs
         "$RUNC_ROOT"
 }
 
+make_bridge() {
+    # The CNI bridge plugin would create it with the first pod; creating it now gives the
+    # host its pod-network address (the gateway, where pods reach the orchestrator) before
+    # any pod exists. The plugin adopts it as it is.
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link add "$BRIDGE" type bridge || die "cannot create bridge $BRIDGE"
+    fi
+    if ! ip -4 addr show dev "$BRIDGE" | grep -q "inet $POD_GATEWAY/"; then
+        ip addr add "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$BRIDGE" || die "cannot address bridge $BRIDGE"
+    fi
+    ip link set "$BRIDGE" up
+}
+
 cgroup_mounts() { findmnt -rn -t cgroup,cgroup2 -o TARGET; }
 
 make_cgroup_root() { # the kubelet insists its cgroupRoot exists in every hierarchy
@@ -512,6 +525,7 @@ cmd_up() {
     make_kubeconfigs
     write_configs
     make_cgroup_root
+    make_bridge
     set_deadline "$UP_TIMEOUT"
 
     start etcd etcd --name jbazel --data-dir "$STATE/etcd" \
