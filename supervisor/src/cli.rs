@@ -140,7 +140,8 @@ pub struct Opts {
     pub health_interval_secs: u64,
 
     /// Seconds SIGTERM may take: protocol shutdown, then SIGTERM, then SIGKILL, all within it.
-    #[arg(long, env = "GRACE_PERIOD_SECS", default_value_t = 20, global = true)]
+    /// Keep it below the pod's terminationGracePeriodSeconds (the orchestrator's is 10).
+    #[arg(long, env = "GRACE_PERIOD_SECS", default_value_t = 8, global = true)]
     pub grace_period_secs: u64,
 
     /// Seconds one Bazel server start may take (client run + first Ping) before it counts as failed.
