@@ -20,7 +20,7 @@ integration/cluster/cluster.sh up
 echo "==> cargo build (orchestrator, jbazel, supervisor, demo driver)"
 cargo build --workspace --bins --quiet
 echo "==> pod image (image/build.sh)"
-image/build.sh
+image/build.sh --supervisor target/debug/supervisor
 echo "==> setup took $(( $(date +%s) - t0 )) s"
 export KUBECONFIG=/var/lib/jbazel-cluster/admin.kubeconfig
 target/debug/jbazel-demo "$@"

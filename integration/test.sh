@@ -10,7 +10,7 @@ bash integration/setup.sh
 integration/cluster/cluster.sh up
 # Binaries first: the image needs the supervisor, the e2e tests run the real binaries.
 cargo build --workspace --bins --locked
-image/build.sh
+image/build.sh --supervisor target/debug/supervisor
 export KUBECONFIG=/var/lib/jbazel-cluster/admin.kubeconfig
 
 cargo test --workspace --all-targets --locked 2>&1
