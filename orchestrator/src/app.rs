@@ -12,7 +12,7 @@ use proto::orchestrator::orchestrator_server::OrchestratorServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::notify::ReadyNotices;
 use crate::pods::{PodClient, PodSettings};
@@ -169,9 +169,15 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(OrchestratorServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = shutdown_rx.await;
-            }),
+            // Our own listener: tonic's `tcp_nodelay` does not apply to it, so set it on
+            // the incoming stream (without it, Nagle + delayed ACK adds milliseconds to
+            // every small response).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            ),
     );
     tracing::info!(%addr, "orchestrator listening (gRPC: jbazel.orchestrator.v1.Orchestrator, grpc.health.v1.Health)");
     Ok(Running {

@@ -83,6 +83,10 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub termination_grace_period: i64,
 
+    /// nodeSelector entry of the pods, KEY=VALUE (repeatable).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub node_selector: Vec<(String, String)>,
+
     /// Bazel's command port in the pod when the supervisor has not reported one.
     #[arg(long, default_value_t = 9001)]
     pub command_port: u32,
@@ -110,6 +114,7 @@ impl Config {
             orchestrator_addr: self.pod_orchestrator_addr.clone(),
             termination_grace_seconds: self.termination_grace_period,
             probe: self.readiness_probe,
+            node_selector: self.node_selector.iter().cloned().collect(),
         }
     }
 
@@ -119,6 +124,13 @@ impl Config {
             default_command_port: self.command_port,
             ..ServiceSettings::default()
         }
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }
 
@@ -163,11 +175,26 @@ mod tests {
             "--image-pull-policy=IfNotPresent",
             "--readiness-probe=exec",
             "--listen=127.0.0.1:0",
+            "--node-selector=pool=bazel",
+            "--node-selector",
+            "zone=a",
         ])
         .expect("parse");
         assert_eq!(c.namespace, "t1");
         assert_eq!(c.image_pull_policy, PullPolicy::IfNotPresent);
         assert_eq!(c.readiness_probe, ProbeMode::Exec);
+        let p = c.pod_settings();
+        assert_eq!(
+            p.node_selector.get("pool").map(String::as_str),
+            Some("bazel")
+        );
+        assert_eq!(p.node_selector.get("zone").map(String::as_str), Some("a"));
+        assert!(Config::try_parse_from([
+            "orchestrator",
+            "--spanner-emulator-host=h",
+            "--node-selector=novalue"
+        ])
+        .is_err());
         assert!(Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host=h",

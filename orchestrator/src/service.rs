@@ -5,6 +5,7 @@
 //! Spanner and Kubernetes work runs in spawned tasks, so a client that goes away (or a
 //! deadline that passes) never leaves a transaction or a pod creation half done.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +68,10 @@ struct Inner {
     notices: ReadyNotices,
     locks: KeyLocks,
     settings: ServiceSettings,
+    /// Command ports from accepted ReportReady calls, by key, with their session. The pod
+    /// annotation carries the same value across restarts, but reaches the reflector a
+    /// moment later than the next GetServer may ask.
+    reported_ports: std::sync::Mutex<HashMap<SessionKey, (String, u32)>>,
 }
 
 impl OrchestratorService {
@@ -88,6 +93,7 @@ impl OrchestratorService {
                 notices,
                 locks: KeyLocks::default(),
                 settings,
+                reported_ports: Default::default(),
             }),
         }
     }
@@ -153,9 +159,21 @@ impl Inner {
             } else {
                 String::new()
             },
-            command_port: pod
-                .and_then(view::command_port_of)
+            command_port: self
+                .reported_port(key, &row.session_id)
+                .or_else(|| pod.and_then(view::command_port_of))
                 .unwrap_or(self.settings.default_command_port),
+        }
+    }
+
+    fn reported_port(&self, key: &SessionKey, session_id: &str) -> Option<u32> {
+        let ports = self
+            .reported_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match ports.get(key) {
+            Some((session, port)) if session == session_id => Some(*port),
+            _ => None,
         }
     }
 
@@ -287,6 +305,10 @@ impl Inner {
                     pod = %req.pod_name, pod_ip = %req.pod_ip, command_port = req.command_port,
                     changed = write != crate::session::RowWrite::Keep, "ReportReady accepted: row READY");
                 if req.command_port != 0 {
+                    self.reported_ports
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), (req.session_id.clone(), req.command_port));
                     match self
                         .pods
                         .annotate_command_port(&req.pod_name, &req.session_id, req.command_port)

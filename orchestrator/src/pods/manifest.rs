@@ -106,6 +106,8 @@ pub struct PodSettings {
     pub orchestrator_addr: String,
     pub termination_grace_seconds: i64,
     pub probe: ProbeMode,
+    /// nodeSelector of the pods (e.g. a node pool for Bazel servers); empty: any node.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 impl Default for PodSettings {
@@ -118,6 +120,7 @@ impl Default for PodSettings {
             orchestrator_addr: "http://10.244.0.1:50051".into(),
             termination_grace_seconds: 10,
             probe: ProbeMode::Http,
+            node_selector: BTreeMap::new(),
         }
     }
 }
@@ -310,6 +313,8 @@ impl PodSpecFor<'_> {
                 // The pod never calls the Kubernetes API: no token, no service env vars.
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),
+                node_selector: (!settings.node_selector.is_empty())
+                    .then(|| settings.node_selector.clone()),
                 ..Default::default()
             }),
             status: None,
@@ -423,6 +428,7 @@ mod tests {
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.termination_grace_period_seconds, Some(10));
         assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.node_selector, None);
         let volume = &spec.volumes.as_ref().expect("volumes")[0];
         let host_path = volume.host_path.as_ref().expect("hostPath");
         assert_eq!(host_path.path, "/srv/fs");
@@ -485,6 +491,7 @@ mod tests {
             probe: ProbeMode::Exec,
             pull_policy: PullPolicy::IfNotPresent,
             image: "example/img:1".into(),
+            node_selector: BTreeMap::from([("pool".to_string(), "bazel".to_string())]),
             ..PodSettings::default()
         };
         let pod = PodSpecFor {
@@ -493,7 +500,12 @@ mod tests {
             session_id: "s",
         }
         .manifest(&settings);
-        let c = &pod.spec.expect("spec").containers[0];
+        let spec = pod.spec.expect("spec");
+        assert_eq!(
+            spec.node_selector.and_then(|n| n.get("pool").cloned()),
+            Some("bazel".to_string())
+        );
+        let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("example/img:1"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let probe = c.readiness_probe.as_ref().expect("probe");
