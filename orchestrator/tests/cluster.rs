@@ -10,10 +10,13 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gcloud_spanner::statement::Statement;
-use integration::cluster::{wait_for_pod, Cluster, PodGoal, TestNamespace};
+use integration::cluster::{
+    wait_for_pod, Cluster, PodGoal, TestNamespace, IMAGE, PAUSE_IMAGE, POD_GATEWAY,
+};
 use integration::spanner::SpannerEmulator;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -33,8 +36,6 @@ use proto::orchestrator::{
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// The cluster's sandbox image (cluster.sh imports it): runs forever, exits on SIGTERM.
-const PAUSE_IMAGE: &str = "docker.io/library/jbazel-pause:3.4.1";
 const HASH: &str = "0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -65,6 +66,7 @@ struct Prepared {
     namespace: TestNamespace,
     emulator: SpannerEmulator,
     serial: tokio::sync::MutexGuard<'static, ()>,
+    reachable_from_pods: bool,
 }
 
 impl Prepared {
@@ -107,7 +109,25 @@ impl Prepared {
             namespace,
             emulator,
             serial,
+            reachable_from_pods: false,
         }
+    }
+
+    /// Listen on all addresses and give pods the bridge gateway's URL: the supervisor's
+    /// ReportReady reaches this orchestrator.
+    fn reachable_from_pods(mut self) -> Self {
+        self.reachable_from_pods = true;
+        self
+    }
+
+    /// Creates `R/<user>/<HASH>/{src,out}` with the sample workspace in src.
+    fn sample_repo(&self, user: &str) -> PathBuf {
+        let repo = self.filestore.path().join(user).join(HASH);
+        let sample =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration/sample-workspace");
+        copy_dir(&sample, &repo.join("src"));
+        std::fs::create_dir_all(repo.join("out")).expect("mkdir out");
+        repo
     }
 
     /// Creates a pod of the platform's manifest directly and waits until it runs.
@@ -122,10 +142,17 @@ impl Prepared {
             .expect("pod runs")
     }
 
-    async fn serve(self) -> Fixture {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+    async fn serve(mut self) -> Fixture {
+        let bind = if self.reachable_from_pods {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
+        if self.reachable_from_pods {
+            let port = listener.local_addr().expect("addr").port();
+            self.settings.orchestrator_addr = format!("http://{POD_GATEWAY}:{port}");
+        }
         let running = app::start(
             Parts {
                 store: self.store.clone(),
@@ -137,7 +164,8 @@ impl Prepared {
         )
         .await
         .expect("orchestrator starts");
-        let client = OrchestratorClient::connect(format!("http://{}", running.addr))
+        let port = running.addr.port();
+        let client = OrchestratorClient::connect(format!("http://127.0.0.1:{port}"))
             .await
             .expect("connect to the orchestrator");
         Fixture {
@@ -275,13 +303,26 @@ where
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read sample workspace") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 fn user(prefix: &str) -> String {
     format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 #[tokio::test]
 async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
-    let f = Fixture::start(integration::cluster::IMAGE).await;
+    let f = Fixture::start(IMAGE).await;
     let alice = user("alice");
     let server = f.get_server(&alice, "desk-1").await;
     assert_eq!(server.status(), ServerStatus::Pending);
@@ -914,4 +955,68 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         names,
         HashSet::from(["bazel-server-alice-01234567".to_string()])
     );
+}
+
+/// The real image: the supervisor pivots, starts Bazel, passes /readyz and pushes
+/// ReportReady to this orchestrator through the bridge gateway.
+#[tokio::test]
+async fn the_real_supervisor_reports_ready_through_the_gateway() {
+    let p = Prepared::new(IMAGE).await.reachable_from_pods();
+    let jack = user("jack");
+    let repo = p.sample_repo(&jack);
+    let f = p.serve().await;
+    let t0 = Instant::now();
+    f.get_server(&jack, "s1").await;
+    let (events, end, took) = watch_events(&f, &jack, "s1", Duration::from_secs(120)).await;
+    let stages: Vec<_> = events.iter().map(|e| e.stage()).collect();
+    eprintln!(
+        "real image: GetServer -> READY in {:?} (watch {took:?}); stages {stages:?}",
+        t0.elapsed()
+    );
+    assert!(end.is_none(), "clean end, got {end:?} after {events:#?}");
+    let last = events.last().expect("events");
+    assert_eq!(last.stage(), Stage::Ready, "{events:#?}");
+    let server = last.server.clone().expect("server");
+    let pod = f.pods.get(&server.pod_name).await.expect("pod");
+    let ip = pod.status.and_then(|s| s.pod_ip).expect("pod IP");
+    assert_eq!(server.pod_ip, ip);
+    assert_eq!(server.command_port, 9001);
+    // The supervisor ran Bazel on the mirror: its output base is in the filestore.
+    assert!(
+        repo.join("out/server/request_cookie").exists(),
+        "no Bazel output base in {}",
+        repo.display()
+    );
+}
+
+/// The real image with the push lost (ORCHESTRATOR_ADDR leads nowhere): the readiness
+/// probe passes and the reconciler's watch makes the row READY.
+#[tokio::test]
+async fn the_real_readiness_probe_makes_the_row_ready_when_the_push_is_lost() {
+    let p = Prepared::new(IMAGE).await;
+    let kate = user("kate");
+    p.sample_repo(&kate);
+    let f = p.serve().await;
+    let t0 = Instant::now();
+    f.get_server(&kate, "s1").await;
+    let (events, end, _) = watch_events(&f, &kate, "s1", Duration::from_secs(120)).await;
+    eprintln!(
+        "real image, push lost: READY from the probe in {:?}",
+        t0.elapsed()
+    );
+    assert!(end.is_none(), "clean end, got {end:?} after {events:#?}");
+    assert_eq!(
+        events.last().map(|e| e.stage()),
+        Some(Stage::Ready),
+        "{events:#?}"
+    );
+    let row = f
+        .store
+        .read(&SessionKey::new(&kate, HASH))
+        .await
+        .expect("read")
+        .expect("row");
+    let pod = f.pods.get(&pod_name(&kate, HASH)).await.expect("pod");
+    assert_eq!(row.status, Status::Ready);
+    assert_eq!(row.pod_ip, pod.status.and_then(|s| s.pod_ip));
 }

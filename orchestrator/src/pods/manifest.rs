@@ -36,6 +36,8 @@ pub const CONTAINER: &str = "bazel-server";
 /// The supervisor's health endpoint (contracts: 0.0.0.0:8080, `GET /readyz`).
 pub const HEALTH_PORT: i32 = 8080;
 pub const READYZ_PATH: &str = "/readyz";
+/// 200 while the supervisor lives (liveness).
+pub const HEALTHZ_PATH: &str = "/healthz";
 /// The supervisor binary in the image (its ENTRYPOINT); `supervisor probe` checks readiness.
 pub const SUPERVISOR_BIN: &str = "/usr/local/bin/supervisor";
 
@@ -253,6 +255,19 @@ impl PodSpecFor<'_> {
                 ..Default::default()
             }]),
             readiness_probe: Some(readiness),
+            // A hung supervisor is restarted; generous, since a busy node is not a hang.
+            liveness_probe: (settings.probe == ProbeMode::Http).then(|| Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(HEALTHZ_PATH.to_string()),
+                    port: IntOrString::Int(HEALTH_PORT),
+                    ..Default::default()
+                }),
+                initial_delay_seconds: Some(10),
+                period_seconds: Some(10),
+                timeout_seconds: Some(5),
+                failure_threshold: Some(6),
+                ..Default::default()
+            }),
             security_context: Some(SecurityContext {
                 // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts: that needs
                 // CAP_SYS_ADMIN, and nothing else that `privileged` would grant (all
@@ -471,6 +486,8 @@ mod tests {
         let get = probe.http_get.as_ref().expect("httpGet");
         assert_eq!(get.path.as_deref(), Some("/readyz"));
         assert_eq!(get.port, IntOrString::Int(8080));
+        let live = c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref());
+        assert_eq!(live.and_then(|g| g.path.as_deref()), Some("/healthz"));
 
         let sc = c.security_context.as_ref().expect("securityContext");
         assert_eq!(sc.privileged, Some(false));
