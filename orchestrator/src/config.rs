@@ -12,7 +12,7 @@ use crate::service::ServiceSettings;
 /// The jbazel orchestrator: BuildSessions rows in Spanner, one Bazel server pod per
 /// (user, repository) in Kubernetes, gRPC API for jbazel and the supervisors.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "orchestrator", version, about, long_about = None)]
+#[command(name = "orchestrator", version)]
 pub struct Config {
     /// Spanner emulator address (host:port). Phase 0 runs on the emulator only.
     #[arg(long, env = "SPANNER_EMULATOR_HOST")]

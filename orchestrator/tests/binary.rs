@@ -1,0 +1,185 @@
+//! The `orchestrator` binary as the demo runs it: flags and env, `--create-database` on a
+//! fresh database, the namespace created at start, the standard health service, the
+//! "Creating Pod for repo" log line with its fields, and a clean exit on SIGTERM.
+//! Needs the local cluster (integration/cluster/cluster.sh up).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use integration::cluster::{kubeconfig_path, Cluster, PAUSE_IMAGE};
+use integration::spanner::SpannerEmulator;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams};
+use kube::Api;
+use proto::orchestrator::orchestrator_client::OrchestratorClient;
+use proto::orchestrator::{GetServerRequest, ServerStatus};
+use tokio::time::Instant;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const HASH: &str = "0123456789abcdef0123456789abcdef";
+
+/// Deletes the namespace the binary created, whatever happens in the test.
+struct NamespaceGuard(String);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args(["delete", "namespace", &self.0, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Kills the orchestrator's process group if the test ends before it exited.
+struct ProcessGuard(std::process::Child);
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_on_sigterm() {
+    orchestrator::app::install_crypto_provider();
+    let cluster = Cluster::connect()
+        .await
+        .expect("the local cluster must be up (integration/cluster/cluster.sh up)");
+    let emulator = SpannerEmulator::start().await.expect("emulator");
+    let namespace = format!("orch-bin-{:08x}", rand::random::<u32>());
+    let _ns_guard = NamespaceGuard(namespace.clone());
+    let filestore = tempfile::tempdir().expect("filestore");
+    let log_path = filestore.path().join("orchestrator.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let log = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args([
+            "--project",
+            emulator.project(),
+            "--instance",
+            emulator.instance(),
+        ])
+        // A database the fixture did not create: --create-database makes it from schema.sql.
+        .args(["--database", "fresh", "--create-database"])
+        .args(["--namespace", &namespace, "--image", PAUSE_IMAGE])
+        .arg("--filestore-root")
+        .arg(filestore.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("SPANNER_EMULATOR_HOST", emulator.host())
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start the orchestrator binary");
+    let mut child = ProcessGuard(child);
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Up when the standard health service says SERVING (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+        {
+            break channel;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "orchestrator exited with {status}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "orchestrator did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "jbazel.orchestrator.v1.Orchestrator".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    // The namespace was created by the binary.
+    let ns: Api<Namespace> = Api::all(cluster.client());
+    assert!(ns.get_opt(&namespace).await.expect("get ns").is_some());
+
+    let server = OrchestratorClient::new(channel)
+        .get_server(GetServerRequest {
+            user_id: "zoe".into(),
+            repo_hash: HASH.into(),
+            session_id: "s1".into(),
+        })
+        .await
+        .expect("GetServer")
+        .into_inner()
+        .server
+        .expect("server");
+    assert_eq!(server.status(), ServerStatus::Pending);
+    assert_eq!(server.namespace, namespace);
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), &namespace);
+    let names: Vec<_> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["bazel-server-zoe-01234567"]);
+
+    // SIGTERM: a clean stop.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let stop_deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < stop_deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut log = String::new();
+    std::fs::File::open(&log_path)
+        .and_then(|mut f| f.read_to_string(&mut log))
+        .expect("read log");
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("Creating Pod for repo {HASH}")))
+        .unwrap_or_else(|| panic!("no creation line in:\n{log}"));
+    for field in [
+        "user=zoe",
+        &format!("repo_hash={HASH}"),
+        "session=s1",
+        "pod=bazel-server-zoe-01234567",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    let _ = pods
+        .delete("bazel-server-zoe-01234567", &DeleteParams::default())
+        .await;
+}
