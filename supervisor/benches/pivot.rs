@@ -1,8 +1,11 @@
 //! `cargo bench -p supervisor --bench pivot` (release build, as root):
 //!
-//! 1. pivot + exec of `true`: `supervisor --mode direct run -- true` against plain `bwrap` with
-//!    the same binds (and `supervisor --mode bwrap run -- true`), median of N runs, the ratio
-//!    (target: direct <= 0.5x bwrap);
+//! 1. pivot + exec of `true`, direct vs bwrap with the same binds, median of N interleaved
+//!    runs and the ratio (target: direct <= 0.5x bwrap), measured two ways. Whole
+//!    processes: `supervisor --mode direct run -- true` vs `bwrap ... true` (and
+//!    `supervisor --mode bwrap run -- true`), the supervisor's own start included. From a
+//!    running process: fork + `pivot::enter_direct` + exec `true` vs spawn `bwrap ... true`,
+//!    the supervisor's own start excluded.
 //! 2. the supervisor's own RSS while a real Bazel server runs under it (target <= 2 MB).
 //!
 //! Env: `PIVOT_BENCH_RUNS` (default 100), `SUPERVISOR_BENCH=pivot|rss` (one part),
@@ -126,6 +129,93 @@ fn pivot_bench(n: usize) {
     );
 }
 
+/// The same comparison without the supervisor's own process start (a PID 1 pays that once,
+/// whatever it does next): fork a copy of this single-threaded process, pivot in it
+/// (`pivot::enter_direct`: unshare, mounts, mountinfo check) and exec `true`, against
+/// spawn `bwrap <same binds> true`. Both are one spawn from a running process to `true`
+/// exiting in the new view.
+fn in_process_bench(n: usize) {
+    use clap::Parser as _;
+    use supervisor::cli::{Cli, ModeRequest};
+    use supervisor::config::Config;
+    use supervisor::plan::{self, HostFacts};
+
+    let fs = Filestore::new();
+    let root = fs.root().display().to_string();
+    let cli = Cli::parse_from([
+        "supervisor",
+        "--user-id",
+        USER,
+        "--repo-hash",
+        HASH,
+        "--filestore-root",
+        &root,
+        "run",
+        "--",
+        "true",
+    ]);
+    let cfg = Config::load(&cli.opts, cli.command.as_ref()).expect("config");
+    let facts = HostFacts::detect(std::path::Path::new("bwrap"));
+    let bwrap = std::path::Path::new("bwrap");
+    let direct = plan::plan(&cfg, ModeRequest::Direct, &facts, bwrap).expect("direct plan");
+    let bw = plan::plan(&cfg, ModeRequest::Bwrap, &facts, bwrap).expect("bwrap plan");
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..n {
+        // Direct: fork; the child pivots, runs `true`, exits with its status.
+        let cpu0 = children_cpu();
+        let t0 = Instant::now();
+        // SAFETY: this bench process is single-threaded; the child only pivots, spawns and exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                use std::os::unix::process::CommandExt as _;
+                if supervisor::pivot::enter_direct(&direct).is_ok() {
+                    // exec only returns on failure.
+                    let _ = Command::new("true").exec();
+                }
+                // SAFETY: leave the forked copy without running the parent's destructors.
+                unsafe { libc::_exit(2) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert!(
+                    matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                    "direct pivot child: {st:?}"
+                );
+            }
+        }
+        times[0].push(t0.elapsed());
+        times[1].push(children_cpu().saturating_sub(cpu0));
+        // bwrap with the same binds.
+        let cpu0 = children_cpu();
+        let t0 = Instant::now();
+        let st = Command::new(&bw.bwrap_argv[0])
+            .args(&bw.bwrap_argv[1..])
+            .stdin(Stdio::null())
+            .status()
+            .expect("bwrap");
+        assert!(st.success(), "bwrap: {st:?}");
+        times[2].push(t0.elapsed());
+        times[3].push(children_cpu().saturating_sub(cpu0));
+    }
+    let [dw, dc, bw_w, bw_c] = times.map(median);
+    println!("pivot + exec of `true` from a running process (no supervisor start), median of {n} interleaved runs:");
+    println!(
+        "  direct (fork, enter_direct, exec true): wall {}, CPU {}",
+        ms(dw),
+        ms(dc)
+    );
+    println!(
+        "  bwrap (spawn bwrap <same binds> true) : wall {}, CPU {}",
+        ms(bw_w),
+        ms(bw_c)
+    );
+    println!(
+        "  ratio direct / bwrap: wall {:.2}x, CPU {:.2}x (target <= 0.5x)",
+        dw.as_secs_f64() / bw_w.as_secs_f64(),
+        dc.as_secs_f64() / bw_c.as_secs_f64()
+    );
+}
+
 fn status_kb(pid: i32, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -170,7 +260,8 @@ fn rss_bench() {
     let pid = sup.pid();
     let server = sup.server_pid().expect("server pid");
     let field = |k| status_kb(pid, k).unwrap_or(0);
-    println!("supervisor RSS while Bazel runs (release build, direct mode, ready after {ready_after:?}, {probes} /readyz probes, ~10 Pings):");
+    println!("supervisor RSS while Bazel runs (direct mode, ready after {ready_after:?}, {probes} /readyz probes, ~10 Pings):");
+    println!("  supervisor: {}", supervisor_bin());
     println!(
         "  VmRSS {} kB (RssAnon {} kB, RssFile {} kB, RssShmem {} kB), VmHWM {} kB; threads {}",
         field("VmRSS:"),
@@ -195,6 +286,7 @@ fn main() {
         // `cargo test --all-targets`: smoke only.
         println!("smoke run (not `cargo bench`): the figures below mean nothing");
         pivot_bench(3);
+        in_process_bench(3);
         return;
     }
     let n = std::env::var("PIVOT_BENCH_RUNS")
@@ -205,6 +297,7 @@ fn main() {
     let part = std::env::var("SUPERVISOR_BENCH").unwrap_or_default();
     if part != "rss" {
         pivot_bench(n);
+        in_process_bench(n);
     }
     if part != "pivot" {
         rss_bench();
