@@ -149,7 +149,8 @@ fi
 
 work=$(mktemp -d "$CACHE/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/jbazel$RULES_DIR" "$work/jbazel/etc/jbazel"
+# /work: the supervisor's mount point for the pivoted view (/work/src, /work/out).
+mkdir -p "$work/jbazel$RULES_DIR" "$work/jbazel/etc/jbazel" "$work/jbazel/work"
 cp -r "$HERE/bazel/rules_cc" "$HERE/bazel/rules_java" "$work/jbazel$RULES_DIR/"
 sed "/^#/!s|@RULES_DIR@|$RULES_DIR|g" "$HERE/bazel/system.bazelrc.in" >"$work/jbazel/etc/jbazel/system.bazelrc"
 chmod -R u=rwX,go=rX "$work/jbazel"

@@ -13,17 +13,18 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{ListParams, LogParams};
 use kube::runtime::watcher::{self, Event};
 use kube::Api;
 
-use integration::cluster::{describe_pod, Cluster, IMAGE};
+use integration::cluster::{delete_pod_and_wait, describe_pod, Cluster, IMAGE};
 use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
 use integration::spanner::{EmulatorOptions, SpannerEmulator};
 
@@ -137,10 +138,12 @@ async fn demo(args: &Args) -> Result<()> {
 
     step("jbazel build //...");
     let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
+    let stages = Arc::new(Mutex::new(Vec::new()));
     let watch = tokio::spawn(watch_pod_stages(
         pods.clone(),
         desktop.repo_hash.clone(),
         Instant::now(),
+        stages.clone(),
     ));
     let session = format!(
         "demo-{}",
@@ -159,7 +162,7 @@ async fn demo(args: &Args) -> Result<()> {
         .context("running jbazel")?;
     let t_build = t_build_start.elapsed();
     watch.abort();
-    let stages = watch.await.unwrap_or_default();
+    let stages = stages.lock().map(|s| s.clone()).unwrap_or_default();
     if !status.success() {
         bail!(
             "jbazel build //... failed ({status}); orchestrator log: {}",
@@ -223,6 +226,25 @@ async fn demo(args: &Args) -> Result<()> {
     for (stage, at) in &stages {
         println!("  {stage:<26} {at:>8.2?} after jbazel started");
     }
+    if let Some(pod) = listed.items.first() {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let logs = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if let Some(us) = log_field(&logs, "pivoted", "micros") {
+            println!(
+                "  pivot (in the pod)         {:>8.2?}",
+                Duration::from_micros(us)
+            );
+        }
+        if let Some(ms) = log_field(&logs, "Bazel server ready", "startup_ms") {
+            println!(
+                "  Bazel server start (pod)   {:>8.2?}",
+                Duration::from_millis(ms)
+            );
+        }
+    }
     println!("  jbazel build //... total   {:>8.2?}", t_build);
 
     if args.teardown {
@@ -244,6 +266,15 @@ async fn demo(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The numeric `field=` of the first supervisor log line that contains `message`.
+fn log_field(logs: &str, message: &str, field: &str) -> Option<u64> {
+    let line = logs.lines().find(|l| l.contains(message))?;
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{field}=")))?;
+    value.trim_matches('"').parse().ok()
+}
+
 fn step(what: &str) {
     println!("==> {what}");
 }
@@ -258,32 +289,32 @@ fn write_pgid(dir: &Path, name: &str, pgid: u32) -> Result<()> {
     fs::write(&path, pgid.to_string()).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Pod stages and when they were first seen, relative to the start of `jbazel`.
+type Stages = Arc<Mutex<Vec<(String, Duration)>>>;
+
 /// When the pod for `repo_hash` reached each stage, seen by a watch (not polling).
-async fn watch_pod_stages(
-    pods: Api<Pod>,
-    repo_hash: String,
-    t0: Instant,
-) -> Vec<(String, Duration)> {
-    let mut stages: Vec<(String, Duration)> = Vec::new();
+async fn watch_pod_stages(pods: Api<Pod>, repo_hash: String, t0: Instant, seen: Stages) {
     let config = watcher::Config::default().labels(&format!("jbazel.dev/repo-hash={repo_hash}"));
     let mut stream = std::pin::pin!(watcher::watcher(pods, config));
-    let note = |stages: &mut Vec<(String, Duration)>, name: &str| {
-        if !stages.iter().any(|(s, _)| s == name) {
-            stages.push((name.to_string(), t0.elapsed()));
+    let note = |name: &str| {
+        if let Ok(mut stages) = seen.lock() {
+            if !stages.iter().any(|(s, _)| s == name) {
+                stages.push((name.to_string(), t0.elapsed()));
+            }
         }
     };
     while let Ok(Some(event)) = stream.try_next().await {
         let pod = match event {
-            Event::Apply(p) | Event::InitApply(p) => p,
+            Event::Apply(p) | Event::InitApply(p) if p.metadata.deletion_timestamp.is_none() => p,
             _ => continue,
         };
-        note(&mut stages, "pod created");
+        note("pod created");
         let status = pod.status.unwrap_or_default();
         for c in status.conditions.unwrap_or_default() {
             if c.status == "True" {
                 match c.type_.as_str() {
-                    "PodScheduled" => note(&mut stages, "pod scheduled"),
-                    "Ready" => note(&mut stages, "Bazel server ready"),
+                    "PodScheduled" => note("pod scheduled"),
+                    "Ready" => note("Bazel server ready"),
                     _ => {}
                 }
             }
@@ -294,10 +325,9 @@ async fn watch_pod_stages(
             .iter()
             .any(|cs| cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
         {
-            note(&mut stages, "supervisor running");
+            note("supervisor running");
         }
     }
-    stages
 }
 
 /// SIGKILLs a process group and waits (bounded) until its leader is gone, so its ports
@@ -327,13 +357,20 @@ async fn tear_down(args: &Args) -> Result<()> {
         let _ = nix::mount::umount2(&args.desktop_path, nix::mount::MntFlags::MNT_DETACH);
     }
     if let Ok(cluster) = Cluster::connect().await {
+        // Wait until the old pods are gone, so the next run starts cold and measures it,
+        // and two Bazel servers never share the output base.
         let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
-        let _ = pods
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels("app.kubernetes.io/name=jbazel-server"),
-            )
-            .await;
+        let old = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=jbazel-server"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for pod in old {
+            let name = pod.metadata.name.unwrap_or_default();
+            delete_pod_and_wait(&pods, &name, 10, Duration::from_secs(120))
+                .await
+                .with_context(|| format!("deleting the previous run's pod {name}"))?;
+        }
     }
     Ok(())
 }

@@ -238,6 +238,12 @@ impl PodSpecFor<'_> {
                 env("REPO_HASH", self.repo_hash),
                 env("SESSION_ID", self.session_id),
                 env("MOCK_FILESTORE_PATH", &root),
+                // The supervisor must finish Bazel's clean shutdown before the kubelet's
+                // SIGKILL: its own grace is the pod's minus a 2 s margin.
+                env(
+                    "GRACE_PERIOD_SECS",
+                    &(settings.termination_grace_seconds - 2).max(1).to_string(),
+                ),
                 env("ORCHESTRATOR_ADDR", &settings.orchestrator_addr),
                 field("POD_NAME", "metadata.name"),
                 field("POD_NAMESPACE", "metadata.namespace"),
@@ -328,6 +334,9 @@ impl PodSpecFor<'_> {
                 // The pod never calls the Kubernetes API: no token, no service env vars.
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),
+                // The pod resolves no cluster names (it reaches the orchestrator by IP), and
+                // clusters without cluster DNS warn on every sync under ClusterFirst.
+                dns_policy: Some("Default".to_string()),
                 node_selector: (!settings.node_selector.is_empty())
                     .then(|| settings.node_selector.clone()),
                 ..Default::default()
@@ -443,6 +452,7 @@ mod tests {
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.termination_grace_period_seconds, Some(10));
         assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
         assert_eq!(spec.node_selector, None);
         let volume = &spec.volumes.as_ref().expect("volumes")[0];
         let host_path = volume.host_path.as_ref().expect("hostPath");
@@ -478,6 +488,10 @@ mod tests {
         assert_eq!(env["REPO_HASH"], HASH);
         assert_eq!(env["SESSION_ID"], "boot-1");
         assert_eq!(env["MOCK_FILESTORE_PATH"], "/srv/fs");
+        assert_eq!(
+            env["GRACE_PERIOD_SECS"], "8",
+            "the supervisor finishes before the kubelet kills"
+        );
         assert_eq!(env["ORCHESTRATOR_ADDR"], "http://10.244.0.1:50051");
         assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
         assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
