@@ -2,7 +2,8 @@
 //!
 //! [`SpannerEmulator::start`] runs the preinstalled `emulator_main` on a free loopback port,
 //! in its own process group, creates an instance and a database from the repository's
-//! `schema.sql` over the admin gRPC API (no REST gateway, no gcloud), and kills the whole
+//! `schema.sql` over the admin gRPC API (`orchestrator::schema`; no REST gateway, no gcloud),
+//! and kills the whole
 //! group when the value is dropped. Each test gets its own emulator: no shared state, no
 //! ordering between tests.
 
@@ -14,18 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gcloud_gax::conn::Environment;
-use gcloud_googleapis::spanner::admin::database::v1::CreateDatabaseRequest;
-use gcloud_googleapis::spanner::admin::instance::v1::{CreateInstanceRequest, Instance};
-use gcloud_spanner::admin::client::Client as AdminClient;
-use gcloud_spanner::admin::AdminClientConfig;
 use gcloud_spanner::client::{Client, ClientConfig};
 
 /// Where the Google Cloud SDK installs the emulator; `SPANNER_EMULATOR_BIN` overrides it.
 pub const DEFAULT_EMULATOR_BIN: &str =
     "/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator/emulator_main";
-
-/// The project's schema, applied to every database the fixture creates.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 const PROJECT: &str = "jbazel-test";
 const INSTANCE: &str = "jbazel";
@@ -186,50 +180,13 @@ impl SpannerEmulator {
     }
 
     async fn create_database(&self) -> Result<(), EmulatorError> {
-        let admin = AdminClient::new(AdminClientConfig {
-            environment: Environment::Emulator(self.host()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| admin_err("connect", e))?;
-        let mut op = admin
-            .instance()
-            .create_instance(
-                CreateInstanceRequest {
-                    parent: format!("projects/{PROJECT}"),
-                    instance_id: INSTANCE.to_string(),
-                    instance: Some(Instance {
-                        name: format!("projects/{PROJECT}/instances/{INSTANCE}"),
-                        config: format!("projects/{PROJECT}/instanceConfigs/emulator-config"),
-                        display_name: INSTANCE.to_string(),
-                        node_count: 1,
-                        ..Default::default()
-                    }),
-                },
-                None,
-            )
+        // The orchestrator owns the schema and how it is applied; the fixture reuses it.
+        orchestrator::schema::create_database(&self.host(), PROJECT, INSTANCE, DATABASE)
             .await
-            .map_err(|e| admin_err("CreateInstance", e))?;
-        op.wait(None)
-            .await
-            .map_err(|e| admin_err("CreateInstance (wait)", e))?;
-        let mut op = admin
-            .database()
-            .create_database(
-                CreateDatabaseRequest {
-                    parent: format!("projects/{PROJECT}/instances/{INSTANCE}"),
-                    create_statement: format!("CREATE DATABASE `{DATABASE}`"),
-                    extra_statements: schema_statements(SCHEMA_SQL),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await
-            .map_err(|e| admin_err("CreateDatabase", e))?;
-        op.wait(None)
-            .await
-            .map_err(|e| admin_err("CreateDatabase (wait)", e))?;
-        Ok(())
+            .map_err(|e| EmulatorError::Admin {
+                call: "create instance and database",
+                message: e.to_string(),
+            })
     }
 }
 
@@ -245,56 +202,9 @@ impl Drop for SpannerEmulator {
     }
 }
 
-fn admin_err(call: &'static str, e: impl std::fmt::Display) -> EmulatorError {
-    EmulatorError::Admin {
-        call,
-        message: e.to_string(),
-    }
-}
-
-/// Splits a DDL file into statements: `--` comments dropped, `;` separated, blanks removed.
-pub fn schema_statements(sql: &str) -> Vec<String> {
-    let without_comments: String = sql
-        .lines()
-        .map(|line| match line.find("--") {
-            Some(i) => &line[..i],
-            None => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    without_comments
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 fn free_loopback_port() -> io::Result<SocketAddr> {
     // Bind port 0, read the port, release it. A race with another process is possible
     // but the emulator then exits at once and wait_listening reports it.
     let listener = TcpListener::bind("127.0.0.1:0")?;
     listener.local_addr()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_has_one_statement_without_comments() {
-        let stmts = schema_statements(SCHEMA_SQL);
-        assert_eq!(stmts.len(), 1, "{stmts:?}");
-        assert!(stmts[0].starts_with("CREATE TABLE BuildSessions"));
-        assert!(!stmts[0].contains("--"));
-        assert!(stmts[0].contains("PRIMARY KEY (UserId, RepoHash)"));
-    }
-
-    #[test]
-    fn statements_split_on_semicolons() {
-        let stmts = schema_statements(
-            "CREATE TABLE A (x INT64) PRIMARY KEY (x);\n-- c\n;CREATE INDEX I ON A (x);",
-        );
-        assert_eq!(stmts.len(), 2);
-    }
 }
