@@ -5,10 +5,12 @@
 //!   namespace per test, pod waits with deadlines.
 //! - [`platform`]: the platform's own programs run for real: an orchestrator process and a
 //!   desktop checkout that is a bind mount of the filestore.
+//! - [`process`]: a server process in its own process group, killed with it on drop.
 //!
 //! Architecture invariant: fixtures start real components (emulator, Bazel, cluster) and
 //! fail loudly when they cannot; nothing here fakes a component.
 
 pub mod cluster;
 pub mod platform;
+pub mod process;
 pub mod spanner;

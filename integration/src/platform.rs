@@ -6,13 +6,14 @@
 
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use md5::{Digest, Md5};
+
+use crate::process::GroupChild;
 
 /// Why a platform component could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -122,10 +123,9 @@ pub struct OrchestratorOptions {
 
 /// A running orchestrator process (its own process group; killed on drop unless detached).
 pub struct Orchestrator {
-    child: Child,
+    child: GroupChild,
     addr: SocketAddr,
     log_path: PathBuf,
-    detached: bool,
 }
 
 impl Orchestrator {
@@ -163,31 +163,30 @@ impl Orchestrator {
             )
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err)
-            .process_group(0);
-        if !opts.detached {
-            // SAFETY: prctl is async-signal-safe; the orchestrator dies with the test.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            .stderr(log_err);
+        let mut child =
+            GroupChild::spawn(&mut cmd, opts.detached).map_err(|source| PlatformError::Spawn {
+                what: bin.display().to_string(),
+                source,
+            })?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], opts.port));
+        if let Err(reason) = child.wait_listening(addr, Duration::from_secs(30)) {
+            let log = fs::read_to_string(&opts.log_path).unwrap_or_default();
+            return Err(PlatformError::OrchestratorDown {
+                addr,
+                reason,
+                log: opts.log_path.clone(),
+                tail: tail(&log, 30),
+            });
         }
-        let child = cmd.spawn().map_err(|source| PlatformError::Spawn {
-            what: bin.display().to_string(),
-            source,
-        })?;
-        let mut orch = Orchestrator {
+        if opts.detached {
+            child.detach();
+        }
+        Ok(Orchestrator {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], opts.port)),
+            addr,
             log_path: opts.log_path.clone(),
-            detached: opts.detached,
-        };
-        orch.wait_listening(Duration::from_secs(30))?;
-        Ok(orch)
+        })
     }
 
     /// `http://127.0.0.1:port`, for jbazel.
@@ -197,46 +196,12 @@ impl Orchestrator {
 
     /// Process group id (= pid): what a tear-down kills.
     pub fn pgid(&self) -> u32 {
-        self.child.id()
+        self.child.pgid()
     }
 
     /// The orchestrator's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn wait_listening(&mut self, limit: Duration) -> Result<(), PlatformError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            let reason = match self.child.try_wait() {
-                Ok(Some(status)) => Some(format!("exited with {status}")),
-                _ if Instant::now() > deadline => Some(format!("not listening after {limit:?}")),
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                return Err(PlatformError::OrchestratorDown {
-                    addr: self.addr,
-                    reason,
-                    log: self.log_path.clone(),
-                    tail: tail(&self.log(), 30),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Orchestrator {
-    fn drop(&mut self) {
-        if self.detached {
-            return;
-        }
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 

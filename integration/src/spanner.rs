@@ -8,14 +8,15 @@
 //! ordering between tests.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use gcloud_gax::conn::Environment;
 use gcloud_spanner::client::{Client, ClientConfig};
+
+use crate::process::GroupChild;
 
 /// Where the Google Cloud SDK installs the emulator; `SPANNER_EMULATOR_BIN` overrides it.
 pub const DEFAULT_EMULATOR_BIN: &str =
@@ -48,9 +49,8 @@ pub enum EmulatorError {
 
 /// A running emulator with the project's database created. Dropping it stops the emulator.
 pub struct SpannerEmulator {
-    child: Child,
+    child: GroupChild,
     addr: SocketAddr,
-    detached: bool,
 }
 
 /// How to start an emulator; the default is a test's: a free port, killed on drop.
@@ -82,40 +82,29 @@ impl SpannerEmulator {
         cmd.arg(format!("--host_port={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Own process group: Drop kills the group, whatever the emulator spawned.
-            .process_group(0);
-        if !options.detached {
-            // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
-            // emulator when this test process dies without running Drop.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|source| EmulatorError::Spawn {
-            bin: bin.clone(),
-            source,
-        })?;
+            .stderr(Stdio::null());
         // Not detached until set up: a failure below still kills the group on drop.
-        let mut emulator = SpannerEmulator {
-            child,
-            addr,
-            detached: false,
-        };
-        emulator.wait_listening()?;
+        let child = GroupChild::spawn(&mut cmd, options.detached).map_err(|source| {
+            EmulatorError::Spawn {
+                bin: bin.clone(),
+                source,
+            }
+        })?;
+        let mut emulator = SpannerEmulator { child, addr };
+        emulator
+            .child
+            .wait_listening(addr, START_DEADLINE)
+            .map_err(|reason| EmulatorError::NotListening { addr, reason })?;
         emulator.create_database().await?;
-        emulator.detached = options.detached;
+        if options.detached {
+            emulator.child.detach();
+        }
         Ok(emulator)
     }
 
     /// Process group id (= pid of the emulator): what a tear-down kills.
     pub fn pgid(&self) -> u32 {
-        self.child.id()
+        self.child.pgid()
     }
 
     /// `host:port` for `SPANNER_EMULATOR_HOST`.
@@ -157,28 +146,6 @@ impl SpannerEmulator {
             })
     }
 
-    fn wait_listening(&mut self) -> Result<(), EmulatorError> {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(EmulatorError::NotListening {
-                    addr: self.addr,
-                    reason: format!("emulator exited with {status}"),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(EmulatorError::NotListening {
-                    addr: self.addr,
-                    reason: format!("not listening after {START_DEADLINE:?}"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     async fn create_database(&self) -> Result<(), EmulatorError> {
         // The orchestrator owns the schema and how it is applied; the fixture reuses it.
         orchestrator::schema::create_database(&self.host(), PROJECT, INSTANCE, DATABASE)
@@ -187,18 +154,6 @@ impl SpannerEmulator {
                 call: "create instance and database",
                 message: e.to_string(),
             })
-    }
-}
-
-impl Drop for SpannerEmulator {
-    fn drop(&mut self) {
-        if self.detached {
-            return;
-        }
-        // The child leads its own group (process_group(0)), so its pid is the pgid.
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 
