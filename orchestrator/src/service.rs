@@ -654,6 +654,9 @@ impl Watch {
         if let Some(Progress::Failed { reason, message }) = view::event_failure(event) {
             return self.fail(reason, message, None).await;
         }
+        if view::expected_while_starting(event) {
+            return Next::Continue;
+        }
         let stage = self.last.as_ref().map_or(Stage::PodPending, |(s, _)| *s);
         let text = format!(
             "{}: {}",

@@ -219,6 +219,16 @@ pub fn event_failure(event: &Event) -> Option<Progress> {
     }
 }
 
+/// Events that are part of a normal start and would only alarm a person watching: the
+/// readiness probe fails (503) until the Bazel server answers Ping, by design.
+pub fn expected_while_starting(event: &Event) -> bool {
+    event.reason.as_deref() == Some("Unhealthy")
+        && event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Readiness probe failed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +478,27 @@ mod tests {
         );
         assert_eq!(event_failure(&ev("Normal", "Scheduled")), None);
         assert_eq!(event_failure(&ev("Warning", "BackOff")), None);
+    }
+
+    #[test]
+    fn readiness_failures_while_starting_are_not_news() {
+        let ev = |reason: &str, message: &str| Event {
+            type_: Some("Warning".into()),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        };
+        assert!(expected_while_starting(&ev(
+            "Unhealthy",
+            "Readiness probe failed: HTTP probe failed with statuscode: 503"
+        )));
+        assert!(!expected_while_starting(&ev(
+            "Unhealthy",
+            "Liveness probe failed: connection refused"
+        )));
+        assert!(!expected_while_starting(&ev(
+            "BackOff",
+            "Readiness probe failed"
+        )));
     }
 }
