@@ -4,10 +4,10 @@
 # second. Run as root (CI and the dev machines are root).
 set -euo pipefail
 
-# Bazel 4.2.3 (offline-capable) and the sandbox; the mock rule repos come with the source.
+# Bazel 4.2.3 (offline with the rule stubs in image/bazel) and the sandbox.
 # The rest is what the local Kubernetes needs (see integration/cluster/).
 PACKAGES=(
-  bazel-bootstrap bazel-bootstrap-source bubblewrap
+  bazel-bootstrap bubblewrap util-linux
   build-essential
   golang-go etcd-server containerd runc containernetworking-plugins
   debootstrap dpkg-dev iproute2 iptables openssl curl ca-certificates
