@@ -4,13 +4,14 @@
 //!
 //! One scenario walks a user's day, step by step, on one namespace: the first build spawns
 //! the pod; the second reuses it; a failing target's exit code comes through; `run` runs
-//! the binary on the desktop; a pod deleted by hand is respawned; a desktop bounce (new
+//! the binary on the desktop; Ctrl-C cancels the remote command; a pod deleted by hand is respawned; a desktop bounce (new
 //! SessionId) replaces the pod. Needs `integration/cluster/cluster.sh up && image/build.sh`
 //! (integration/test.sh does it) and fails, never skips, when a component is missing.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -157,7 +158,69 @@ async fn a_users_day_on_the_remote_bazel_server() {
     );
     fs::remove_dir_all(&broken).unwrap();
 
-    // 4. `run` builds remotely and runs the binary here, on the desktop.
+    // 4. Ctrl-C cancels the remote command through the port-forward hop: jbazel exits with
+    //    Bazel's 8 at once, and the next command does not wait for the lock (the genrule
+    //    would hold it for 60 s).
+    let slow = desktop.desktop_path.join("slow");
+    fs::create_dir_all(&slow).unwrap();
+    fs::write(
+        slow.join("BUILD"),
+        "genrule(name = \"slow\", outs = [\"slow.txt\"], cmd = \"sleep 60; echo done > $@\")\n",
+    )
+    .unwrap();
+    let mut cmd = desktop
+        .jbazel(&orchestrator.url(), "day1", &kubeconfig)
+        .expect("jbazel binary");
+    let mut child = cmd
+        .args(["build", "//slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jbazel must start");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("Found 1 target")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the slow build never started:\n{}", seen.join("\n")),
+        }
+    }
+    let interrupted = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    let cancel_took = interrupted.elapsed();
+    assert_eq!(status.code(), Some(8), "Bazel's 'interrupted' exit code");
+    assert!(
+        cancel_took < Duration::from_secs(2),
+        "cancel took {cancel_took:?}"
+    );
+    fs::remove_dir_all(&slow).unwrap();
+    let (out, took) = jbazel("day1", &["build", "//app:hello"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("after cancel", &out, took)
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the next command waited {took:?} for the lock"
+    );
+    eprintln!("e2e: Ctrl-C cancelled in {cancel_took:?}; next build {took:?}");
+
+    // 5. `run` builds remotely and runs the binary here, on the desktop.
     let (out, took) = jbazel("day1", &["run", "//app:hello"]);
     assert_eq!(out.status.code(), Some(0), "{}", show("run", &out, took));
     assert!(
@@ -166,7 +229,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
         show("run", &out, took)
     );
 
-    // 5. A pod deleted by hand is respawned by the next build.
+    // 6. A pod deleted by hand is respawned by the next build.
     let name = first[0].metadata.name.clone().unwrap_or_default();
     delete_pod_and_wait(&pods, &name, 0, Duration::from_secs(60))
         .await
@@ -182,7 +245,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
     assert_eq!(respawned.len(), 1);
     assert_ne!(uid(&respawned[0]), uid(&first[0]), "a new pod");
 
-    // 6. A desktop bounce (new SessionId): the old pod goes, a new one builds.
+    // 7. A desktop bounce (new SessionId): the old pod goes, a new one builds.
     let (out, took) = jbazel("day2", &["build", "//..."]);
     assert_eq!(
         out.status.code(),
