@@ -7,7 +7,7 @@
 #   ./integration/demo.sh --down       stop the demo's processes/pods and the cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 if [ "${1:-}" = "--down" ]; then
   [ -x target/debug/jbazel-demo ] && target/debug/jbazel-demo --down || true

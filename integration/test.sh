@@ -5,7 +5,7 @@
 # project's pod image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash integration/setup.sh
 integration/cluster/cluster.sh up
