@@ -19,6 +19,10 @@ use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{insert, update};
 use gcloud_spanner::row::Row;
 use gcloud_spanner::statement::Statement;
+use gcloud_spanner::statement::ToKind;
+
+/// `insert` or `update` of gcloud-spanner: same arguments, different mutation kind.
+type MutationFn = fn(&str, &[&str], &[&dyn ToKind]) -> gcloud_googleapis::spanner::v1::Mutation;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 use rand::Rng;
 use tokio::time::Instant;
@@ -284,31 +288,23 @@ where
     let row = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
     let row = row.map(|r| parse_value_columns(&r)).transpose()?;
     let (write, out) = decide(row.as_ref());
-    match write {
-        RowWrite::Keep => {}
-        RowWrite::Insert(r) => tx.buffer_write(vec![insert(
-            TABLE,
-            &ALL_COLUMNS,
-            &[
-                &key.user_id,
-                &key.repo_hash,
-                &r.session_id,
-                &r.pod_ip,
-                &r.status.as_str(),
-            ],
-        )]),
-        RowWrite::Update(r) => tx.buffer_write(vec![update(
-            TABLE,
-            &ALL_COLUMNS,
-            &[
-                &key.user_id,
-                &key.repo_hash,
-                &r.session_id,
-                &r.pod_ip,
-                &r.status.as_str(),
-            ],
-        )]),
-    }
+    // The same columns either way; only the mutation kind differs.
+    let (mutation, r): (MutationFn, _) = match write {
+        RowWrite::Keep => return Ok(out),
+        RowWrite::Insert(r) => (insert, r),
+        RowWrite::Update(r) => (update, r),
+    };
+    tx.buffer_write(vec![mutation(
+        TABLE,
+        &ALL_COLUMNS,
+        &[
+            &key.user_id,
+            &key.repo_hash,
+            &r.session_id,
+            &r.pod_ip,
+            &r.status.as_str(),
+        ],
+    )]);
     Ok(out)
 }
 
