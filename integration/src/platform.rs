@@ -6,12 +6,10 @@
 
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use md5::{Digest, Md5};
 
 use crate::process::GroupChild;
 
@@ -84,17 +82,6 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
-}
-
-/// Lower-case hex MD5 of a path's bytes: the RepoHash of a workspace at that path.
-pub fn repo_hash(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    hex::encode(Md5::digest(path.as_os_str().as_bytes()))
-}
-
-/// A free loopback TCP port (bind 0, read, release).
-pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// How to run an orchestrator.
@@ -230,7 +217,8 @@ impl Desktop {
         desktop_path: &Path,
         workspace: &Path,
     ) -> Result<Self, PlatformError> {
-        let hash = repo_hash(desktop_path);
+        // The same RepoHash jbazel computes for this checkout (its owner).
+        let hash = jbazel::workspace::repo_hash(desktop_path);
         let repo = filestore_root.join(user).join(&hash);
         let src = repo.join("src");
         let out = repo.join("out");
@@ -335,17 +323,6 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), PlatformError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn repo_hash_is_md5_of_the_path() {
-        // md5("/home/alice/src/sample")
-        assert_eq!(
-            repo_hash(Path::new("/home/alice/src/sample")),
-            hex::encode(Md5::digest(b"/home/alice/src/sample"))
-        );
-        assert_eq!(repo_hash(Path::new("/a")).len(), 32);
-        assert_ne!(repo_hash(Path::new("/a")), repo_hash(Path::new("/a/")));
-    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

@@ -8,7 +8,7 @@
 //! ordering between tests.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use gcloud_gax::conn::Environment;
 use gcloud_spanner::client::{Client, ClientConfig};
 
-use crate::process::GroupChild;
+use crate::process::{free_port, GroupChild};
 
 /// Where the Google Cloud SDK installs the emulator; `SPANNER_EMULATOR_BIN` overrides it.
 pub const DEFAULT_EMULATOR_BIN: &str =
@@ -76,7 +76,7 @@ impl SpannerEmulator {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_EMULATOR_BIN));
         let addr = match options.addr {
             Some(addr) => addr,
-            None => free_loopback_port().map_err(EmulatorError::Port)?,
+            None => SocketAddr::from(([127, 0, 0, 1], free_port().map_err(EmulatorError::Port)?)),
         };
         let mut cmd = Command::new(&bin);
         cmd.arg(format!("--host_port={addr}"))
@@ -155,11 +155,4 @@ impl SpannerEmulator {
                 message: e.to_string(),
             })
     }
-}
-
-fn free_loopback_port() -> io::Result<SocketAddr> {
-    // Bind port 0, read the port, release it. A race with another process is possible
-    // but the emulator then exits at once and wait_listening reports it.
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    listener.local_addr()
 }

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 
+use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
+
 use integration::cluster::{delete_pod_and_wait, Cluster, IMAGE};
-use integration::platform::{free_port, repo_root, Desktop, Orchestrator, OrchestratorOptions};
+use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
 use integration::spanner::SpannerEmulator;
 
 const USER: &str = "alice";
@@ -39,7 +41,7 @@ fn show(step: &str, out: &Output, took: Duration) -> String {
 }
 
 async fn server_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("jbazel.dev/repo-hash={repo_hash}")))
+    pods.list(&ListParams::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}")))
         .await
         .expect("list pods")
         .items
@@ -76,7 +78,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
         namespace: namespace.name().into(),
         filestore_root: filestore.clone(),
         image: IMAGE.into(),
-        port: free_port().expect("port"),
+        port: integration::process::free_port().expect("port"),
         log_path: scratch.path().join("orchestrator.log"),
         kubeconfig: cluster.kubeconfig().to_path_buf(),
         detached: false,
@@ -257,10 +259,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
     assert_eq!(bounced.len(), 1, "the old session's pod is gone");
     assert_ne!(uid(&bounced[0]), uid(&respawned[0]));
     let labels = bounced[0].metadata.labels.clone().unwrap_or_default();
-    assert_eq!(
-        labels.get("jbazel.dev/session").map(String::as_str),
-        Some("day2")
-    );
+    assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("day2"));
 
     drop(desktop);
     let _ = namespace.cleanup().await;

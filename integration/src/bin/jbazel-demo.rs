@@ -24,6 +24,8 @@ use kube::api::{ListParams, LogParams};
 use kube::runtime::watcher::{self, Event};
 use kube::Api;
 
+use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_REPO_HASH};
+
 use integration::cluster::{delete_pod_and_wait, describe_pod, Cluster, IMAGE};
 use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
 use integration::spanner::{EmulatorOptions, SpannerEmulator};
@@ -181,7 +183,7 @@ async fn demo(args: &Args) -> Result<()> {
         ),
     );
     let listed = pods
-        .list(&ListParams::default().labels(&format!("jbazel.dev/repo-hash={}", desktop.repo_hash)))
+        .list(&ListParams::default().labels(&format!("{LABEL_REPO_HASH}={}", desktop.repo_hash)))
         .await
         .context("listing pods")?;
     let pod_line = listed
@@ -294,7 +296,7 @@ type Stages = Arc<Mutex<Vec<(String, Duration)>>>;
 
 /// When the pod for `repo_hash` reached each stage, seen by a watch (not polling).
 async fn watch_pod_stages(pods: Api<Pod>, repo_hash: String, t0: Instant, seen: Stages) {
-    let config = watcher::Config::default().labels(&format!("jbazel.dev/repo-hash={repo_hash}"));
+    let config = watcher::Config::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}"));
     let mut stream = std::pin::pin!(watcher::watcher(pods, config));
     let note = |name: &str| {
         if let Ok(mut stages) = seen.lock() {
@@ -361,7 +363,7 @@ async fn tear_down(args: &Args) -> Result<()> {
         // and two Bazel servers never share the output base.
         let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
         let old = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=jbazel-server"))
+            .list(&ListParams::default().labels(APP_SELECTOR))
             .await
             .map(|l| l.items)
             .unwrap_or_default();
