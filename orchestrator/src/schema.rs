@@ -5,6 +5,7 @@ use gcloud_googleapis::spanner::admin::database::v1::CreateDatabaseRequest;
 use gcloud_googleapis::spanner::admin::instance::v1::{CreateInstanceRequest, Instance};
 use gcloud_spanner::admin::client::Client as AdminClient;
 use gcloud_spanner::admin::AdminClientConfig;
+use google_cloud_longrunning::longrunning::Operation;
 use tonic::Code;
 
 /// The project's schema.
@@ -36,8 +37,21 @@ pub fn schema_statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
-fn already_exists(status: &tonic::Status) -> bool {
-    status.code() == Code::AlreadyExists
+/// Waits for a create operation; AlreadyExists counts as done (the call is idempotent).
+async fn finish<T: prost::Message + Default>(
+    started: Result<Operation<T>, tonic::Status>,
+    call: &'static str,
+    err: &impl Fn(&'static str, String) -> SchemaError,
+) -> Result<(), SchemaError> {
+    match started {
+        Ok(mut op) => op
+            .wait(None)
+            .await
+            .map(drop)
+            .map_err(|e| err(call, format!("waiting: {e}"))),
+        Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+        Err(s) => Err(err(call, s.to_string())),
+    }
 }
 
 /// Creates the instance and the database with [`SCHEMA_SQL`] on the emulator unless they
@@ -60,7 +74,7 @@ pub async fn create_database(
     })
     .await
     .map_err(|e| err("connect", e.to_string()))?;
-    match admin
+    let instance_op = admin
         .instance()
         .create_instance(
             CreateInstanceRequest {
@@ -76,17 +90,9 @@ pub async fn create_database(
             },
             None,
         )
-        .await
-    {
-        Ok(mut op) => {
-            op.wait(None)
-                .await
-                .map_err(|e| err("CreateInstance (wait)", e.to_string()))?;
-        }
-        Err(s) if already_exists(&s) => {}
-        Err(s) => return Err(err("CreateInstance", s.to_string())),
-    }
-    match admin
+        .await;
+    finish(instance_op, "CreateInstance", &err).await?;
+    let database_op = admin
         .database()
         .create_database(
             CreateDatabaseRequest {
@@ -97,16 +103,8 @@ pub async fn create_database(
             },
             None,
         )
-        .await
-    {
-        Ok(mut op) => {
-            op.wait(None)
-                .await
-                .map_err(|e| err("CreateDatabase (wait)", e.to_string()))?;
-        }
-        Err(s) if already_exists(&s) => {}
-        Err(s) => return Err(err("CreateDatabase", s.to_string())),
-    }
+        .await;
+    finish(database_op, "CreateDatabase", &err).await?;
     Ok(())
 }
 
