@@ -3,11 +3,14 @@
 //!
 //! - [`orchestrator`]: the project's own API (GetServer, WatchServer, ReportReady).
 //! - [`command_server`]: Bazel 4.2.3's client/server protocol (Run, Ping, Cancel).
-//! - [`names`]: validation of UserId, RepoHash and SessionId, shared by all three programs.
+//! - [`names`]: the `UserId`, `RepoHash` and `SessionId` newtypes (built only by parsing),
+//!   shared by all three programs.
+//! - [`error_chain`]: the one printer of an error and its causes, used by all three.
 //!
 //! Architecture invariant: no I/O and no program logic here; only the wire types and the
 //! pure rules every side of the wire must agree on.
 
+pub mod error_chain;
 pub mod names;
 
 /// The orchestrator API (`orchestrator.proto`).

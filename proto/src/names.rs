@@ -1,8 +1,10 @@
 //! The API's rules for the identifiers every program receives from outside.
 //!
 //! UserId and RepoHash become filesystem paths (`R/<user>/<repo_hash>`) and pod names, and
-//! SessionId becomes a label value, so all three programs check them with these functions
-//! before any other use. Pure functions, no I/O.
+//! SessionId becomes a label value. All three programs hold them as the newtypes
+//! [`UserId`], [`RepoHash`] and [`SessionId`], which are built only by parsing (`parse`,
+//! `FromStr`, `TryFrom<String>`): a value of one of these types has been validated, so no
+//! other code checks again or forgets to. Pure, no I/O.
 
 use std::fmt;
 
@@ -111,8 +113,129 @@ pub fn validate_session_id(session_id: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// Defines a validated-string newtype: built only by parsing, read as `&str`.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $validate:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` and wraps it.
+            pub fn parse(value: impl Into<String>) -> Result<Self, InvalidName> {
+                let value = value.into();
+                $validate(&value)?;
+                Ok($name(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidName;
+            fn from_str(s: &str) -> Result<Self, InvalidName> {
+                $name::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidName;
+            fn try_from(s: String) -> Result<Self, InvalidName> {
+                $name::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A validated UserId (see [`validate_user_id`]): a DNS label.
+    UserId,
+    validate_user_id
+);
+name_type!(
+    /// A validated RepoHash (see [`validate_repo_hash`]): 32 lower-case hex digits.
+    RepoHash,
+    validate_repo_hash
+);
+name_type!(
+    /// A validated SessionId (see [`validate_session_id`]): a Kubernetes label value.
+    SessionId,
+    validate_session_id
+);
+
+/// The three names of a request, validated in the order the API lists them.
+pub fn parse_request_names(
+    user_id: &str,
+    repo_hash: &str,
+    session_id: &str,
+) -> Result<(UserId, RepoHash, SessionId), InvalidName> {
+    Ok((
+        UserId::parse(user_id)?,
+        RepoHash::parse(repo_hash)?,
+        SessionId::parse(session_id)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn newtypes_are_built_only_from_valid_values() {
+        let u: UserId = "alice".parse().expect("valid");
+        assert_eq!(u.as_str(), "alice");
+        assert_eq!(u, "alice");
+        assert_eq!(u.to_string(), "alice");
+        assert!(UserId::parse("Alice").is_err());
+        assert!(RepoHash::try_from("x".to_string()).is_err());
+        let h = RepoHash::parse("0123456789abcdef0123456789abcdef").expect("valid");
+        assert_eq!(String::from(h), "0123456789abcdef0123456789abcdef");
+        assert_eq!(SessionId::parse("").unwrap_err().field, "session_id");
+        let err = parse_request_names("alice", "nothex", "").unwrap_err();
+        assert_eq!(err.field, "repo_hash", "first bad field in API order");
+    }
+
     use super::*;
 
     #[test]
