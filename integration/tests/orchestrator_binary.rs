@@ -61,12 +61,9 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     let _ns_guard = NamespaceGuard(namespace.clone());
     let filestore = tempfile::tempdir().expect("filestore");
     let log_path = filestore.path().join("orchestrator.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = integration::process::free_port().expect("free port");
     let log = std::fs::File::create(&log_path).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let child = Command::new(integration::platform::workspace_binary("orchestrator").expect("cargo build --bins first"))
         .args([
             "--project",
             emulator.project(),

@@ -1,7 +1,7 @@
 //! GetServer latency on a READY row vs one raw read-write transaction on the same emulator,
 //! and the wall time of 100 distinct users' GetServer issued at once.
 //!
-//! `cargo bench -p orchestrator --bench get_server` (full run). Under `cargo test
+//! `cargo bench -p integration --bench get_server` (full run). Under `cargo test
 //! --all-targets` the same binary runs a short smoke pass (no `--bench` argument), so CI
 //! checks the bench still works without paying for it.
 //!
