@@ -44,7 +44,7 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (iterations, users) = if full { (2000, 100) } else { (50, 10) };
-    app::install_crypto_provider();
+    proto::tls::install_crypto_provider();
 
     let emulator = SpannerEmulator::start().await.expect("emulator must start");
     let store = Store::from_client(emulator.client().await.expect("spanner client"));

@@ -106,7 +106,7 @@ impl Cluster {
 
     /// Like [`Cluster::connect`] with an explicit kubeconfig.
     pub async fn connect_with(kubeconfig: &Path) -> Result<Self, ClusterError> {
-        install_crypto_provider();
+        proto::tls::install_crypto_provider();
         let path = kubeconfig.to_path_buf();
         let kc = Kubeconfig::read_from(&path).map_err(|source| ClusterError::Kubeconfig {
             path: path.clone(),
@@ -481,13 +481,6 @@ pub async fn delete_pod_and_wait(
     })?
     .map_err(|source| ClusterError::Watch { what, source })?;
     Ok(())
-}
-
-/// kube (rustls with aws-lc-rs) and the Spanner client in one process need an explicit
-/// process-wide crypto provider, else rustls panics at the first TLS handshake.
-fn install_crypto_provider() {
-    // Err means one is installed already, which is what we want.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn node_is_ready(node: &Node) -> bool {

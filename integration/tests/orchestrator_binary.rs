@@ -52,7 +52,7 @@ impl Drop for ProcessGuard {
 
 #[tokio::test]
 async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_on_sigterm() {
-    orchestrator::app::install_crypto_provider();
+    proto::tls::install_crypto_provider();
     let cluster = Cluster::connect()
         .await
         .expect("the local cluster must be up (integration/cluster/cluster.sh up)");

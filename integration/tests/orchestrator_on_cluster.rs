@@ -77,7 +77,7 @@ impl Prepared {
             .with_test_writer()
             .try_init();
         let serial = ONE_AT_A_TIME.lock().await;
-        app::install_crypto_provider();
+        proto::tls::install_crypto_provider();
         let cluster = Cluster::connect()
             .await
             .expect("the local cluster must be up (integration/cluster/cluster.sh up)");

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 const HASH: &str = "0123456789abcdef0123456789abcdef";
 
 async fn store() -> (SpannerEmulator, Store) {
-    orchestrator::app::install_crypto_provider();
+    proto::tls::install_crypto_provider();
     let emulator = SpannerEmulator::start().await.expect("emulator must start");
     let client = emulator.client().await.expect("client");
     (emulator, Store::from_client(client))

@@ -43,8 +43,7 @@ enum Done {
 
 fn main() {
     let start = Instant::now();
-    // kube (port-forward) and tonic share one rustls provider: aws-lc-rs, chosen explicitly.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    proto::tls::install_crypto_provider();
     let argv: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())

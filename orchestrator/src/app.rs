@@ -53,13 +53,6 @@ pub enum AppError {
     },
 }
 
-/// Installs the process-wide rustls provider (aws-lc-rs). kube and the Spanner client both
-/// use rustls; with two providers compiled in, rustls cannot pick one by itself and panics
-/// at the first TLS connection (environment.md). Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
 /// The kube client: from `kubeconfig` when given, else the standard lookup.
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AppError> {
     let config = match kubeconfig {

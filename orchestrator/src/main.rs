@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    app::install_crypto_provider();
+    proto::tls::install_crypto_provider();
 
     if config.create_database {
         schema::create_database(

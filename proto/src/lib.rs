@@ -6,12 +6,14 @@
 //! - [`names`]: the `UserId`, `RepoHash` and `SessionId` newtypes (built only by parsing),
 //!   shared by all three programs.
 //! - [`error_chain`]: the one printer of an error and its causes, used by all three.
+//! - [`tls`]: the one process-wide rustls crypto provider choice, used by all three.
 //!
-//! Architecture invariant: no I/O and no program logic here; only the wire types and the
+//! Architecture invariant: no network or file I/O and no program logic here; only the wire types and the
 //! pure rules every side of the wire must agree on.
 
 pub mod error_chain;
 pub mod names;
+pub mod tls;
 
 /// The orchestrator API (`orchestrator.proto`).
 pub mod orchestrator {
