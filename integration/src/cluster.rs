@@ -300,18 +300,6 @@ pub enum PodProgress {
     Failed(String),
 }
 
-/// Container waiting reasons after which a pod never starts without outside help.
-const HOPELESS_WAITING_REASONS: &[&str] = &[
-    "ErrImageNeverPull",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CrashLoopBackOff",
-    "CreateContainerError",
-    "CreateContainerConfigError",
-    "RunContainerError",
-];
-
 /// Reads a pod's status against a goal (None: the pod does not exist).
 pub fn pod_progress(pod: Option<&Pod>, goal: PodGoal) -> PodProgress {
     let Some(pod) = pod else {
@@ -341,7 +329,8 @@ pub fn pod_progress(pod: Option<&Pod>, goal: PodGoal) -> PodProgress {
         .filter_map(|cs| cs.state.as_ref()?.waiting.as_ref());
     for w in waiting {
         let reason = w.reason.as_deref().unwrap_or("");
-        if HOPELESS_WAITING_REASONS.contains(&reason) {
+        // The orchestrator's own list: the harness and WatchServer agree on "hopeless".
+        if orchestrator::pods::view::FAILURE_REASONS.contains(&reason) {
             let mut msg = format!("container waiting: {reason}");
             if let Some(m) = &w.message {
                 msg.push_str(": ");
