@@ -22,7 +22,8 @@
 #                     default /var/cache/jbazel/image/jbazel-bazel-server-dev.tar, written
 #                     only with --no-import or when containerd lacks the base layer
 # Env: JBAZEL_CONTAINERD_SOCK (default /var/lib/jbazel-cluster/containerd/containerd.sock),
-#      DEBIAN_MIRROR (default http://deb.debian.org/debian), CARGO_TARGET_DIR.
+#      DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR (default: the machine's apt archive for the
+#      suite, from /etc/apt; see image/apt-sources.sh), CARGO_TARGET_DIR.
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -32,9 +33,11 @@ REPO=$(cd "$HERE/.." && pwd)
 CACHE=${JBAZEL_CACHE:-/var/cache/jbazel}/image
 TAG=docker.io/library/jbazel-bazel-server:dev
 SOCK=${JBAZEL_CONTAINERD_SOCK:-/var/lib/jbazel-cluster/containerd/containerd.sock}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SUITE=bookworm
+# shellcheck source=apt-sources.sh
+. "$HERE/apt-sources.sh"
+MIRROR=${DEBIAN_MIRROR:-$(apt_archive_uri "$SUITE")}
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-$(apt_archive_uri "$SUITE-security")}
 RULES_DIR=/opt/jbazel
 RECIPE_VERSION=1 # bump when the base-layer recipe below changes
 
@@ -53,6 +56,7 @@ done
 log() { printf '[image %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 t0=$SECONDS
+[[ -n $MIRROR ]] || die "no apt archive for suite $SUITE in /etc/apt/sources.list{,.d}: configure one, or set DEBIAN_MIRROR"
 
 [[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, ctr)"
 mkdir -p "$CACHE"
@@ -97,7 +101,7 @@ build_base() {
     cat >"$rootfs/etc/apt/sources.list" <<EOF
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
-deb $SECURITY_MIRROR $SUITE-security main
+${SECURITY_MIRROR:+deb $SECURITY_MIRROR $SUITE-security main}
 EOF
     printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
     chmod +x "$rootfs/usr/sbin/policy-rc.d"

@@ -18,17 +18,37 @@ for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-# `apt-get source kubernetes` needs a deb-src entry (deb822, same key as the main archive).
+# `apt-get source kubernetes` needs a deb-src entry for the distribution's own suite. It is
+# derived from the machine's configured `deb` entry for that suite (same URIs, components and
+# signing key), never spelled out here: the project names no archive host.
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[ -n "$codename" ] || { echo "setup: /etc/os-release has no VERSION_CODENAME" >&2; exit 1; }
 src_list=/etc/apt/sources.list.d/jbazel-deb-src.sources
+# shellcheck source=../image/apt-sources.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../image/apt-sources.sh"
+mapfile -t apt_files < <(apt_source_files "$src_list")
+
 need_update=0
-if ! grep -rqsE '^deb-src .*bookworm|^Types:.*deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  cat > "$src_list" <<'SRC'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+has_deb_src=0
+for f in "${apt_files[@]}" "$src_list"; do
+  [ -f "$f" ] || continue
+  if grep -qsE "^deb-src .*[[:space:]]$codename[[:space:]]" "$f" \
+    || { grep -qsiE '^Types:.*deb-src' "$f" && grep -qsiE "^Suites:.*(^|[[:space:]])$codename([[:space:]]|$)" "$f"; }; then
+    has_deb_src=1
+  fi
+done
+if [ $has_deb_src = 0 ]; then
+  entry=$(apt_deb_entries "${apt_files[@]}" | awk -F'\t' -v suite="$codename" '$2 == suite {
+    printf "Types: deb-src\nURIs: %s\nSuites: %s\nComponents: %s\n", $1, $2, $3
+    if ($4 != "") printf "Signed-By: %s\n", $4
+    print ""
+  }')
+  if [ -z "$entry" ]; then
+    echo "setup: no apt 'deb' entry for suite '$codename' in /etc/apt/sources.list or /etc/apt/sources.list.d/;" \
+      "add the distribution's archive there (the deb-src entry for 'apt-get source kubernetes' is derived from it)" >&2
+    exit 1
+  fi
+  printf '%s\n' "$entry" > "$src_list"
   need_update=1
 fi
 
