@@ -20,7 +20,7 @@ pub enum PlatformError {
     #[error("binary {0} not found: run `cargo build --workspace --bins` first")]
     MissingBinary(PathBuf),
     /// A process could not be spawned.
-    #[error("cannot start {what}: {source}")]
+    #[error("cannot start {what}")]
     Spawn { what: String, source: io::Error },
     /// The orchestrator did not come up.
     #[error("orchestrator on {addr} did not start: {reason}; log {log}:\n{tail}")]
@@ -31,19 +31,22 @@ pub enum PlatformError {
         tail: String,
     },
     /// A filesystem step failed.
-    #[error("{what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Fs {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
     /// The desktop bind mount failed.
-    #[error("cannot bind-mount {src} on {target}: {source}")]
+    #[error("cannot bind-mount {src} on {target}")]
     Mount {
         src: PathBuf,
         target: PathBuf,
         source: nix::Error,
     },
+    /// The sample workspace could not be copied into the filestore.
+    #[error("cannot copy the workspace into the filestore")]
+    CopyWorkspace(#[from] testkit::CopyError),
 }
 
 fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PlatformError + 'a {
@@ -224,7 +227,7 @@ impl Desktop {
         let out = repo.join("out");
         fs::create_dir_all(&src).map_err(fs_err("create", &src))?;
         fs::create_dir_all(&out).map_err(fs_err("create", &out))?;
-        copy_tree(workspace, &src)?;
+        testkit::copy_dir(workspace, &src)?;
         fs::create_dir_all(desktop_path).map_err(fs_err("create", desktop_path))?;
         nix::mount::mount(
             Some(&src),
@@ -301,23 +304,6 @@ impl Drop for Desktop {
     fn drop(&mut self) {
         self.unmount();
     }
-}
-
-/// Copies a directory tree of regular files and dirs (the sample workspace).
-pub fn copy_tree(from: &Path, to: &Path) -> Result<(), PlatformError> {
-    for entry in fs::read_dir(from).map_err(fs_err("read", from))? {
-        let entry = entry.map_err(fs_err("read", from))?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let ty = entry.file_type().map_err(fs_err("stat", &src))?;
-        if ty.is_dir() {
-            fs::create_dir_all(&dst).map_err(fs_err("create", &dst))?;
-            copy_tree(&src, &dst)?;
-        } else if ty.is_file() {
-            fs::copy(&src, &dst).map_err(fs_err("copy", &src))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

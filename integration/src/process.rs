@@ -2,16 +2,10 @@
 //! the handle drops, or left running when detached (the demo's emulator and orchestrator).
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-/// A free loopback port: bind port 0, read it, release it. Another process may take it
-/// before the server binds; the server then exits at once and `wait_listening` says so.
-pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// A child leading its own process group.
 pub struct GroupChild {

@@ -16,7 +16,8 @@ use std::time::Duration;
 use gcloud_gax::conn::Environment;
 use gcloud_spanner::client::{Client, ClientConfig};
 
-use crate::process::{free_port, GroupChild};
+use crate::process::GroupChild;
+use testkit::free_port;
 
 /// Where the Google Cloud SDK installs the emulator; `SPANNER_EMULATOR_BIN` overrides it.
 pub const DEFAULT_EMULATOR_BIN: &str =

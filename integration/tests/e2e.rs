@@ -78,7 +78,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
         namespace: namespace.name().into(),
         filestore_root: filestore.clone(),
         image: IMAGE.into(),
-        port: integration::process::free_port().expect("port"),
+        port: testkit::free_port().expect("port"),
         log_path: scratch.path().join("orchestrator.log"),
         kubeconfig: cluster.kubeconfig().to_path_buf(),
         detached: false,

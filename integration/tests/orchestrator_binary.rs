@@ -61,31 +61,33 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     let _ns_guard = NamespaceGuard(namespace.clone());
     let filestore = tempfile::tempdir().expect("filestore");
     let log_path = filestore.path().join("orchestrator.log");
-    let port = integration::process::free_port().expect("free port");
+    let port = testkit::free_port().expect("free port");
     let log = std::fs::File::create(&log_path).expect("log");
-    let child = Command::new(integration::platform::workspace_binary("orchestrator").expect("cargo build --bins first"))
-        .args([
-            "--project",
-            emulator.project(),
-            "--instance",
-            emulator.instance(),
-        ])
-        // A database the fixture did not create: --create-database makes it from schema.sql.
-        .args(["--database", "fresh", "--create-database"])
-        .args(["--namespace", &namespace, "--image", PAUSE_IMAGE])
-        .arg("--filestore-root")
-        .arg(filestore.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("SPANNER_EMULATOR_HOST", emulator.host())
-        .env("KUBECONFIG", kubeconfig_path())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start the orchestrator binary");
+    let child = Command::new(
+        integration::platform::workspace_binary("orchestrator").expect("cargo build --bins first"),
+    )
+    .args([
+        "--project",
+        emulator.project(),
+        "--instance",
+        emulator.instance(),
+    ])
+    // A database the fixture did not create: --create-database makes it from schema.sql.
+    .args(["--database", "fresh", "--create-database"])
+    .args(["--namespace", &namespace, "--image", PAUSE_IMAGE])
+    .arg("--filestore-root")
+    .arg(filestore.path())
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .env("SPANNER_EMULATOR_HOST", emulator.host())
+    .env("KUBECONFIG", kubeconfig_path())
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1")
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().expect("log"))
+    .stderr(log)
+    .process_group(0)
+    .spawn()
+    .expect("start the orchestrator binary");
     let mut child = ProcessGuard(child);
     let url = format!("http://127.0.0.1:{port}");
 

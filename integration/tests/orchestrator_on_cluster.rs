@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gcloud_spanner::statement::Statement;
@@ -125,7 +125,7 @@ impl Prepared {
         let repo = self.filestore.path().join(user).join(HASH);
         let sample =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration/sample-workspace");
-        copy_dir(&sample, &repo.join("src"));
+        testkit::copy_dir(&sample, &repo.join("src")).expect("copy the sample workspace");
         std::fs::create_dir_all(repo.join("out")).expect("mkdir out");
         repo
     }
@@ -300,19 +300,6 @@ where
         }
         assert!(Instant::now() < end, "timed out after {deadline:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read sample workspace") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
 

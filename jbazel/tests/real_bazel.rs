@@ -392,7 +392,7 @@ fn dry_run_contacts_nothing() {
     std::fs::write(ws.join("MODULE.bazel"), "").expect("write");
     std::fs::write(ws.join(".bazelrc"), "build --jobs=3\n").expect("write");
     // Nothing listens on these addresses: contacting either would fail the command.
-    let dead = support::free_port().expect("port");
+    let dead = testkit::free_port().expect("port");
     let o = std::process::Command::new(jbazel_bin())
         .args([
             "--nohome_rc",

@@ -12,7 +12,7 @@
 //!   invocation, so nothing leaks into the host's mount table).
 //!
 //! The server is stopped by its pid (from `out/server/server.pid.txt`) when the fixture drops.
-//! Shared by the integration tests and `jbazel-bench` (included with `#[path]`).
+//! Shared by the integration tests and the `no_op` bench (included with `#[path]`).
 
 #![allow(dead_code)]
 
@@ -37,39 +37,14 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/work/main"))
 }
 
-/// A free TCP port on 127.0.0.1 (closed again; Bazel binds it right after).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 pub fn md5_hex(s: &str) -> String {
     hex::encode(Md5::digest(s.as_bytes()))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("mkdir {}", to.display()))?;
-    for e in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
-        let e = e?;
-        let dst = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &dst)?;
-        } else {
-            std::fs::copy(e.path(), &dst)
-                .with_context(|| format!("copy {} -> {}", e.path().display(), dst.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Waits for `cond` to hold, polling, until `deadline`; Err names what was awaited.
 pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > deadline {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !testkit::wait_until(deadline, &mut cond) {
+        bail!("timed out after {deadline:?} waiting for {what}");
     }
     Ok(())
 }
@@ -130,7 +105,7 @@ impl BazelServer {
         let (src, out) = (base.join("src"), base.join("out"));
         std::fs::create_dir_all(&out)?;
         let repo = repo_root();
-        copy_dir(&repo.join("integration/sample-workspace"), &src)?;
+        testkit::copy_dir(&repo.join("integration/sample-workspace"), &src)?;
         for (rel, text) in &opts.files {
             let p = src.join(rel);
             if let Some(d) = p.parent() {
@@ -144,8 +119,8 @@ impl BazelServer {
         }
         // The rule stubs must be visible inside the server's namespace (its /work is a tmpfs).
         let rules = t.join("rules");
-        copy_dir(&repo.join("image/bazel/rules_cc"), &rules.join("rules_cc"))?;
-        copy_dir(
+        testkit::copy_dir(&repo.join("image/bazel/rules_cc"), &rules.join("rules_cc"))?;
+        testkit::copy_dir(
             &repo.join("image/bazel/rules_java"),
             &rules.join("rules_java"),
         )?;
@@ -158,7 +133,7 @@ impl BazelServer {
         )?;
         let home = t.join("home");
         std::fs::create_dir_all(&home)?;
-        let port = free_port()?;
+        let port = testkit::free_port().context("a free loopback port")?;
 
         let started = Instant::now();
         let script = r#"set -e
@@ -313,7 +288,7 @@ exec "$@""#;
     pub fn real_bazel_local(&self, args: &[&str]) -> Result<Command> {
         let ws = self.tmp.path().join("local-ws");
         if !ws.exists() {
-            copy_dir(&self.src, &ws)?;
+            testkit::copy_dir(&self.src, &ws)?;
         }
         let mut c = Command::new("bazel");
         c.arg("--batch")

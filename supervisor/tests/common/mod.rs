@@ -4,11 +4,17 @@
 //! Everything lives under /tmp (never under /work: the pivot hides /work behind a tmpfs).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use testkit::wait_until;
+
+/// A free loopback port (see `testkit::free_port`); panics in a test that cannot get one.
+pub fn free_port() -> u16 {
+    testkit::free_port().expect("a free loopback port")
+}
 
 pub const HASH: &str = "0123456789abcdef0123456789abcdef";
 pub const USER: &str = "alice";
@@ -83,16 +89,18 @@ impl Filestore {
     /// Copies the sample workspace into src and writes a system rc whose rule stubs live in
     /// this temp dir (outside /work, so they stay visible after the pivot). Returns the rc.
     pub fn with_sample_workspace(&self) -> PathBuf {
-        copy_dir(
+        testkit::copy_dir(
             &repo_root().join("integration/sample-workspace"),
             &self.src(),
-        );
+        )
+        .expect("copy fixture tree");
         let rules = self.root().join("rules");
         for stub in ["rules_cc", "rules_java"] {
-            copy_dir(
+            testkit::copy_dir(
                 &repo_root().join("image/bazel").join(stub),
                 &rules.join(stub),
-            );
+            )
+            .expect("copy fixture tree");
         }
         let template = std::fs::read_to_string(repo_root().join("image/bazel/system.bazelrc.in"))
             .expect("rc template");
@@ -149,19 +157,6 @@ pub fn tree_snapshot(root: &Path) -> Vec<String> {
     v
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let dst = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).expect("copy");
-        }
-    }
-}
-
 /// Mount-table lines that concern this test: /work and the temp filestore. The whole table
 /// is not compared: the local cluster and other tests mount things concurrently.
 pub fn relevant_mounts(root: &Path) -> Vec<String> {
@@ -207,29 +202,6 @@ pub fn work_mounts() -> usize {
                 .is_some_and(|mp| mp == "/work" || mp.starts_with("/work/"))
         })
         .count()
-}
-
-/// A port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Polls `cond` every 50 ms until it holds or `within` passes. Returns whether it held.
-pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits for a child with a deadline (polling try_wait).

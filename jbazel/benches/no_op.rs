@@ -1,7 +1,7 @@
-//! `jbazel-bench`: warm no-op build time of jbazel vs the real `bazel` client on the SAME
+//! The `no_op` bench: warm no-op build time of jbazel vs the real `bazel` client on the SAME
 //! Bazel server, and jbazel's own start-up time.
 //!
-//! `cargo run --release -p jbazel --bin jbazel-bench` (root; Debian bazel-bootstrap).
+//! `cargo bench -p jbazel --bench no_op` (root; Debian bazel-bootstrap).
 //!
 //! Set-up (the integration tests' fixture): a temp filestore, a real Bazel 4.2.3 server in
 //! its own mount namespace seeing `/work/src` + `/work/out`, its published system rc holding
@@ -12,7 +12,7 @@
 //! wrapper process) with the server's startup options, so it neither restarts the server
 //! nor pays for anything jbazel does not.
 
-#[path = "../../tests/support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
-    name = "jbazel-bench",
+    name = "no_op",
     about = "Warm no-op build: jbazel vs the real bazel client on one server"
 )]
 struct Args {
@@ -37,6 +37,9 @@ struct Args {
     /// What to build.
     #[arg(long, default_value = "//...")]
     target: String,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -92,32 +95,15 @@ fn private_bind(src: &Path, at: &Path) -> Result<()> {
     Ok(())
 }
 
-fn jbazel_path() -> Result<PathBuf> {
-    let me = std::env::current_exe().context("current_exe")?;
-    let jb = me.with_file_name("jbazel");
-    if !jb.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = me.parent().is_some_and(|d| d.ends_with("release"));
-        let mut c = Command::new(cargo);
-        c.args(["build", "-p", "jbazel", "--bin", "jbazel"]);
-        if release {
-            c.arg("--release");
-        }
-        let st = c.status().context("cargo build jbazel")?;
-        if !st.success() || !jb.is_file() {
-            bail!(
-                "{} missing; run `cargo build --release -p jbazel`",
-                jb.display()
-            );
-        }
-    }
-    Ok(jb)
+fn jbazel_path() -> PathBuf {
+    // Cargo builds the package's binaries, in the bench profile, before it runs a bench.
+    PathBuf::from(env!("CARGO_BIN_EXE_jbazel"))
 }
 
 fn main() -> Result<()> {
     // Before any thread exists: unshare(CLONE_NEWNS) needs a single-threaded process.
     let args = Args::parse();
-    let jbazel = jbazel_path()?;
+    let jbazel = jbazel_path();
     let srv = support::BazelServer::start(support::Options {
         debian_rc_in_system_rc: true,
         ..Default::default()
