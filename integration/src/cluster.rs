@@ -11,6 +11,7 @@
 //! Architecture invariant: this module never starts or stops the cluster; `cluster.sh up`
 //! does, once, before the tests (they share the cluster, each in its own namespace).
 
+use proto::error_chain::ErrorChain;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,13 +44,13 @@ const HINT: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The kubeconfig is missing or invalid.
-    #[error("cannot load kubeconfig {path}: {source}; {HINT}")]
+    #[error("cannot load kubeconfig {path} ({HINT})")]
     Kubeconfig {
         path: PathBuf,
         source: KubeconfigError,
     },
     /// The kube client could not be built from the kubeconfig.
-    #[error("cannot build a Kubernetes client from {path}: {source}")]
+    #[error("cannot build a Kubernetes client from {path}")]
     Client { path: PathBuf, source: kube::Error },
     /// The API server did not answer.
     #[error("the API server of {path} does not answer: {reason}; {HINT}")]
@@ -58,10 +59,10 @@ pub enum ClusterError {
     #[error("no Ready node in the cluster of {path} (nodes: {nodes}); {HINT}")]
     NoReadyNode { path: PathBuf, nodes: String },
     /// An API call failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Api { action: String, source: kube::Error },
     /// The watch behind a wait failed.
-    #[error("watching {what} failed: {source}")]
+    #[error("watching {what} failed")]
     Watch {
         what: String,
         source: kube::runtime::wait::Error,
@@ -272,7 +273,7 @@ impl Drop for TestNamespace {
                 tracing::warn!(namespace = %self.name, status = %s, "kubectl delete namespace failed")
             }
             Err(e) => {
-                tracing::warn!(namespace = %self.name, error = %e, "cannot run kubectl to delete the test namespace")
+                tracing::warn!(namespace = %self.name, error = %ErrorChain(&e), "cannot run kubectl to delete the test namespace")
             }
         }
     }

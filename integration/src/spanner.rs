@@ -32,11 +32,11 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
     /// The emulator binary is missing or not executable.
-    #[error("cannot start the Spanner emulator {bin}: {source}")]
+    #[error("cannot start the Spanner emulator {bin}")]
     Spawn { bin: PathBuf, source: io::Error },
     /// No free loopback port could be reserved.
-    #[error("cannot reserve a loopback port for the Spanner emulator: {0}")]
-    Port(io::Error),
+    #[error("cannot reserve a loopback port for the Spanner emulator")]
+    Port(#[source] io::Error),
     /// The emulator exited or did not listen in time.
     #[error("the Spanner emulator on {addr} did not start: {reason}")]
     NotListening { addr: SocketAddr, reason: String },

@@ -14,6 +14,7 @@
 use crate::paths::StreamRewriter;
 use proto::command_server::command_server_client::CommandServerClient;
 use proto::command_server::{CancelRequest, ExecRequest, RunRequest, RunResponse};
+use proto::error_chain::ErrorChain;
 use std::io::Write;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -65,7 +66,7 @@ pub enum ClientError {
     #[error("the Bazel server ended the command without an exit code")]
     NoExitCode,
     /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
+    #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
 }
 
@@ -142,7 +143,7 @@ pub async fn cancel(channel: Channel, cookie: String, command_id: String) -> boo
             true
         }
         Ok(Err(status)) => {
-            tracing::warn!(command_id = %command_id, error = %status, "cancel failed");
+            tracing::warn!(command_id = %command_id, error = %ErrorChain(&status), "cancel failed");
             false
         }
         Err(_) => {

@@ -11,6 +11,7 @@
 
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
+use proto::error_chain::ErrorChain;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -56,19 +57,19 @@ impl std::fmt::Display for Target {
 /// Why the hop failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HopError {
-    #[error("invalid server address {addr:?}: {source}")]
+    #[error("invalid server address {addr:?}")]
     BadAddress {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("cannot connect to the Bazel server at {target}: {source}")]
+    #[error("cannot connect to the Bazel server at {target}")]
     Connect {
         target: String,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("cannot load the Kubernetes client config (KUBECONFIG): {source}")]
+    #[error("cannot load the Kubernetes client config (KUBECONFIG)")]
     Kube {
         #[source]
         source: kube::Error,
@@ -109,7 +110,7 @@ pub async fn connect(target: &Target) -> Result<Channel, HopError> {
             match direct(&addr, Some(POD_IP_CONNECT_TIMEOUT)).await {
                 Ok(c) => Ok(c),
                 Err(e) => {
-                    tracing::warn!(pod = %pod, error = %e, "pod IP unreachable; using port-forward");
+                    tracing::warn!(pod = %pod, error = %ErrorChain(&e), "pod IP unreachable; using port-forward");
                     port_forward(namespace, pod, *port).await
                 }
             }

@@ -23,7 +23,7 @@ const AUDIT_UNSET: &str = "4294967295";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// `JBAZEL_USER` or the login name is not a valid UserId.
-    #[error("{source} (user {user:?} from {origin}; set JBAZEL_USER to a lower-case DNS label)")]
+    #[error("user {user:?} from {origin} is not a valid user id (set JBAZEL_USER to a lower-case DNS label)")]
     BadUser {
         user: String,
         origin: &'static str,
@@ -31,7 +31,7 @@ pub enum IdentityError {
         source: InvalidName,
     },
     /// `JBAZEL_SESSION_ID` is not a valid SessionId.
-    #[error("{source} (from JBAZEL_SESSION_ID)")]
+    #[error("JBAZEL_SESSION_ID is not a valid session id")]
     BadSession {
         #[source]
         source: InvalidName,
@@ -40,7 +40,7 @@ pub enum IdentityError {
     #[error("cannot find the login name of uid {uid}; set JBAZEL_USER")]
     NoLogin { uid: u32 },
     /// The derived session is invalid (a bug in the derivation or very odd inputs).
-    #[error("derived session id {session:?} is invalid: {source}; set JBAZEL_SESSION_ID")]
+    #[error("derived session id {session:?} is invalid (set JBAZEL_SESSION_ID)")]
     Derived {
         session: String,
         #[source]

@@ -15,6 +15,7 @@ use jbazel::progress::{PlainLines, Progress, Spinner};
 use jbazel::rc::{self, DiskFs, RcLocations};
 use jbazel::{terminal, workspace};
 use proto::command_server::RunRequest;
+use proto::error_chain::ErrorChain;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,25 +53,11 @@ fn main() {
         Ok(Done::Exit(c)) => c,
         Ok(Done::Signal(sig)) => client::die_by_signal(sig),
         Err(f) => {
-            eprintln!("jbazel: ERROR: {}", render(&f.err));
+            eprintln!("jbazel: ERROR: {}", ErrorChain(f.err.as_ref()));
             f.code
         }
     };
     std::process::exit(code);
-}
-
-/// The error and its causes on one line, each cause once: our error types often name their
-/// source in their own message already, and `{:#}` would repeat it.
-fn render(err: &anyhow::Error) -> String {
-    let mut line = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    line
 }
 
 fn init_tracing(debug: bool) {
@@ -136,7 +123,7 @@ fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
         };
         fail(
             BAD_ARGV,
-            anyhow!("{what} is only supported from within a workspace: {e}"),
+            anyhow!(e).context(format!("{what} is only supported from within a workspace")),
         )
     })?;
     let sources = identity::Sources::read(settings.user.clone(), settings.session_id.clone());
@@ -480,25 +467,5 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             let code = plan.mirror.abrupt_exit_code();
             Err(fail(code, anyhow!(e).context(format!("server {target}"))))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::render;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("bad user ({source})")]
-    struct Outer {
-        source: std::io::Error,
-    }
-
-    #[test]
-    fn render_names_each_cause_once() {
-        let inner = std::io::Error::other("not a DNS label");
-        let err = anyhow::Error::new(Outer { source: inner });
-        assert_eq!(render(&err), "bad user (not a DNS label)");
-        let err = anyhow::Error::new(std::io::Error::other("refused")).context("connecting");
-        assert_eq!(render(&err), "connecting: refused");
     }
 }

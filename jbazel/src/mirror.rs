@@ -12,7 +12,7 @@ pub const FALLBACK_POD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 
 /// A file of the mirror that could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {}: {source}", path.display())]
+#[error("cannot read {}", path.display())]
 pub struct MirrorError {
     pub path: PathBuf,
     #[source]

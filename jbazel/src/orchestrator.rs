@@ -32,14 +32,14 @@ pub struct ServerLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
     /// The address is not a URL tonic accepts.
-    #[error("invalid orchestrator address {addr:?}: {source}")]
+    #[error("invalid orchestrator address {addr:?}")]
     BadAddress {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
     /// No connection to the orchestrator.
-    #[error("cannot reach the orchestrator at {addr}: {source}")]
+    #[error("cannot reach the orchestrator at {addr}")]
     Connect {
         addr: String,
         #[source]

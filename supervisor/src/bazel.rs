@@ -2,6 +2,7 @@
 //! `command_port`, cookies), Ping with the request cookie (the response cookie must match),
 //! the protocol `shutdown`, and the process checks (procfs) and signals around it.
 
+use proto::error_chain::ErrorChain;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::reaper::ExitInfo;
 /// Why talking to the server failed. Each names the file or the address.
 #[derive(Debug, thiserror::Error)]
 pub enum BazelError {
-    #[error("cannot read {path:?}: {source}")]
+    #[error("cannot read {path:?}")]
     File {
         path: PathBuf,
         source: std::io::Error,
@@ -288,7 +289,7 @@ pub async fn stop(
         let budget = grace / 2;
         match c.shutdown(budget).await {
             Ok(code) => tracing::info!(pid, exit_code = code, "Bazel acknowledged shutdown"),
-            Err(e) => tracing::warn!(pid, error = %e, "protocol shutdown failed"),
+            Err(e) => tracing::warn!(pid, error = %ErrorChain(&e), "protocol shutdown failed"),
         }
         if wait_gone(pid, &mut exited, start + budget).await {
             return Stopped::Protocol;

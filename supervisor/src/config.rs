@@ -29,7 +29,7 @@ pub enum ConfigError {
     #[error("filestore root {0:?} must be an absolute path")]
     RelativeRoot(PathBuf),
     /// The filestore root cannot be resolved.
-    #[error("filestore root {path:?} is unusable: {source}")]
+    #[error("filestore root {path:?} is unusable")]
     Root { path: PathBuf, source: io::Error },
     /// A repository dir does not exist (or is a dangling symlink).
     #[error(
@@ -51,7 +51,7 @@ pub enum ConfigError {
     #[error("src {src:?} and out {out:?} overlap: refused")]
     Overlap { src: PathBuf, out: PathBuf },
     /// A path could not be inspected.
-    #[error("cannot inspect {path:?}: {source}")]
+    #[error("cannot inspect {path:?}")]
     Io { path: PathBuf, source: io::Error },
     /// The system bazelrc cannot be read.
     #[error("system bazelrc {path:?}: {reason}")]

@@ -5,6 +5,7 @@
 //! response cookie (the supervising loop keeps [`Readiness`] current); `/healthz` is 200 while
 //! the supervisor runs. Hand-rolled on purpose: two fixed routes do not need an HTTP stack.
 
+use proto::error_chain::ErrorChain;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -100,7 +101,7 @@ pub async fn serve(listener: TcpListener, readiness: Readiness) {
         let (mut sock, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "health endpoint: accept failed");
+                tracing::warn!(error = %ErrorChain(&e), "health endpoint: accept failed");
                 continue;
             }
         };

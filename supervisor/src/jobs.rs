@@ -3,6 +3,7 @@
 //! restart the server with backoff when it dies, and shut it down cleanly on SIGTERM/SIGINT.
 //! (`supervisor run` needs no runtime: see [`crate::run`].)
 
+use proto::error_chain::ErrorChain;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -49,7 +50,7 @@ struct Running {
 
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("cannot run the Bazel client {client:?}: {source}")]
+    #[error("cannot run the Bazel client {client:?}")]
     Spawn {
         client: String,
         source: std::io::Error,
@@ -77,7 +78,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     let mut shutdown = match Shutdown::install() {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
+            tracing::error!(error = %ErrorChain(&e), "cannot install signal handlers");
             return 1;
         }
     };
@@ -85,7 +86,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     let listener = match TcpListener::bind(s.health_addr).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(addr = %s.health_addr, error = %e, "cannot listen for health checks");
+            tracing::error!(addr = %s.health_addr, error = %ErrorChain(&e), "cannot listen for health checks");
             eprintln!("supervisor: cannot listen on {}: {e}", s.health_addr);
             return 1;
         }
@@ -96,8 +97,8 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     let out = &plan.out_seen_by_supervisor;
     let env = publish::client_env_text(|k| std::env::var(k).ok());
     if let Err(e) = publish::publish(out, &cfg.bazel.system_bazelrc_text, &env) {
-        tracing::error!(error = %e, "cannot publish the jbazel files");
-        eprintln!("supervisor: {e}");
+        tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
+        eprintln!("supervisor: {}", ErrorChain(&e));
         return 1;
     }
     tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
@@ -119,8 +120,8 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             Ok(r) => r,
             Err((e, client_pid)) => {
                 failures += 1;
-                tracing::error!(error = %e, failures, "Bazel server start failed");
-                readiness.set(false, format!("start failed: {e}"));
+                tracing::error!(error = %ErrorChain(&e), failures, "Bazel server start failed");
+                readiness.set(false, format!("start failed: {}", ErrorChain(&e)));
                 if let Some(p) = client_pid {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(p),
@@ -296,7 +297,7 @@ async fn monitor(
                     }
                     Err(e) => {
                         failed += 1;
-                        tracing::warn!(pid, failed, error = %e, "Ping failed");
+                        tracing::warn!(pid, failed, error = %ErrorChain(&e), "Ping failed");
                         readiness.set(false, e.to_string());
                         if failed >= HUNG_AFTER_PINGS {
                             return End::Died(format!("Bazel server pid {pid} did not answer {failed} Pings"));

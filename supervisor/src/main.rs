@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing::Instrument as _;
 
+use proto::error_chain::ErrorChain;
 use supervisor::cli::{Cli, Command, Format, LogFormat, ModeRequest};
 use supervisor::config::{Config, Job};
 use supervisor::health;
@@ -129,7 +130,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
             Err(e @ PivotError::Unshare { .. })
                 if opts.mode == ModeRequest::Auto && facts.bwrap.is_some() =>
             {
-                tracing::warn!(error = %e, "direct pivot refused; falling back to bwrap");
+                tracing::warn!(error = %ErrorChain(&e), "direct pivot refused; falling back to bwrap");
                 the_plan = plan::plan(&cfg, ModeRequest::Bwrap, &facts, &opts.bwrap)
                     .map_err(|e| Failure::new(EXIT_SETUP, e))?;
             }
@@ -164,28 +165,13 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
     )
 }
 
-/// The error and its causes, each once (thiserror messages often embed their source already).
-fn render_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
-}
-
 fn main() {
     let cli = Cli::parse();
     init_tracing(cli.opts.log_format);
     let code = match real_main(cli) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("supervisor: error: {}", render_chain(&f.error));
+            eprintln!("supervisor: error: {}", ErrorChain(f.error.as_ref()));
             f.code
         }
     };

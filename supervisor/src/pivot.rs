@@ -25,7 +25,7 @@ use crate::plan::{Mode, MountPlan, WORK, WORK_OUT, WORK_SRC};
 #[derive(Debug, thiserror::Error)]
 pub enum PivotError {
     /// A source dir could not be opened.
-    #[error("cannot open {path:?}: {source}")]
+    #[error("cannot open {path:?}")]
     Open { path: PathBuf, source: nix::Error },
     /// A source dir changed (e.g. became a symlink) between validation and the mount.
     #[error("{path:?} now resolves to {now:?}: refused (changed since validation)")]
@@ -34,26 +34,26 @@ pub enum PivotError {
     #[error("the pivot must run single-threaded, but the process has {0} threads")]
     Threads(u64),
     /// unshare(2) failed.
-    #[error("unshare({flags}) failed: {source} (needs CAP_SYS_ADMIN or user namespaces)")]
+    #[error("unshare({flags}) failed (needs CAP_SYS_ADMIN or user namespaces)")]
     Unshare {
         flags: &'static str,
         source: nix::Error,
     },
     /// Writing a user-namespace map failed.
-    #[error("cannot write {file}: {source}")]
+    #[error("cannot write {file}")]
     IdMap {
         file: &'static str,
         source: std::io::Error,
     },
     /// A mount step failed.
-    #[error("mount step {step} on {target:?} failed: {source}")]
+    #[error("mount step {step} on {target:?} failed")]
     Mount {
         step: &'static str,
         target: PathBuf,
         source: nix::Error,
     },
     /// A mount point could not be made.
-    #[error("cannot create mount point {path:?}: {source}")]
+    #[error("cannot create mount point {path:?}")]
     Mkdir {
         path: PathBuf,
         source: std::io::Error,
@@ -62,7 +62,7 @@ pub enum PivotError {
     #[error("mount verification failed: {0}")]
     Verify(String),
     /// chdir into the view failed.
-    #[error("cannot chdir to {path:?}: {source}")]
+    #[error("cannot chdir to {path:?}")]
     Chdir { path: PathBuf, source: nix::Error },
 }
 

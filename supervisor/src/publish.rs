@@ -20,7 +20,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub const CLIENT_ENV_VARS: &[&str] = &["PATH"];
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot publish {path:?}: {source}")]
+#[error("cannot publish {path:?}")]
 pub struct PublishError {
     pub path: PathBuf,
     pub source: std::io::Error,

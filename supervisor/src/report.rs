@@ -3,6 +3,7 @@
 //! Runs as its own task with retry and backoff; the Bazel server never waits for it, and a
 //! lost report is repaired by the orchestrator's pod watch (design: "two paths, one truth").
 
+use proto::error_chain::ErrorChain;
 use std::time::Duration;
 
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
@@ -58,7 +59,7 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
             .timeout(Duration::from_secs(10)),
         Err(e) => {
             // Validated at start-up; kept as a log rather than a panic.
-            tracing::error!(orchestrator = %addr, error = %e, "bad orchestrator address");
+            tracing::error!(orchestrator = %addr, error = %ErrorChain(&e), "bad orchestrator address");
             return ReportOutcome::Disabled;
         }
     };
@@ -84,7 +85,7 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
             }
             Err(e) => {
                 let delay = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
-                tracing::warn!(orchestrator = %addr, attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                tracing::warn!(orchestrator = %addr, attempt, error = %ErrorChain(e.as_ref()), retry_in_ms = delay.as_millis() as u64,
                     "ReportReady failed; retrying");
                 tokio::time::sleep(delay).await;
             }

@@ -8,6 +8,7 @@
 //! Handlers, not a blocked mask + sigwait: a spawned child inherits the signal mask (std no
 //! longer resets it), while handled signals fall back to their defaults across exec.
 
+use proto::error_chain::ErrorChain;
 use std::io::Read as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -70,12 +71,12 @@ pub fn run_command(plan: &MountPlan) -> i32 {
     let mut signals = match install_handlers() {
         Ok(fd) => std::fs::File::from(fd),
         Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
+            tracing::error!(error = %ErrorChain(&e), "cannot install signal handlers");
             return 1;
         }
     };
     if let Err(e) = reaper::become_subreaper() {
-        tracing::error!(error = %e, "cannot become the child subreaper");
+        tracing::error!(error = %ErrorChain(&e), "cannot become the child subreaper");
         return 1;
     }
     let mut cmd = pivot::command_in_view(plan, &plan.command);
@@ -83,7 +84,7 @@ pub fn run_command(plan: &MountPlan) -> i32 {
         match pivot::add_bwrap_info_fd(&mut cmd) {
             Ok(i) => Some(i),
             Err(e) => {
-                tracing::error!(error = %e, "cannot create bwrap's info pipe");
+                tracing::error!(error = %ErrorChain(&e), "cannot create bwrap's info pipe");
                 return 1;
             }
         }
@@ -93,7 +94,7 @@ pub fn run_command(plan: &MountPlan) -> i32 {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(command = ?plan.command, error = %e, "cannot start the command");
+            tracing::error!(command = ?plan.command, error = %ErrorChain(&e), "cannot start the command");
             eprintln!("supervisor: cannot start {:?}: {e}", plan.command[0]);
             return if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -120,14 +121,14 @@ pub fn run_command(plan: &MountPlan) -> i32 {
             Ok(_) => break None,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!(error = %e, "reading the signal pipe failed");
+                tracing::error!(error = %ErrorChain(&e), "reading the signal pipe failed");
                 break None;
             }
         };
         if sig != Signal::SIGCHLD {
             tracing::info!(pid = target, signal = %sig, "forwarding signal");
             if let Err(e) = kill(Pid::from_raw(target), sig) {
-                tracing::warn!(pid = target, signal = %sig, error = %e, "forwarding failed");
+                tracing::warn!(pid = target, signal = %sig, error = %ErrorChain(&e), "forwarding failed");
             }
             continue;
         }
