@@ -207,7 +207,7 @@ pub struct Desktop {
     pub filestore_root: PathBuf,
     pub user: String,
     pub desktop_path: PathBuf,
-    pub repo_hash: String,
+    pub repo_hash: proto::names::RepoHash,
     mounted: bool,
 }
 

@@ -1,7 +1,7 @@
 //! Who is asking: UserId and SessionId.
 //!
 //! - UserId: `JBAZEL_USER` when set, else the login name of the real uid (passwd entry).
-//!   Validated with [`proto::names::validate_user_id`]; a login name that is not a DNS label
+//!   Parsed into a [`proto::names::UserId`]; a login name that is not a DNS label
 //!   (`John.Doe`) is refused with a hint to set `JBAZEL_USER` rather than silently mangled,
 //!   since two mangled names could collide on one server.
 //! - SessionId: `JBAZEL_SESSION_ID` when set, else derived from the desktop login session so
@@ -14,7 +14,7 @@
 //! The derivation is a pure function ([`derive_session_id`]); [`Sources::read`] gathers its
 //! inputs at the edge.
 
-use proto::names::{validate_session_id, validate_user_id, InvalidName};
+use proto::names::{InvalidName, SessionId, UserId};
 
 /// The audit session id of a process without one.
 const AUDIT_UNSET: &str = "4294967295";
@@ -90,8 +90,8 @@ impl Sources {
 /// The settled identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user_id: String,
-    pub session_id: String,
+    pub user_id: UserId,
+    pub session_id: SessionId,
 }
 
 /// UserId and SessionId from their sources, validated.
@@ -101,15 +101,14 @@ pub fn resolve(src: &Sources) -> Result<Identity, IdentityError> {
         (None, Some(u)) => (u.clone(), "the login name"),
         (None, None) => return Err(IdentityError::NoLogin { uid: src.uid }),
     };
-    validate_user_id(&user).map_err(|source| IdentityError::BadUser {
+    let user_id = UserId::parse(user.as_str()).map_err(|source| IdentityError::BadUser {
         user: user.clone(),
         origin,
         source,
     })?;
     let session_id = match &src.jbazel_session_id {
         Some(s) => {
-            validate_session_id(s).map_err(|source| IdentityError::BadSession { source })?;
-            s.clone()
+            SessionId::parse(s.as_str()).map_err(|source| IdentityError::BadSession { source })?
         }
         None => {
             let s = derive_session_id(
@@ -117,15 +116,14 @@ pub fn resolve(src: &Sources) -> Result<Identity, IdentityError> {
                 src.xdg_session_id.as_deref(),
                 src.audit_session_id.as_deref(),
             );
-            validate_session_id(&s).map_err(|source| IdentityError::Derived {
+            SessionId::parse(s.as_str()).map_err(|source| IdentityError::Derived {
                 session: s.clone(),
                 source,
-            })?;
-            s
+            })?
         }
     };
     Ok(Identity {
-        user_id: user,
+        user_id,
         session_id,
     })
 }
@@ -188,7 +186,7 @@ mod tests {
         for (boot, xdg, audit, want) in cases {
             let got = derive_session_id(boot, xdg, audit);
             assert_eq!(got, want, "{boot:?} {xdg:?} {audit:?}");
-            assert_eq!(validate_session_id(&got), Ok(()), "{got}");
+            assert!(SessionId::parse(got.as_str()).is_ok(), "{got}");
         }
         // A bounce (new boot id, or a new login session) gives another SessionId.
         let other_boot = "99999999-77b0-4c1d-9e0a-0123456789ab";

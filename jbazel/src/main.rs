@@ -16,6 +16,7 @@ use jbazel::rc::{self, DiskFs, RcLocations};
 use jbazel::{terminal, workspace};
 use proto::command_server::RunRequest;
 use proto::error_chain::ErrorChain;
+use proto::names::RepoHash;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -77,7 +78,7 @@ struct Plan {
     cl: args::CommandLine,
     root: PathBuf,
     cwd: PathBuf,
-    repo_hash: String,
+    repo_hash: RepoHash,
     id: Identity,
     map: PathMap,
     mirror: Mirror,
@@ -129,7 +130,6 @@ fn real_main(start: Instant, argv: Vec<String>) -> Result<Done, Fail> {
     let sources = identity::Sources::read(settings.user.clone(), settings.session_id.clone());
     let id = identity::resolve(&sources).map_err(|e| fail(BAD_ARGV, e))?;
     let repo_hash = workspace::repo_hash(&ws.root);
-    proto::names::validate_repo_hash(&repo_hash).map_err(|e| fail(LOCAL_ENV, e))?;
     let mut map = PathMap::new(&ws.root, &settings.filestore_root, &id.user_id, &repo_hash);
     map.aliases = [
         (map.mirror_src.clone(), paths::POD_SRC),

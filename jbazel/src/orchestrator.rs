@@ -4,6 +4,7 @@
 //! Decisions are pure ([`step`], [`location`]); [`await_ready`] is the gRPC edge.
 
 use crate::progress::{Progress, TICK};
+use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::{
     GetServerRequest, Server, ServerEvent, ServerStatus, Stage, WatchServerRequest,
@@ -14,9 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 /// The identity of one build session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ids {
-    pub user_id: String,
-    pub repo_hash: String,
-    pub session_id: String,
+    pub user_id: UserId,
+    pub repo_hash: RepoHash,
+    pub session_id: SessionId,
 }
 
 /// Where a READY server is.
@@ -48,8 +49,8 @@ pub enum OrchestratorError {
     /// GetServer failed.
     #[error("orchestrator refused GetServer (user {user}, repo {repo_hash}): {}: {}", status.code(), status.message())]
     GetServer {
-        user: String,
-        repo_hash: String,
+        user: UserId,
+        repo_hash: RepoHash,
         status: tonic::Status,
     },
     /// WatchServer failed (the orchestrator's reason for a failed spawn is in the status).
@@ -202,9 +203,9 @@ async fn follow(
 ) -> Result<ServerLocation, OrchestratorError> {
     let got = client
         .get_server(GetServerRequest {
-            user_id: ids.user_id.clone(),
-            repo_hash: ids.repo_hash.clone(),
-            session_id: ids.session_id.clone(),
+            user_id: ids.user_id.to_string(),
+            repo_hash: ids.repo_hash.to_string(),
+            session_id: ids.session_id.to_string(),
         })
         .await
         .map_err(|status| OrchestratorError::GetServer {
@@ -224,9 +225,9 @@ async fn follow(
     progress.stage(last_stage, "");
     let mut stream = client
         .watch_server(WatchServerRequest {
-            user_id: ids.user_id.clone(),
-            repo_hash: ids.repo_hash.clone(),
-            session_id: ids.session_id.clone(),
+            user_id: ids.user_id.to_string(),
+            repo_hash: ids.repo_hash.to_string(),
+            session_id: ids.session_id.to_string(),
         })
         .await
         .map_err(|status| OrchestratorError::Watch { status })?
@@ -438,9 +439,11 @@ mod tests {
 
     fn ids() -> Ids {
         Ids {
-            user_id: "alice".into(),
-            repo_hash: "0123456789abcdef0123456789abcdef".into(),
-            session_id: "s1".into(),
+            user_id: "alice".parse().expect("valid user"),
+            repo_hash: "0123456789abcdef0123456789abcdef"
+                .parse()
+                .expect("valid hash"),
+            session_id: "s1".parse().expect("valid session"),
         }
     }
 

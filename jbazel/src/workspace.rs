@@ -19,6 +19,7 @@
 //! Pure functions over a [`MarkerProbe`] so the walk is table-tested without touching a disk.
 
 use md5::{Digest, Md5};
+use proto::names::RepoHash;
 use std::path::{Path, PathBuf};
 
 /// The marker files, in the order they are reported (any one makes a root).
@@ -90,7 +91,7 @@ pub fn find_root(start: &Path, probe: &dyn MarkerProbe) -> Result<Workspace, Wor
 
 /// RepoHash: lower-case hex MD5 of the root's absolute path, as bytes, with no trailing
 /// slash (`/home/u/src/x`, never `/home/u/src/x/`).
-pub fn repo_hash(root: &Path) -> String {
+pub fn repo_hash(root: &Path) -> RepoHash {
     use std::os::unix::ffi::OsStrExt;
     let bytes = root.as_os_str().as_bytes();
     let trimmed = if bytes.len() > 1 {
@@ -98,7 +99,7 @@ pub fn repo_hash(root: &Path) -> String {
     } else {
         bytes
     };
-    hex::encode(Md5::digest(trimmed))
+    RepoHash::from_md5(Md5::digest(trimmed).into())
 }
 
 #[cfg(test)]
@@ -213,7 +214,6 @@ mod tests {
         for (path, want) in cases {
             let got = repo_hash(Path::new(path));
             assert_eq!(got, want, "{path}");
-            proto::names::validate_repo_hash(&got).expect("valid repo hash");
         }
     }
 }

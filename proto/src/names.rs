@@ -118,6 +118,7 @@ macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
         pub struct $name(String);
 
         impl $name {
@@ -146,6 +147,13 @@ macro_rules! name_type {
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
+            }
+        }
+
+        /// A name is also a path component (`R/<user>/<repo_hash>`).
+        impl AsRef<std::path::Path> for $name {
+            fn as_ref(&self) -> &std::path::Path {
+                std::path::Path::new(&self.0)
             }
         }
 
@@ -206,6 +214,18 @@ name_type!(
     validate_session_id
 );
 
+impl RepoHash {
+    /// The RepoHash of an MD5 digest: its 32 lower-case hex digits, valid by construction.
+    pub fn from_md5(digest: [u8; 16]) -> RepoHash {
+        use std::fmt::Write as _;
+        let mut hex = String::with_capacity(32);
+        for b in digest {
+            let _ = write!(hex, "{b:02x}");
+        }
+        RepoHash(hex)
+    }
+}
+
 /// The three names of a request, validated in the order the API lists them.
 pub fn parse_request_names(
     user_id: &str,
@@ -232,6 +252,9 @@ mod tests {
         let h = RepoHash::parse("0123456789abcdef0123456789abcdef").expect("valid");
         assert_eq!(String::from(h), "0123456789abcdef0123456789abcdef");
         assert_eq!(SessionId::parse("").unwrap_err().field, "session_id");
+        let from_md5 = RepoHash::from_md5([0xab; 16]);
+        assert_eq!(from_md5, "abababababababababababababababab");
+        assert_eq!(RepoHash::parse(from_md5.as_str()), Ok(from_md5));
         let err = parse_request_names("alice", "nothex", "").unwrap_err();
         assert_eq!(err.field, "repo_hash", "first bad field in API order");
     }

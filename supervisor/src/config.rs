@@ -9,7 +9,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use proto::names::{validate_repo_hash, validate_session_id, validate_user_id, InvalidName};
+use proto::names::{InvalidName, RepoHash, SessionId, UserId};
 
 use crate::cli::{Command, Opts};
 
@@ -76,9 +76,9 @@ pub enum Job {
 /// The user's names, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user_id: String,
-    pub repo_hash: String,
-    pub session_id: Option<String>,
+    pub user_id: UserId,
+    pub repo_hash: RepoHash,
+    pub session_id: Option<SessionId>,
 }
 
 /// The repository's dirs on the filestore, canonical (symlinks resolved) and checked.
@@ -129,19 +129,16 @@ pub fn validate_identity(
 ) -> Result<Identity, ConfigError> {
     let user_id = user_id.ok_or(ConfigError::Missing("USER_ID"))?;
     let repo_hash = repo_hash.ok_or(ConfigError::Missing("REPO_HASH"))?;
-    validate_user_id(user_id)?;
-    validate_repo_hash(repo_hash)?;
+    let user_id = UserId::parse(user_id)?;
+    let repo_hash = RepoHash::parse(repo_hash)?;
     // An empty SESSION_ID counts as unset (`SESSION_ID=` in a manifest).
-    let session_id = match session_id.filter(|s| !s.is_empty()) {
-        Some(s) => {
-            validate_session_id(s)?;
-            Some(s.to_owned())
-        }
-        None => None,
-    };
+    let session_id = session_id
+        .filter(|s| !s.is_empty())
+        .map(SessionId::parse)
+        .transpose()?;
     Ok(Identity {
-        user_id: user_id.to_owned(),
-        repo_hash: repo_hash.to_owned(),
+        user_id,
+        repo_hash,
         session_id,
     })
 }

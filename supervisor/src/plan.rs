@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use proto::names::{RepoHash, SessionId, UserId};
 use serde::Serialize;
 
 use crate::cli::ModeRequest;
@@ -183,9 +184,9 @@ pub struct ServerPlan {
 /// The whole plan, as `--dry-run --format json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountPlan {
-    pub user_id: String,
-    pub repo_hash: String,
-    pub session_id: Option<String>,
+    pub user_id: UserId,
+    pub repo_hash: RepoHash,
+    pub session_id: Option<SessionId>,
     #[serde(flatten)]
     pub mode: ModeChoice,
     /// Namespaces created in direct mode (`user` only without CAP_SYS_ADMIN).
@@ -427,9 +428,11 @@ mod tests {
         let repo = PathBuf::from("/fs/alice/0123456789abcdef0123456789abcdef");
         Config {
             identity: Identity {
-                user_id: "alice".into(),
-                repo_hash: "0123456789abcdef0123456789abcdef".into(),
-                session_id: Some("s1".into()),
+                user_id: "alice".parse().expect("valid user"),
+                repo_hash: "0123456789abcdef0123456789abcdef"
+                    .parse()
+                    .expect("valid hash"),
+                session_id: Some("s1".parse().expect("valid session")),
             },
             dirs: RepoDirs {
                 root: PathBuf::from("/fs"),

@@ -21,9 +21,13 @@ pub use crate::backoff::backoff;
 /// The request this pod sends. Pure.
 pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportReadyRequest {
     ReportReadyRequest {
-        user_id: id.user_id.clone(),
-        repo_hash: id.repo_hash.clone(),
-        session_id: id.session_id.clone().unwrap_or_default(),
+        user_id: id.user_id.to_string(),
+        repo_hash: id.repo_hash.to_string(),
+        session_id: id
+            .session_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         pod_name: r.pod_name.clone(),
         pod_ip: r.pod_ip.clone(),
         command_port: u32::from(command_port),
@@ -100,9 +104,11 @@ mod tests {
     #[test]
     fn request_carries_identity_and_port() {
         let id = Identity {
-            user_id: "alice".into(),
-            repo_hash: "0123456789abcdef0123456789abcdef".into(),
-            session_id: Some("s1".into()),
+            user_id: "alice".parse().expect("valid user"),
+            repo_hash: "0123456789abcdef0123456789abcdef"
+                .parse()
+                .expect("valid hash"),
+            session_id: Some("s1".parse().expect("valid session")),
         };
         let r = ReportSettings {
             orchestrator_addr: Some("http://10.244.0.1:50051".into()),

@@ -295,7 +295,12 @@ fn write_pgid(dir: &Path, name: &str, pgid: u32) -> Result<()> {
 type Stages = Arc<Mutex<Vec<(String, Duration)>>>;
 
 /// When the pod for `repo_hash` reached each stage, seen by a watch (not polling).
-async fn watch_pod_stages(pods: Api<Pod>, repo_hash: String, t0: Instant, seen: Stages) {
+async fn watch_pod_stages(
+    pods: Api<Pod>,
+    repo_hash: proto::names::RepoHash,
+    t0: Instant,
+    seen: Stages,
+) {
     let config = watcher::Config::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}"));
     let mut stream = std::pin::pin!(watcher::watcher(pods, config));
     let note = |name: &str| {
