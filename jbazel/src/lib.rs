@@ -5,7 +5,7 @@
 //!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
 //!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths);
 //! - edges (I/O): [`mirror`] (cookies and published files in the output base's mirror),
-//!   [`orchestrator`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
+//!   [`orchestrator_client`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
 //!   [`client`] (Run, Cancel, exec), [`terminal`], [`progress`];
 //! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
 //!
@@ -18,7 +18,7 @@ pub mod config;
 pub mod hop;
 pub mod identity;
 pub mod mirror;
-pub mod orchestrator;
+pub mod orchestrator_client;
 pub mod paths;
 pub mod progress;
 pub mod rc;

@@ -9,7 +9,7 @@ use jbazel::config::{Hop, Settings};
 use jbazel::hop::{self, Target};
 use jbazel::identity::{self, Identity};
 use jbazel::mirror::{self, Mirror};
-use jbazel::orchestrator::{self, Ids};
+use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
 use jbazel::progress::{PlainLines, Progress, Spinner};
 use jbazel::rc::{self, DiskFs, RcLocations};
@@ -383,10 +383,10 @@ async fn find_target(plan: &Plan) -> Result<Target, Fail> {
     } else {
         Box::new(PlainLines::new(std::io::stderr()))
     };
-    let mut oc = orchestrator::connect(&s.orchestrator)
+    let mut oc = orchestrator_client::connect(&s.orchestrator)
         .await
         .map_err(|e| fail(LOCAL_ENV, e))?;
-    let loc = orchestrator::await_ready(
+    let loc = orchestrator_client::await_ready(
         &mut oc,
         &ids,
         Duration::from_secs(s.deadline_secs),
