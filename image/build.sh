@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the jbazel pod image without Docker or a registry and imports it into the local
-# cluster's containerd (integration/cluster/cluster.sh), tagged
+# cluster's containerd (integration/kubernetes/local.sh), tagged
 # docker.io/library/jbazel-bazel-server:dev (pods use imagePullPolicy: Never).
 #
 #   layer 1  debootstrap --variant=minbase bookworm + image/packages.txt (the list
@@ -203,7 +203,7 @@ if ((!import)) || [[ $out_given == 1 ]]; then
 fi
 
 if ((import)); then
-    [[ -S $SOCK ]] || die "no containerd socket at $SOCK: start the cluster first (integration/cluster/cluster.sh up) or pass --no-import"
+    [[ -S $SOCK ]] || die "no containerd socket at $SOCK: start the cluster first (integration/kubernetes/local.sh up) or pass --no-import"
     base_digest=$(cat "$BASE_LAYER.sha256")
     if ctr --address "$SOCK" -n k8s.io content ls -q 2>/dev/null | grep -qx "sha256:$base_digest"; then
         # containerd has the base layer: send only the small layers (OCI layout).

@@ -11,13 +11,13 @@ export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 if [ "${1:-}" = "--down" ]; then
   [ -x target/debug/jbazel-demo ] && target/debug/jbazel-demo --down || true
-  exec integration/cluster/cluster.sh down
+  exec integration/kubernetes/local.sh down
 fi
 
 t0=$(date +%s)
 bash integration/setup.sh
-echo "==> local Kubernetes (integration/cluster/cluster.sh up)"
-integration/cluster/cluster.sh up
+echo "==> local Kubernetes (integration/kubernetes/local.sh up)"
+integration/kubernetes/local.sh up
 echo "==> cargo build (orchestrator, jbazel, supervisor, demo driver)"
 cargo build --workspace --bins --quiet
 echo "==> pod image (image/build.sh)"

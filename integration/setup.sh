@@ -5,7 +5,7 @@
 set -euo pipefail
 
 # Bazel 4.2.3 (offline with the rule stubs in image/bazel) and the sandbox.
-# The rest is what the local Kubernetes needs (see integration/cluster/).
+# The rest is what the local Kubernetes needs (see integration/kubernetes/).
 PACKAGES=(
   bazel-bootstrap bubblewrap util-linux
   build-essential

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 bash integration/setup.sh
-integration/cluster/cluster.sh up
+integration/kubernetes/local.sh up
 # Binaries first: the image needs the supervisor, the e2e tests run the real binaries.
 cargo build --workspace --bins --locked
 image/build.sh --supervisor target/debug/supervisor

@@ -6,7 +6,7 @@
 //! checks the bench still works without paying for it.
 //!
 //! Real components: a Spanner emulator (integration::spanner) and the local cluster
-//! (integration::cluster, its own namespace). The pods get a nodeSelector no node has:
+//! (integration::kubernetes, its own namespace). The pods get a nodeSelector no node has:
 //! they stay Pending (unscheduled), so 100 of them cost the API server only and never
 //! take the single node's pod slots from other tests. GetServer's work is the same: one
 //! transaction, then the pod create call.
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gcloud_spanner::key::Key;
-use integration::cluster::Cluster;
+use integration::kubernetes::Cluster;
 use integration::spanner::SpannerEmulator;
 use orchestrator::app::{self, Parts};
 use orchestrator::pods::{pod_name, PodSettings};
@@ -50,7 +50,7 @@ async fn main() {
     let store = Store::from_client(emulator.client().await.expect("spanner client"));
     let cluster = Cluster::connect()
         .await
-        .expect("the local cluster must be up (integration/cluster/cluster.sh up)");
+        .expect("the local cluster must be up (integration/kubernetes/local.sh up)");
     let namespace = cluster
         .test_namespace("orch-bench")
         .await

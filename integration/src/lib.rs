@@ -1,7 +1,7 @@
 //! Test fixtures and the end-to-end harness of the jbazel platform.
 //!
 //! - [`spanner`]: a real Cloud Spanner emulator per test, with the project's schema.
-//! - [`cluster`]: the local Kubernetes cluster (`integration/cluster/cluster.sh up`), a
+//! - [`kubernetes`]: the local Kubernetes cluster (`integration/kubernetes/local.sh up`), a
 //!   namespace per test, pod waits with deadlines.
 //! - [`platform`]: the platform's own programs run for real: an orchestrator process and a
 //!   desktop checkout that is a bind mount of the filestore.
@@ -10,7 +10,7 @@
 //! Architecture invariant: fixtures start real components (emulator, Bazel, cluster) and
 //! fail loudly when they cannot; nothing here fakes a component.
 
-pub mod cluster;
+pub mod kubernetes;
 pub mod platform;
 pub mod process;
 pub mod spanner;

@@ -142,7 +142,7 @@ impl Orchestrator {
             .arg("--pod-orchestrator-addr")
             .arg(format!(
                 "http://{}:{}",
-                crate::cluster::POD_GATEWAY,
+                crate::kubernetes::POD_GATEWAY,
                 opts.port
             ))
             .env("SPANNER_EMULATOR_HOST", &opts.spanner_host)

@@ -5,7 +5,7 @@
 //! One scenario walks a user's day, step by step, on one namespace: the first build spawns
 //! the pod; the second reuses it; a failing target's exit code comes through; `run` runs
 //! the binary on the desktop; Ctrl-C cancels the remote command; a pod deleted by hand is respawned; a desktop bounce (new
-//! SessionId) replaces the pod. Needs `integration/cluster/cluster.sh up && image/build.sh`
+//! SessionId) replaces the pod. Needs `integration/kubernetes/local.sh up && image/build.sh`
 //! (integration/test.sh does it) and fails, never skips, when a component is missing.
 
 use std::fs;
@@ -19,7 +19,7 @@ use kube::api::ListParams;
 
 use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
 
-use integration::cluster::{delete_pod_and_wait, Cluster, IMAGE};
+use integration::kubernetes::{delete_pod_and_wait, Cluster, IMAGE};
 use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
 use integration::spanner::SpannerEmulator;
 

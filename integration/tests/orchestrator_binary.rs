@@ -1,14 +1,14 @@
 //! The `orchestrator` binary as the demo runs it: flags and env, `--create-database` on a
 //! fresh database, the namespace created at start, the standard health service, the
 //! "Creating Pod for repo" log line with its fields, and a clean exit on SIGTERM.
-//! Needs the local cluster (integration/cluster/cluster.sh up).
+//! Needs the local cluster (integration/kubernetes/local.sh up).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use integration::cluster::{kubeconfig_path, Cluster, PAUSE_IMAGE};
+use integration::kubernetes::{kubeconfig_path, Cluster, PAUSE_IMAGE};
 use integration::spanner::SpannerEmulator;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams};
@@ -55,7 +55,7 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     proto::tls::install_crypto_provider();
     let cluster = Cluster::connect()
         .await
-        .expect("the local cluster must be up (integration/cluster/cluster.sh up)");
+        .expect("the local cluster must be up (integration/kubernetes/local.sh up)");
     let emulator = SpannerEmulator::start().await.expect("emulator");
     let namespace = format!("orch-bin-{:08x}", rand::random::<u32>());
     let _ns_guard = NamespaceGuard(namespace.clone());

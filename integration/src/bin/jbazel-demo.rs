@@ -26,7 +26,7 @@ use kube::Api;
 
 use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_REPO_HASH};
 
-use integration::cluster::{delete_pod_and_wait, describe_pod, Cluster, IMAGE};
+use integration::kubernetes::{delete_pod_and_wait, describe_pod, Cluster, IMAGE};
 use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
 use integration::spanner::{EmulatorOptions, SpannerEmulator};
 
@@ -88,7 +88,7 @@ async fn demo(args: &Args) -> Result<()> {
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let cluster = Cluster::connect()
         .await
-        .context("the local cluster must be up (integration/cluster/cluster.sh up)")?;
+        .context("the local cluster must be up (integration/kubernetes/local.sh up)")?;
 
     step("Spanner emulator + schema");
     let emulator = SpannerEmulator::start_with(EmulatorOptions {

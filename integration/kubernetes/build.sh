@@ -4,8 +4,8 @@
 # /var/cache/jbazel/kubernetes-<version>/bin. A second run finds the cache and returns at
 # once. Facts behind the method: /work/shared/environment.md, "A real Kubernetes here".
 #
-# Usage: build-kubernetes.sh            build (or reuse) the binaries; print the bin dir
-#        build-kubernetes.sh --print    print the bin dir only if the cache is complete
+# Usage: build.sh            build (or reuse) the binaries; print the bin dir
+#        build.sh --print    print the bin dir only if the cache is complete
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-1.20.2}

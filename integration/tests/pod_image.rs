@@ -2,7 +2,7 @@
 //! node, see a hostPath directory, reach the host at the bridge gateway, are reachable from
 //! the host (probes, TCP), and go away when deleted.
 //!
-//! Needs `integration/cluster/cluster.sh up && image/build.sh` first; fails (never skips)
+//! Needs `integration/kubernetes/local.sh up && image/build.sh` first; fails (never skips)
 //! when the cluster or the image is missing.
 
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{AttachParams, ObjectMeta, PostParams};
 use tokio::io::AsyncReadExt;
 
-use integration::cluster::{
+use integration::kubernetes::{
     delete_pod_and_wait, describe_pod, wait_for_pod, Cluster, PodGoal, DEFAULT_KUBECONFIG, IMAGE,
     POD_GATEWAY,
 };

@@ -1,4 +1,4 @@
-//! The local Kubernetes cluster (integration/cluster/cluster.sh) as tests see it.
+//! The local Kubernetes cluster (integration/kubernetes/local.sh) as tests see it.
 //!
 //! [`Cluster::connect`] reads the kubeconfig (`KUBECONFIG`, else
 //! [`DEFAULT_KUBECONFIG`]), checks that the API server answers and that a node is Ready, and
@@ -8,7 +8,7 @@
 //! deadline by watching the pod (kube-runtime's `await_condition`), and stops early with the
 //! reason when the pod cannot get there (image missing, crash loop, failed).
 //!
-//! Architecture invariant: this module never starts or stops the cluster; `cluster.sh up`
+//! Architecture invariant: this module never starts or stops the cluster; `kubernetes/local.sh up`
 //! does, once, before the tests (they share the cluster, each in its own namespace).
 
 use proto::error_chain::ErrorChain;
@@ -22,23 +22,23 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config};
 
-/// The admin kubeconfig `cluster.sh up` writes.
+/// The admin kubeconfig `kubernetes/local.sh up` writes.
 pub const DEFAULT_KUBECONFIG: &str = "/var/lib/jbazel-cluster/admin.kubeconfig";
 /// The pod image `image/build.sh` imports into the cluster's containerd.
 pub const IMAGE: &str = "docker.io/library/jbazel-bazel-server:dev";
-/// The static pause image `cluster.sh up` imports (the pod sandbox image): a container that
+/// The static pause image `kubernetes/local.sh up` imports (the pod sandbox image): a container that
 /// runs until SIGTERM, for tests that need a pod but not Bazel.
 pub const PAUSE_IMAGE: &str = "docker.io/library/jbazel-pause:3.4.1";
 /// The CNI bridge's address: the host as pods see it (the orchestrator listens there).
 pub const POD_GATEWAY: &str = "10.244.0.1";
-/// Label on every namespace [`Cluster::test_namespace`] creates; `cluster.sh up` deletes
+/// Label on every namespace [`Cluster::test_namespace`] creates; `kubernetes/local.sh up` deletes
 /// such namespaces left by killed test runs when it restarts the cluster.
 pub const TEST_NAMESPACE_LABEL: &str = "jbazel.dev/test-namespace";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVICE_ACCOUNT_DEADLINE: Duration = Duration::from_secs(30);
 const HINT: &str =
-    "start it with `integration/cluster/cluster.sh up` (and `image/build.sh` for the pod image)";
+    "start it with `integration/kubernetes/local.sh up` (and `image/build.sh` for the pod image)";
 
 /// Why the cluster fixture could not do what a test asked.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,8 @@ impl Cluster {
         .map_err(|_| ClusterError::Timeout {
             what: what.clone(),
             after: SERVICE_ACCOUNT_DEADLINE,
-            last_seen: "absent (is kube-controller-manager running? cluster.sh status)".into(),
+            last_seen: "absent (is kube-controller-manager running? kubernetes/local.sh status)"
+                .into(),
         })?
         .map_err(|source| ClusterError::Watch { what, source })?;
         tracing::info!(namespace = %name, "test namespace ready");
@@ -259,7 +260,7 @@ impl Drop for TestNamespace {
         }
         // Drop cannot await, and the kube client's worker lives on the test's runtime which
         // this thread may be blocking: ask kubectl, synchronously. A namespace that survives
-        // anyway (killed test) carries TEST_NAMESPACE_LABEL for `cluster.sh up` to collect.
+        // anyway (killed test) carries TEST_NAMESPACE_LABEL for `kubernetes/local.sh up` to collect.
         let result = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -633,7 +634,7 @@ mod tests {
             msg.contains("/nonexistent/jbazel/admin.kubeconfig"),
             "{msg}"
         );
-        assert!(msg.contains("cluster.sh up"), "{msg}");
+        assert!(msg.contains("kubernetes/local.sh up"), "{msg}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! WatchServer's failure reporting; validation. Each test has its own namespace and its
 //! own emulator.
 //!
-//! Needs `integration/cluster/cluster.sh up` first; fails (never skips) without it.
+//! Needs `integration/kubernetes/local.sh up` first; fails (never skips) without it.
 //! Pods that must actually run use the cluster's own pause image (always present), so
 //! these tests do not depend on the Bazel server image being built; the manifest test
 //! checks the contract's image name, whatever the pod's state.
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gcloud_spanner::statement::Statement;
-use integration::cluster::{
+use integration::kubernetes::{
     wait_for_pod, Cluster, PodGoal, TestNamespace, IMAGE, PAUSE_IMAGE, POD_GATEWAY,
 };
 use integration::spanner::SpannerEmulator;
@@ -80,7 +80,7 @@ impl Prepared {
         proto::tls::install_crypto_provider();
         let cluster = Cluster::connect()
             .await
-            .expect("the local cluster must be up (integration/cluster/cluster.sh up)");
+            .expect("the local cluster must be up (integration/kubernetes/local.sh up)");
         let namespace = cluster
             .test_namespace("orch")
             .await
