@@ -72,14 +72,27 @@ struct Args {
 const PGID_FILES: [&str; 2] = ["emulator.pgid", "orchestrator.pgid"];
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if args.down {
-        return tear_down(&args).await;
+    let result = if args.down {
+        tear_down(&args).await
+    } else {
+        // A previous run's processes hold the ports: stop them first (idempotent demo).
+        match tear_down(&args).await {
+            Ok(()) => demo(&args).await,
+            Err(e) => Err(e),
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "jbazel-demo: error: {}",
+                proto::error_chain::ErrorChain(e.as_ref())
+            );
+            std::process::ExitCode::FAILURE
+        }
     }
-    // A previous run's processes hold the ports: stop them first (idempotent demo).
-    tear_down(&args).await?;
-    demo(&args).await
 }
 
 async fn demo(args: &Args) -> Result<()> {
