@@ -201,7 +201,8 @@ pub fn resolve_repo_dirs(root: &Path, id: &Identity) -> Result<RepoDirs, ConfigE
     })
 }
 
-fn read_system_rc(path: &Path) -> Result<String, ConfigError> {
+/// Reads the system bazelrc the server is started with: a regular file of bounded size.
+pub fn read_system_rc(path: &Path) -> Result<String, ConfigError> {
     let err = |reason: String| ConfigError::SystemRc {
         path: path.to_owned(),
         reason,
@@ -277,8 +278,11 @@ impl Config {
             return Err(ConfigError::Missing("SESSION_ID"));
         }
         let dirs = resolve_repo_dirs(&opts.filestore_root, &identity)?;
-        // The system rc matters to the Bazel server only; `run` does not need one.
+        // The system rc matters to the Bazel server only; `run` does not need one. A dry run
+        // only prints the plan, so it runs on a desktop without the image's files: it lists
+        // what is missing (`plan::needs`) instead of failing.
         let system_bazelrc_text = match job {
+            Job::Serve if opts.dry_run => read_system_rc(&opts.system_bazelrc).unwrap_or_default(),
             Job::Serve => read_system_rc(&opts.system_bazelrc)?,
             Job::Run(_) => String::new(),
         };

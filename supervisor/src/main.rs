@@ -55,6 +55,8 @@ struct DryRun<'a> {
     #[serde(flatten)]
     plan: &'a plan::MountPlan,
     host: &'a HostFacts,
+    image: &'a plan::ImageFacts,
+    needs: &'a [plan::Need],
 }
 
 fn real_main(cli: Cli) -> Result<i32, Failure> {
@@ -93,12 +95,19 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(EXIT_SETUP, e))?;
 
     if opts.dry_run {
+        let image = plan::ImageFacts::detect(&opts.system_bazelrc, &opts.bazel);
+        let needs = match &cfg.job {
+            Job::Serve => plan::needs(&facts, &image, &the_plan.mode),
+            Job::Run(_) => Vec::new(),
+        };
         match opts.format {
-            Format::Human => print!("{}", the_plan.render_human()),
+            Format::Human => print!("{}{}", the_plan.render_human(), plan::render_needs(&needs)),
             Format::Json => {
                 let json = serde_json::to_string_pretty(&DryRun {
                     plan: &the_plan,
                     host: &facts,
+                    image: &image,
+                    needs: &needs,
                 })
                 .context("serializing the plan")
                 .map_err(|e| Failure::new(EXIT_SETUP, e))?;

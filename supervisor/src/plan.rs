@@ -409,10 +409,143 @@ impl MountPlan {
     }
 }
 
+/// Facts about the files the pod's image provides, read on this host (reads only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageFacts {
+    /// The system bazelrc, and why it cannot be used here (None: it can).
+    pub system_bazelrc: PathBuf,
+    pub system_bazelrc_problem: Option<String>,
+    /// The Bazel client, and whether it resolves to an executable here.
+    pub bazel: PathBuf,
+    pub bazel_found: bool,
+}
+
+impl ImageFacts {
+    /// Checks the system bazelrc and the Bazel client (`PATH` lookup for a bare name).
+    pub fn detect(system_bazelrc: &Path, bazel: &Path) -> ImageFacts {
+        ImageFacts {
+            system_bazelrc: system_bazelrc.to_path_buf(),
+            system_bazelrc_problem: match crate::config::read_system_rc(system_bazelrc) {
+                Ok(_) => None,
+                Err(crate::config::ConfigError::SystemRc { reason, .. }) => Some(reason),
+                Err(e) => Some(proto::error_chain::ErrorChain(&e).to_string()),
+            },
+            bazel: bazel.to_path_buf(),
+            bazel_found: find_executable(bazel).is_some(),
+        }
+    }
+}
+
+/// One thing the pod needs, and whether this host has it (`--dry-run` lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Need {
+    pub what: String,
+    pub have: bool,
+    /// What happens without it, or why it is missing.
+    pub detail: String,
+}
+
+/// What the pod needs to start the server as planned, against this host's facts. Pure.
+pub fn needs(host: &HostFacts, image: &ImageFacts, mode: &ModeChoice) -> Vec<Need> {
+    let direct = host.cap_sys_admin || host.user_namespaces;
+    vec![
+        Need {
+            what: format!("system bazelrc {}", image.system_bazelrc.display()),
+            have: image.system_bazelrc_problem.is_none(),
+            detail: match &image.system_bazelrc_problem {
+                None => "the platform's rc, published to jbazel".into(),
+                Some(p) => format!("{p} (the image has it at /etc/jbazel/system.bazelrc)"),
+            },
+        },
+        Need {
+            what: format!("Bazel client {}", image.bazel.display()),
+            have: image.bazel_found,
+            detail: if image.bazel_found {
+                "starts the server".into()
+            } else {
+                "not found (the image has Debian's bazel-bootstrap)".into()
+            },
+        },
+        Need {
+            what: "CAP_SYS_ADMIN or unprivileged user namespaces (direct pivot)".into(),
+            have: direct,
+            detail: if direct {
+                "the pivot is a private mount namespace".into()
+            } else {
+                "without either, only bwrap can make the view".into()
+            },
+        },
+        Need {
+            what: "bwrap (fallback pivot)".into(),
+            have: host.bwrap.is_some(),
+            detail: match (&host.bwrap, mode.mode) {
+                (Some(b), _) => b.display().to_string(),
+                (None, Mode::Bwrap) => "needed by the chosen mode, not on PATH".into(),
+                (None, Mode::Direct) => "not on PATH; not needed by the chosen mode".into(),
+            },
+        },
+    ]
+}
+
+/// `needs` as `--dry-run` prints them.
+pub fn render_needs(needs: &[Need]) -> String {
+    let mut s = String::from("the pod needs (as seen on this host):\n");
+    for n in needs {
+        let mark = if n.have { "ok     " } else { "MISSING" };
+        let _ = writeln!(s, "  {mark} {}: {}", n.what, n.detail);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Identity, RepoDirs, ReportSettings};
+
+    #[test]
+    fn needs_name_what_a_desktop_lacks() {
+        let image = ImageFacts {
+            system_bazelrc: "/etc/jbazel/system.bazelrc".into(),
+            system_bazelrc_problem: Some("no such file".into()),
+            bazel: "bazel".into(),
+            bazel_found: true,
+        };
+        let host = facts(false, false, false);
+        let mode = ModeChoice {
+            mode: Mode::Bwrap,
+            user_namespace: false,
+            reason: "test".into(),
+        };
+        let n = needs(&host, &image, &mode);
+        let missing: Vec<&str> = n
+            .iter()
+            .filter(|n| !n.have)
+            .map(|n| n.what.as_str())
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "system bazelrc /etc/jbazel/system.bazelrc",
+                "CAP_SYS_ADMIN or unprivileged user namespaces (direct pivot)",
+                "bwrap (fallback pivot)"
+            ]
+        );
+        let text = render_needs(&n);
+        assert!(
+            text.contains("MISSING system bazelrc /etc/jbazel/system.bazelrc: no such file"),
+            "{text}"
+        );
+        assert!(text.contains("needed by the chosen mode"), "{text}");
+        let all = needs(
+            &facts(true, false, true),
+            &ImageFacts {
+                system_bazelrc_problem: None,
+                ..image
+            },
+            &mode,
+        );
+        assert!(all.iter().all(|n| n.have), "{all:?}");
+    }
 
     fn facts(cap: bool, userns: bool, bwrap: bool) -> HostFacts {
         HostFacts {

@@ -191,3 +191,56 @@ fn dry_run_human_shows_mounts_mode_and_bwrap() {
     }
     assert_eq!(fs.snapshot(), before);
 }
+
+/// On a desktop: not root, no image files (the system rc is absent). The plan still prints,
+/// exit 0, and the list of what the pod needs names the missing rc; nothing is created.
+#[test]
+fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
+    let fs = Filestore::new();
+    fs.open_up();
+    let missing_rc = fs.root().join("no-such-dir/system.bazelrc");
+    let before = fs.snapshot();
+    let before_mounts = relevant_mounts(fs.root());
+    for format in ["human", "json"] {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(supervisor_bin())
+            .args(["--dry-run", "--format", format])
+            .env("USER_ID", USER)
+            .env("REPO_HASH", HASH)
+            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env("SYSTEM_BAZELRC", &missing_rc);
+        let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
+        assert!(status.success(), "{format}: {status:?}\n{stderr}");
+        let rc_need = format!("system bazelrc {}", missing_rc.display());
+        if format == "human" {
+            assert!(
+                stdout.contains("mounts (in a new mount namespace"),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains(&format!("MISSING {rc_need}: ")),
+                "the missing rc is named:\n{stdout}"
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+            let needs = v["needs"].as_array().expect("needs");
+            let rc = needs
+                .iter()
+                .find(|n| n["what"] == rc_need.as_str())
+                .unwrap_or_else(|| panic!("no rc need in {v}"));
+            assert_eq!(rc["have"], false, "{rc}");
+            assert_eq!(
+                v["image"]["bazel_found"], true,
+                "Debian's bazel is on PATH: {v}"
+            );
+        }
+    }
+    assert!(!missing_rc.exists() && !missing_rc.parent().expect("parent").exists());
+    assert_eq!(fs.snapshot(), before, "a dry run creates nothing");
+    assert_eq!(
+        relevant_mounts(fs.root()),
+        before_mounts,
+        "a dry run mounts nothing"
+    );
+}
