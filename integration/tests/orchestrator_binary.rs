@@ -78,6 +78,11 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     .arg("--filestore-root")
     .arg(filestore.path())
     .args(["--listen", &format!("127.0.0.1:{port}")])
+    .arg("--pod-orchestrator-addr")
+    .arg(format!(
+        "http://{}:{port}",
+        integration::kubernetes::POD_GATEWAY
+    ))
     .env("SPANNER_EMULATOR_HOST", emulator.host())
     .env("KUBECONFIG", kubeconfig_path())
     .env("RUST_LOG", "info")

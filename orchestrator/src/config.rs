@@ -71,8 +71,10 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// The orchestrator's URL as pods reach it (their ORCHESTRATOR_ADDR, for ReportReady).
-    #[arg(long, default_value = "http://10.244.0.1:50051")]
+    /// The orchestrator's URL as pods reach it (their ORCHESTRATOR_ADDR, for ReportReady),
+    /// e.g. http://10.0.0.2:50051. Required: it depends on the cluster's network, so no
+    /// default could be right in production.
+    #[arg(long, env = "JBAZEL_POD_ORCHESTRATOR_ADDR")]
     pub pod_orchestrator_addr: String,
 
     /// How the kubelet checks the supervisor's readiness.
@@ -146,12 +148,17 @@ mod tests {
 
     #[test]
     fn defaults_match_the_contracts() {
-        let c =
-            Config::try_parse_from(["orchestrator", "--spanner-emulator-host", "127.0.0.1:9010"])
-                .expect("parse");
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--spanner-emulator-host",
+            "127.0.0.1:9010",
+            "--pod-orchestrator-addr",
+            "http://192.0.2.1:50051",
+        ])
+        .expect("parse");
         assert_eq!(c.namespace, "jbazel");
         assert_eq!(c.listen.to_string(), "0.0.0.0:50051");
-        assert_eq!(c.pod_orchestrator_addr, "http://10.244.0.1:50051");
+        assert_eq!(c.pod_orchestrator_addr, "http://192.0.2.1:50051");
         assert_eq!(c.image, "docker.io/library/jbazel-bazel-server:dev");
         assert_eq!(c.image_pull_policy, PullPolicy::Never);
         assert_eq!(c.filestore_root, PathBuf::from("/tmp/mock-filestore"));
@@ -166,10 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn the_pods_orchestrator_address_has_no_default() {
+        let err = Config::try_parse_from(["orchestrator", "--spanner-emulator-host=h"])
+            .expect_err("a production default must not be a test address");
+        assert!(err.to_string().contains("--pod-orchestrator-addr"), "{err}");
+    }
+
+    #[test]
     fn flags_override() {
         let c = Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host=127.0.0.1:1",
+            "--pod-orchestrator-addr=http://192.0.2.1:1",
             "--namespace=t1",
             "--image=x/y:z",
             "--image-pull-policy=IfNotPresent",
@@ -192,12 +207,14 @@ mod tests {
         assert!(Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host=h",
+            "--pod-orchestrator-addr=http://192.0.2.1:1",
             "--node-selector=novalue"
         ])
         .is_err());
         assert!(Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host=h",
+            "--pod-orchestrator-addr=http://192.0.2.1:1",
             "--image-pull-policy=sometimes"
         ])
         .is_err());
