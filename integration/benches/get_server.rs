@@ -132,12 +132,19 @@ async fn main() {
     }
 
     // The store's transaction alone (no gRPC, no cache lookup).
-    let key = orchestrator::session::SessionKey::new("bench", HASH);
+    let key = orchestrator::session::SessionKey::new(
+        proto::names::UserId::parse("bench").expect("valid"),
+        proto::names::RepoHash::parse(HASH).expect("valid"),
+    );
     let mut store_only = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let tr = store.get_server(&key, "s1", deadline).await.expect("store");
+        let session = proto::names::SessionId::parse("s1").expect("valid");
+        let tr = store
+            .get_server(&key, &session, deadline)
+            .await
+            .expect("store");
         store_only.push(t.elapsed());
         assert_eq!(tr.row.status, orchestrator::session::Status::Ready);
     }

@@ -28,6 +28,7 @@ use orchestrator::pods::{pod_name, PodSettings, PodSpecFor};
 use orchestrator::service::ServiceSettings;
 use orchestrator::session::{SessionKey, Status};
 use orchestrator::store::Store;
+use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::{
     GetServerRequest, ReportReadyRequest, Server, ServerEvent, ServerStatus, Stage,
@@ -278,7 +279,10 @@ impl Fixture {
         what: &str,
         cond: impl Fn(Option<&orchestrator::session::SessionRow>) -> bool,
     ) -> Option<orchestrator::session::SessionRow> {
-        let key = SessionKey::new(user, HASH);
+        let key = SessionKey::new(
+            UserId::parse(user).expect("valid"),
+            RepoHash::parse(HASH).expect("valid"),
+        );
         until(WAIT, what, || async {
             let row = self.store.read(&key).await.expect("read row");
             cond(row.as_ref()).then_some(row)
@@ -288,6 +292,10 @@ impl Fixture {
 }
 
 /// Re-evaluates `check` every 50 ms until it yields a value, failing after `deadline`.
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).expect("valid session id")
+}
+
 async fn until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -483,7 +491,10 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     assert!(!f.report_ready(&bob, "boot-1", "10.244.0.250", 9001).await);
     let row = f
         .store
-        .read(&SessionKey::new(&bob, HASH))
+        .read(&SessionKey::new(
+            UserId::parse(&bob).expect("valid"),
+            RepoHash::parse(HASH).expect("valid"),
+        ))
         .await
         .expect("read")
         .expect("row");
@@ -539,9 +550,9 @@ async fn the_reconciler_deletes_orphan_pods() {
     let no_row = p
         .running_pod(
             &PodSpecFor {
-                user_id: &erin,
-                repo_hash: HASH,
-                session_id: "ghost",
+                user_id: &UserId::parse(&erin).expect("valid"),
+                repo_hash: &RepoHash::parse(HASH).expect("valid"),
+                session_id: &sid("ghost"),
             }
             .manifest(&p.settings),
         )
@@ -549,8 +560,11 @@ async fn the_reconciler_deletes_orphan_pods() {
     let frank = user("frank");
     p.store
         .get_server(
-            &SessionKey::new(&frank, HASH),
-            "current",
+            &SessionKey::new(
+                UserId::parse(&frank).expect("valid"),
+                RepoHash::parse(HASH).expect("valid"),
+            ),
+            &sid("current"),
             Instant::now() + WAIT,
         )
         .await
@@ -558,9 +572,9 @@ async fn the_reconciler_deletes_orphan_pods() {
     let other_session = p
         .running_pod(
             &PodSpecFor {
-                user_id: &frank,
-                repo_hash: HASH,
-                session_id: "stale",
+                user_id: &UserId::parse(&frank).expect("valid"),
+                repo_hash: &RepoHash::parse(HASH).expect("valid"),
+                session_id: &sid("stale"),
             }
             .manifest(&p.settings),
         )
@@ -568,8 +582,11 @@ async fn the_reconciler_deletes_orphan_pods() {
     let keep_key = user("gus");
     p.store
         .get_server(
-            &SessionKey::new(&keep_key, HASH),
-            "s1",
+            &SessionKey::new(
+                UserId::parse(&keep_key).expect("valid"),
+                RepoHash::parse(HASH).expect("valid"),
+            ),
+            &sid("s1"),
             Instant::now() + WAIT,
         )
         .await
@@ -577,9 +594,9 @@ async fn the_reconciler_deletes_orphan_pods() {
     let keep = p
         .running_pod(
             &PodSpecFor {
-                user_id: &keep_key,
-                repo_hash: HASH,
-                session_id: "s1",
+                user_id: &UserId::parse(&keep_key).expect("valid"),
+                repo_hash: &RepoHash::parse(HASH).expect("valid"),
+                session_id: &sid("s1"),
             }
             .manifest(&p.settings),
         )
@@ -609,7 +626,10 @@ async fn the_reconciler_deletes_orphan_pods() {
     assert_eq!(f.row_count().await, 2);
     let row = f
         .store
-        .read(&SessionKey::new(&frank, HASH))
+        .read(&SessionKey::new(
+            UserId::parse(&frank).expect("valid"),
+            RepoHash::parse(HASH).expect("valid"),
+        ))
         .await
         .expect("read")
         .expect("row");
@@ -620,9 +640,9 @@ async fn the_reconciler_deletes_orphan_pods() {
     // volumes are being set up, which would measure the kubelet, not the reconciler.)
     let hugo = user("hugo");
     let mut orphan = PodSpecFor {
-        user_id: &hugo,
-        repo_hash: HASH,
-        session_id: "ghost",
+        user_id: &UserId::parse(&hugo).expect("valid"),
+        repo_hash: &RepoHash::parse(HASH).expect("valid"),
+        session_id: &sid("ghost"),
     }
     .manifest(&f.settings);
     if let Some(spec) = orphan.spec.as_mut() {
@@ -647,18 +667,21 @@ async fn the_reconciler_deletes_orphan_pods() {
 async fn the_reconciler_marks_ready_when_the_push_was_lost() {
     let f = Fixture::start(PAUSE_IMAGE).await;
     let gina = user("gina");
-    let key = SessionKey::new(&gina, HASH);
+    let key = SessionKey::new(
+        UserId::parse(&gina).expect("valid"),
+        RepoHash::parse(HASH).expect("valid"),
+    );
     // The row exists (PENDING) and its pod becomes Ready, but nobody calls ReportReady.
     // The pod is the platform's manifest without the probe (the pause image serves no
     // /readyz), so the kubelet marks it Ready once it runs: what a passing probe does.
     f.store
-        .get_server(&key, "s1", Instant::now() + WAIT)
+        .get_server(&key, &sid("s1"), Instant::now() + WAIT)
         .await
         .expect("row");
     let mut pod = PodSpecFor {
-        user_id: &gina,
-        repo_hash: HASH,
-        session_id: "s1",
+        user_id: &UserId::parse(&gina).expect("valid"),
+        repo_hash: &RepoHash::parse(HASH).expect("valid"),
+        session_id: &sid("s1"),
     }
     .manifest(&f.settings);
     if let Some(spec) = pod.spec.as_mut() {
@@ -999,7 +1022,10 @@ async fn the_real_readiness_probe_makes_the_row_ready_when_the_push_is_lost() {
     );
     let row = f
         .store
-        .read(&SessionKey::new(&kate, HASH))
+        .read(&SessionKey::new(
+            UserId::parse(&kate).expect("valid"),
+            RepoHash::parse(HASH).expect("valid"),
+        ))
         .await
         .expect("read")
         .expect("row");

@@ -10,6 +10,7 @@ use orchestrator::session::{
     GetServerOutcome, ReadyDecision, ReadyRejection, RowWrite, SessionKey, SessionRow, Status,
 };
 use orchestrator::store::Store;
+use proto::names::{RepoHash, SessionId, UserId};
 use tokio::time::Instant;
 
 const HASH: &str = "0123456789abcdef0123456789abcdef";
@@ -25,8 +26,15 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
 
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).expect("valid session id")
+}
+
 fn key(user: &str) -> SessionKey {
-    SessionKey::new(user, HASH)
+    SessionKey::new(
+        UserId::parse(user).expect("valid"),
+        RepoHash::parse(HASH).expect("valid"),
+    )
 }
 
 #[tokio::test]
@@ -36,33 +44,42 @@ async fn every_transition_against_the_emulator() {
     assert_eq!(store.read(&k).await.expect("read"), None);
 
     // No row -> insert PENDING.
-    let t = store.get_server(&k, "s1", soon()).await.expect("GetServer");
+    let t = store
+        .get_server(&k, &sid("s1"), soon())
+        .await
+        .expect("GetServer");
     assert_eq!(t.outcome, GetServerOutcome::Created);
     assert_eq!(
         store.read(&k).await.expect("read"),
-        Some(SessionRow::pending("s1"))
+        Some(SessionRow::pending(&sid("s1")))
     );
 
     // Same session while PENDING: as is.
-    let t = store.get_server(&k, "s1", soon()).await.expect("GetServer");
+    let t = store
+        .get_server(&k, &sid("s1"), soon())
+        .await
+        .expect("GetServer");
     assert_eq!(t.outcome, GetServerOutcome::InProgress);
     assert_eq!(t.write, RowWrite::Keep);
 
     // The push: READY with the pod IP.
     let d = store
-        .mark_ready(&k, "s1", "10.244.0.7", soon())
+        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
         .await
         .expect("mark ready");
     assert!(matches!(d, ReadyDecision::Accept { .. }), "{d:?}");
     let ready = SessionRow {
-        session_id: "s1".into(),
+        session_id: sid("s1"),
         pod_ip: Some("10.244.0.7".into()),
         status: Status::Ready,
     };
     assert_eq!(store.read(&k).await.expect("read"), Some(ready.clone()));
 
     // Same session while READY: reuse, nothing written.
-    let t = store.get_server(&k, "s1", soon()).await.expect("GetServer");
+    let t = store
+        .get_server(&k, &sid("s1"), soon())
+        .await
+        .expect("GetServer");
     assert_eq!(t.outcome, GetServerOutcome::Reused);
     assert_eq!(t.row, ready);
 
@@ -71,33 +88,42 @@ async fn every_transition_against_the_emulator() {
     assert_eq!(listed, vec![(k.clone(), ready.clone())]);
 
     // Another session (a bounce): overwrite, PodIP cleared, PENDING.
-    let t = store.get_server(&k, "s2", soon()).await.expect("GetServer");
+    let t = store
+        .get_server(&k, &sid("s2"), soon())
+        .await
+        .expect("GetServer");
     assert_eq!(
         t.outcome,
         GetServerOutcome::Bounced {
-            previous_session: "s1".into()
+            previous_session: sid("s1")
         }
     );
     assert_eq!(
         store.read(&k).await.expect("read"),
-        Some(SessionRow::pending("s2"))
+        Some(SessionRow::pending(&sid("s2")))
     );
     assert!(store.ready_rows().await.expect("ready rows").is_empty());
 
     // Leaving READY (pod gone) is fenced too.
     store
-        .mark_ready(&k, "s2", "10.244.0.8", soon())
+        .mark_ready(&k, &sid("s2"), "10.244.0.8", soon())
         .await
         .expect("mark ready");
-    assert!(!store.leave_ready(&k, "s1", soon()).await.expect("leave"));
+    assert!(!store
+        .leave_ready(&k, &sid("s1"), soon())
+        .await
+        .expect("leave"));
     assert_eq!(
         store.read(&k).await.expect("read").map(|r| r.status),
         Some(Status::Ready)
     );
-    assert!(store.leave_ready(&k, "s2", soon()).await.expect("leave"));
+    assert!(store
+        .leave_ready(&k, &sid("s2"), soon())
+        .await
+        .expect("leave"));
     assert_eq!(
         store.read(&k).await.expect("read"),
-        Some(SessionRow::pending("s2"))
+        Some(SessionRow::pending(&sid("s2")))
     );
 }
 
@@ -108,37 +134,40 @@ async fn a_stale_report_never_flips_a_newer_session() {
 
     // No row at all: rejected, and no row appears.
     let d = store
-        .mark_ready(&k, "s1", "10.244.0.7", soon())
+        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
         .await
         .expect("mark ready");
     assert_eq!(d, ReadyDecision::Reject(ReadyRejection::NoRow));
     assert_eq!(store.read(&k).await.expect("read"), None);
 
-    store.get_server(&k, "s1", soon()).await.expect("s1");
-    store.get_server(&k, "s2", soon()).await.expect("s2 bounce");
+    store.get_server(&k, &sid("s1"), soon()).await.expect("s1");
+    store
+        .get_server(&k, &sid("s2"), soon())
+        .await
+        .expect("s2 bounce");
     // The old pod's late report.
     let d = store
-        .mark_ready(&k, "s1", "10.244.0.7", soon())
+        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
         .await
         .expect("mark ready");
     assert_eq!(
         d,
         ReadyDecision::Reject(ReadyRejection::OtherSession {
-            current_session: "s2".into()
+            current_session: sid("s2")
         })
     );
     assert_eq!(
         store.read(&k).await.expect("read"),
-        Some(SessionRow::pending("s2")),
+        Some(SessionRow::pending(&sid("s2"))),
         "a stale report must write nothing"
     );
     // Also when the newer session is already READY: its IP is not overwritten.
     store
-        .mark_ready(&k, "s2", "10.244.0.9", soon())
+        .mark_ready(&k, &sid("s2"), "10.244.0.9", soon())
         .await
         .expect("s2 ready");
     store
-        .mark_ready(&k, "s1", "10.244.0.7", soon())
+        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
         .await
         .expect("stale");
     assert_eq!(
@@ -156,7 +185,7 @@ async fn fifty_concurrent_get_server_on_one_key_yield_one_session() {
         .map(|_| {
             let store = store.clone();
             let k = k.clone();
-            tokio::spawn(async move { store.get_server(&k, "desk-1", soon()).await })
+            tokio::spawn(async move { store.get_server(&k, &sid("desk-1"), soon()).await })
         })
         .collect();
     let mut created = 0;
@@ -180,7 +209,7 @@ async fn fifty_concurrent_get_server_on_one_key_yield_one_session() {
     assert_eq!((created, in_progress), (1, 49));
     assert_eq!(
         store.read(&k).await.expect("read"),
-        Some(SessionRow::pending("desk-1"))
+        Some(SessionRow::pending(&sid("desk-1")))
     );
 }
 
@@ -192,7 +221,12 @@ async fn fifty_racing_sessions_on_one_key_serialize() {
         .map(|i| {
             let store = store.clone();
             let k = k.clone();
-            tokio::spawn(async move { (i, store.get_server(&k, &format!("s{i}"), soon()).await) })
+            tokio::spawn(async move {
+                (
+                    i,
+                    store.get_server(&k, &sid(&format!("s{i}")), soon()).await,
+                )
+            })
         })
         .collect();
     let mut created = 0;
@@ -202,7 +236,7 @@ async fn fifty_racing_sessions_on_one_key_serialize() {
         match result.expect("every GetServer succeeds").outcome {
             GetServerOutcome::Created => created += 1,
             GetServerOutcome::Bounced { previous_session } => {
-                assert_ne!(previous_session, format!("s{i}"));
+                assert_ne!(previous_session.as_str(), format!("s{i}"));
                 assert!(
                     previous.insert(previous_session.clone()),
                     "{previous_session} was taken over twice: not serialized"
@@ -227,7 +261,10 @@ async fn concurrent_different_keys_all_succeed() {
             let store = store.clone();
             tokio::spawn(async move {
                 let k = key(&format!("user-{i}"));
-                store.get_server(&k, "s", soon()).await.map(|t| (k, t))
+                store
+                    .get_server(&k, &sid("s"), soon())
+                    .await
+                    .map(|t| (k, t))
             })
         })
         .collect();
@@ -236,7 +273,7 @@ async fn concurrent_different_keys_all_succeed() {
         assert_eq!(t.outcome, GetServerOutcome::Created);
         assert_eq!(
             store.read(&k).await.expect("read"),
-            Some(SessionRow::pending("s"))
+            Some(SessionRow::pending(&sid("s")))
         );
     }
 }
@@ -256,7 +293,7 @@ async fn a_transaction_left_open_does_not_block_get_server() {
         .await
         .expect("blocker read");
     let t = store
-        .get_server(&key("erin"), "s1", soon())
+        .get_server(&key("erin"), &sid("s1"), soon())
         .await
         .expect("GetServer gets through by retrying");
     assert_eq!(t.outcome, GetServerOutcome::Created);

@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::engine::Engine;
 use crate::notify::ReadyNotices;
-use crate::pods::{PodClient, PodSettings};
+use crate::pods::{KubePods, PodClient, PodSettings};
 use crate::reconcile::Reconciler;
 use crate::service::{OrchestratorService, ServiceSettings};
 use crate::store::Store;
@@ -23,29 +24,29 @@ use crate::store::Store;
 /// Errors starting or running the orchestrator.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot read kubeconfig {path}: {source}")]
+    #[error("cannot read kubeconfig {path}")]
     Kubeconfig {
         path: String,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("cannot configure the Kubernetes client: {0}")]
+    #[error("cannot configure the Kubernetes client")]
     KubeConfig(#[from] kube::config::InferConfigError),
-    #[error("cannot create the Kubernetes client: {0}")]
+    #[error("cannot create the Kubernetes client")]
     KubeClient(#[source] kube::Error),
-    #[error("cannot get or create namespace {namespace}: {source}")]
+    #[error("cannot get or create namespace {namespace}")]
     Namespace {
         namespace: String,
         #[source]
         source: kube::Error,
     },
-    #[error("gRPC server on {addr} failed: {source}")]
+    #[error("gRPC server on {addr} failed")]
     Serve {
         addr: SocketAddr,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -145,17 +146,16 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
     let reconciler = Reconciler::new(parts.store.clone(), pods.clone(), notices.clone());
     let cache = reconciler.cache();
     let reconciler = tokio::spawn(reconciler.run());
-    let service = OrchestratorService::new(
+    let engine = Engine::new(
         parts.store,
-        pods,
-        parts.kube,
-        cache.clone(),
+        KubePods::new(pods, parts.kube, cache.clone()),
         notices,
-        parts.service,
+        parts.service.default_command_port,
     );
+    let service = OrchestratorService::new(std::sync::Arc::new(engine), parts.service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<OrchestratorServer<OrchestratorService>>()
+        .set_serving::<OrchestratorServer<OrchestratorService<Store, KubePods>>>()
         .await;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -191,7 +191,7 @@ impl Running {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(source)) => Err(AppError::Serve { addr, source }),
                 Err(join) => {
-                    tracing::error!(error = %join, "gRPC server task failed");
+                    tracing::error!(error = %proto::error_chain::ErrorChain(&join), "gRPC server task failed");
                     Ok(())
                 }
             },

@@ -7,8 +7,12 @@
 //! - [`pods::manifest`], [`pods::view`]: `PodSpecFor` and readings of pod status (pure).
 //! - [`store`]: the only Spanner code (read-write transactions, ABORTED retries).
 //! - [`pods::client`]: the only code that creates or deletes pods.
+//! - [`engine`]: the GetServer, WatchServer and ReportReady decisions and their order,
+//!   over two ports (`SessionStore`, `Pods`) with in-memory fakes for its tests.
+//! - [`pods::kube_pods`]: the `Pods` port on kube-rs; [`store`] implements `SessionStore`.
 //! - [`reconcile`]: the watch on the platform's pods that repairs drift.
-//! - [`service`]: the tonic handlers; [`app`] wires everything; [`config`] is the CLI.
+//! - [`service`]: the tonic edge (validation, deadlines, status mapping); [`app`] wires
+//!   everything; [`config`] is the CLI.
 //!
 //! Architecture invariants: names are validated (`proto::names`) before any other use;
 //! READY is only written by a transaction that checks the SessionId (fencing); the cluster
@@ -16,6 +20,7 @@
 
 pub mod app;
 pub mod config;
+pub mod engine;
 pub mod notify;
 pub mod pods;
 pub mod reconcile;

@@ -6,10 +6,23 @@ use orchestrator::app::{self, Parts};
 use orchestrator::config::Config;
 use orchestrator::schema;
 use orchestrator::store::Store;
+use proto::error_chain::ErrorChain;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(config)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orchestrator: ERROR: {}", ErrorChain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -72,7 +85,7 @@ async fn terminate() {
             s.recv().await;
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot install the SIGTERM handler");
+            tracing::warn!(error = %ErrorChain(&e), "cannot install the SIGTERM handler");
             std::future::pending::<()>().await;
         }
     }

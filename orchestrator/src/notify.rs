@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use proto::names::SessionId;
 use tokio::sync::broadcast;
 
 use crate::session::SessionKey;
@@ -16,7 +17,7 @@ use crate::session::SessionKey;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyNotice {
     pub key: SessionKey,
-    pub session_id: String,
+    pub session_id: SessionId,
 }
 
 /// Fan-out of [`ReadyNotice`]s. Receivers that lag re-read the row.
@@ -34,11 +35,11 @@ impl Default for ReadyNotices {
 }
 
 impl ReadyNotices {
-    pub fn send(&self, key: &SessionKey, session_id: &str) {
+    pub fn send(&self, key: &SessionKey, session_id: &SessionId) {
         // No receiver is fine: nobody is watching that session.
         let _ = self.tx.send(ReadyNotice {
             key: key.clone(),
-            session_id: session_id.to_string(),
+            session_id: session_id.clone(),
         });
     }
 
@@ -100,12 +101,20 @@ impl Drop for KeyGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::names::{RepoHash, UserId};
     use std::time::Duration;
+
+    fn key(user: &str) -> SessionKey {
+        SessionKey::new(
+            UserId::parse(user).expect("valid"),
+            RepoHash::parse("0123456789abcdef0123456789abcdef").expect("valid"),
+        )
+    }
 
     #[tokio::test]
     async fn a_key_is_held_by_one_holder_at_a_time_and_entries_are_cleaned() {
         let locks = KeyLocks::default();
-        let k = SessionKey::new("alice", "0123456789abcdef0123456789abcdef");
+        let k = key("alice");
         let g = locks.lock(&k).await;
         let locks2 = locks.clone();
         let k2 = k.clone();
@@ -128,9 +137,7 @@ mod tests {
         assert!(locks.is_empty(), "entries must not leak");
         // Another key is independent.
         let _a = locks.lock(&k).await;
-        let _b = locks
-            .lock(&SessionKey::new("bob", "0123456789abcdef0123456789abcdef"))
-            .await;
+        let _b = locks.lock(&key("bob")).await;
         assert_eq!(locks.len(), 2);
     }
 
@@ -138,10 +145,11 @@ mod tests {
     async fn notices_reach_subscribers() {
         let n = ReadyNotices::default();
         let mut rx = n.subscribe();
-        let k = SessionKey::new("alice", "0123456789abcdef0123456789abcdef");
-        n.send(&k, "s1");
+        let k = key("alice");
+        let s1 = SessionId::parse("s1").expect("valid");
+        n.send(&k, &s1);
         let got = rx.recv().await.expect("notice");
         assert_eq!(got.key, k);
-        assert_eq!(got.session_id, "s1");
+        assert_eq!(got.session_id, s1);
     }
 }

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store as PodCache};
 use kube::runtime::{watcher, WatchStreamExt};
+use proto::error_chain::ErrorChain;
 use tokio::time::Instant;
 
 use crate::notify::ReadyNotices;
@@ -74,7 +75,9 @@ impl Reconciler {
                 Ok(watcher::Event::Delete(pod)) => this.on_deleted(&pod).await,
                 Ok(watcher::Event::Init) => {}
                 Ok(watcher::Event::InitDone) => this.sweep().await,
-                Err(e) => tracing::warn!(error = %e, "pod watch error; resuming with backoff"),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "pod watch error; resuming with backoff")
+                }
             }
         }
     }
@@ -94,7 +97,7 @@ impl Reconciler {
         let row = match self.store.read(&key).await {
             Ok(row) => row,
             Err(e) => {
-                tracing::warn!(pod = %name, error = %e, "reconciler cannot read the row; will retry on the next event");
+                tracing::warn!(pod = %name, error = %ErrorChain(&e), "reconciler cannot read the row; will retry on the next event");
                 return;
             }
         };
@@ -122,7 +125,7 @@ impl Reconciler {
         let row = match self.store.read(&key).await {
             Ok(row) => row,
             Err(e) => {
-                tracing::warn!(pod = %name, error = %e, "reconciler cannot read the row after a deletion");
+                tracing::warn!(pod = %name, error = %ErrorChain(&e), "reconciler cannot read the row after a deletion");
                 return;
             }
         };
@@ -135,7 +138,7 @@ impl Reconciler {
         let rows = match self.store.ready_rows().await {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::warn!(error = %e, "reconciler sweep cannot list READY rows");
+                tracing::warn!(error = %ErrorChain(&e), "reconciler sweep cannot list READY rows");
                 return;
             }
         };
@@ -184,7 +187,7 @@ impl Reconciler {
                         tracing::debug!(pod = %name, reason = %why, "reconciler READY fenced off")
                     }
                     Err(e) => {
-                        tracing::warn!(pod = %name, error = %e, "reconciler cannot mark READY")
+                        tracing::warn!(pod = %name, error = %ErrorChain(&e), "reconciler cannot mark READY")
                     }
                 }
             }
@@ -198,7 +201,7 @@ impl Reconciler {
                         session = %session_id, pod = %name, "pod failed or gone: row leaves READY"),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(pod = %name, error = %e, "reconciler cannot demote the row")
+                        tracing::warn!(pod = %name, error = %ErrorChain(&e), "reconciler cannot demote the row")
                     }
                 }
             }
@@ -212,7 +215,7 @@ impl Reconciler {
 
     async fn delete(&self, name: &str, uid: Option<&str>, why: &str) {
         if let Err(e) = self.pods.delete(name, uid).await {
-            tracing::warn!(pod = %name, reason = why, error = %e, "reconciler cannot delete the pod");
+            tracing::warn!(pod = %name, reason = why, error = %ErrorChain(&e), "reconciler cannot delete the pod");
         }
     }
 }

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use proto::names::{RepoHash, SessionId, UserId};
+
 /// `Status` column values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -41,19 +43,16 @@ impl fmt::Display for Status {
     }
 }
 
-/// The primary key of a BuildSessions row. Only built from validated names.
+/// The primary key of a BuildSessions row, made of validated names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey {
-    pub user_id: String,
-    pub repo_hash: String,
+    pub user_id: UserId,
+    pub repo_hash: RepoHash,
 }
 
 impl SessionKey {
-    pub fn new(user_id: impl Into<String>, repo_hash: impl Into<String>) -> Self {
-        SessionKey {
-            user_id: user_id.into(),
-            repo_hash: repo_hash.into(),
-        }
+    pub fn new(user_id: UserId, repo_hash: RepoHash) -> Self {
+        SessionKey { user_id, repo_hash }
     }
 }
 
@@ -66,16 +65,16 @@ impl fmt::Display for SessionKey {
 /// The non-key columns of a BuildSessions row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
-    pub session_id: String,
+    pub session_id: SessionId,
     pub pod_ip: Option<String>,
     pub status: Status,
 }
 
 impl SessionRow {
     /// A fresh row for a session whose pod does not run yet.
-    pub fn pending(session_id: &str) -> Self {
+    pub fn pending(session_id: &SessionId) -> Self {
         SessionRow {
-            session_id: session_id.to_string(),
+            session_id: session_id.clone(),
             pod_ip: None,
             status: Status::Pending,
         }
@@ -103,18 +102,18 @@ pub enum GetServerOutcome {
     /// Same session, row PENDING: the spawn is under way.
     InProgress,
     /// Another session owned the row (a desktop bounce): it was taken over.
-    Bounced { previous_session: String },
+    Bounced { previous_session: SessionId },
 }
 
 /// What the cluster must do once the transaction committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterIntent {
     /// Make sure this session's pod exists (create it unless it already runs).
-    EnsurePod { session_id: String },
+    EnsurePod { session_id: SessionId },
     /// The old session's pod must go, then this session's pod is created.
     ReplacePod {
-        stale_session_id: String,
-        session_id: String,
+        stale_session_id: SessionId,
+        session_id: SessionId,
     },
 }
 
@@ -131,7 +130,7 @@ pub struct GetServerTransition {
 /// GetServer's transition (design.md, "GetServer semantics"):
 /// no row -> insert PENDING; same session -> as is; other session -> overwrite the session,
 /// clear PodIP, PENDING, and the old pod must go.
-pub fn get_server(row: Option<&SessionRow>, session_id: &str) -> GetServerTransition {
+pub fn get_server(row: Option<&SessionRow>, session_id: &SessionId) -> GetServerTransition {
     match row {
         None => {
             let new = SessionRow::pending(session_id);
@@ -140,11 +139,11 @@ pub fn get_server(row: Option<&SessionRow>, session_id: &str) -> GetServerTransi
                 row: new,
                 outcome: GetServerOutcome::Created,
                 cluster: ClusterIntent::EnsurePod {
-                    session_id: session_id.to_string(),
+                    session_id: session_id.clone(),
                 },
             }
         }
-        Some(row) if row.session_id == session_id => GetServerTransition {
+        Some(row) if row.session_id == *session_id => GetServerTransition {
             write: RowWrite::Keep,
             row: row.clone(),
             outcome: match row.status {
@@ -152,7 +151,7 @@ pub fn get_server(row: Option<&SessionRow>, session_id: &str) -> GetServerTransi
                 Status::Pending => GetServerOutcome::InProgress,
             },
             cluster: ClusterIntent::EnsurePod {
-                session_id: session_id.to_string(),
+                session_id: session_id.clone(),
             },
         },
         Some(row) => {
@@ -165,7 +164,7 @@ pub fn get_server(row: Option<&SessionRow>, session_id: &str) -> GetServerTransi
                 },
                 cluster: ClusterIntent::ReplacePod {
                     stale_session_id: row.session_id.clone(),
-                    session_id: session_id.to_string(),
+                    session_id: session_id.clone(),
                 },
             }
         }
@@ -178,7 +177,7 @@ pub enum ReadyRejection {
     /// There is no row for the key (never created, or deleted).
     NoRow,
     /// The row belongs to another session: a late report from an old pod.
-    OtherSession { current_session: String },
+    OtherSession { current_session: SessionId },
 }
 
 impl fmt::Display for ReadyRejection {
@@ -203,17 +202,17 @@ pub enum ReadyDecision {
 
 /// ReportReady (and the reconciler's "push was lost" repair): READY with the pod IP, only
 /// if the session still owns the row.
-pub fn mark_ready(row: Option<&SessionRow>, session_id: &str, pod_ip: &str) -> ReadyDecision {
+pub fn mark_ready(row: Option<&SessionRow>, session_id: &SessionId, pod_ip: &str) -> ReadyDecision {
     match row {
         None => ReadyDecision::Reject(ReadyRejection::NoRow),
-        Some(row) if row.session_id != session_id => {
+        Some(row) if row.session_id != *session_id => {
             ReadyDecision::Reject(ReadyRejection::OtherSession {
                 current_session: row.session_id.clone(),
             })
         }
         Some(row) => {
             let new = SessionRow {
-                session_id: session_id.to_string(),
+                session_id: session_id.clone(),
                 pod_ip: Some(pod_ip.to_string()),
                 status: Status::Ready,
             };
@@ -229,9 +228,9 @@ pub fn mark_ready(row: Option<&SessionRow>, session_id: &str, pod_ip: &str) -> R
 
 /// The row leaves READY (pod failed or gone), fenced by session: PENDING, PodIP cleared.
 /// Returns `Keep` when the row is absent, another session's, or not READY.
-pub fn leave_ready(row: Option<&SessionRow>, session_id: &str) -> RowWrite {
+pub fn leave_ready(row: Option<&SessionRow>, session_id: &SessionId) -> RowWrite {
     match row {
-        Some(row) if row.session_id == session_id && row.status == Status::Ready => {
+        Some(row) if row.session_id == *session_id && row.status == Status::Ready => {
             RowWrite::Update(SessionRow::pending(session_id))
         }
         _ => RowWrite::Keep,
@@ -241,8 +240,8 @@ pub fn leave_ready(row: Option<&SessionRow>, session_id: &str) -> RowWrite {
 /// What the cluster says about one pod, reduced to what the decisions need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
-    /// The `jbazel.dev/session` label; `None` when missing.
-    pub session_id: Option<String>,
+    /// The `jbazel.dev/session` label; `None` when missing or not a valid SessionId.
+    pub session_id: Option<SessionId>,
     pub health: PodHealth,
     pub pod_ip: Option<String>,
     /// The pod's UID, to delete exactly this pod and not a newer one of the same name.
@@ -269,9 +268,12 @@ pub enum ReconcileDecision {
     /// The cluster and the row agree (or only GetServer may act).
     Nothing,
     /// The pod is Ready for the row's session but the row is not READY: the push was lost.
-    MarkReady { session_id: String, pod_ip: String },
+    MarkReady {
+        session_id: SessionId,
+        pod_ip: String,
+    },
     /// The row says READY but its pod failed or is gone.
-    LeaveReady { session_id: String },
+    LeaveReady { session_id: SessionId },
     /// The pod belongs to no row or to another session than the row's: delete it.
     DeletePod { reason: DeleteReason },
 }
@@ -284,7 +286,7 @@ pub enum DeleteReason {
     /// There is no row for the pod's (user, repo).
     NoRow,
     /// The row belongs to another session.
-    OtherSession { row_session: String },
+    OtherSession { row_session: SessionId },
 }
 
 impl fmt::Display for DeleteReason {
@@ -310,7 +312,7 @@ pub fn reconcile(row: Option<&SessionRow>, pod: Option<&PodView>) -> ReconcileDe
             _ => ReconcileDecision::Nothing,
         };
     };
-    let Some(pod_session) = pod.session_id.as_deref() else {
+    let Some(pod_session) = pod.session_id.as_ref() else {
         return ReconcileDecision::DeletePod {
             reason: DeleteReason::NoSessionLabel,
         };
@@ -320,7 +322,7 @@ pub fn reconcile(row: Option<&SessionRow>, pod: Option<&PodView>) -> ReconcileDe
             reason: DeleteReason::NoRow,
         };
     };
-    if row.session_id != pod_session {
+    if row.session_id != *pod_session {
         return ReconcileDecision::DeletePod {
             reason: DeleteReason::OtherSession {
                 row_session: row.session_id.clone(),
@@ -359,14 +361,14 @@ pub enum PodStep {
 }
 
 /// Decides the cluster step for `session_id` given the pod currently under its name.
-pub fn pod_step(session_id: &str, pod: Option<&PodView>) -> PodStep {
+pub fn pod_step(session_id: &SessionId, pod: Option<&PodView>) -> PodStep {
     match pod {
         None => PodStep::Create,
         Some(pod) if pod.health == PodHealth::Terminating => PodStep::WaitGone {
             uid: pod.uid.clone(),
         },
         Some(pod)
-            if pod.session_id.as_deref() != Some(session_id)
+            if pod.session_id.as_ref() != Some(session_id)
                 || matches!(pod.health, PodHealth::Failed { .. }) =>
         {
             PodStep::Replace {
@@ -381,9 +383,13 @@ pub fn pod_step(session_id: &str, pod: Option<&PodView>) -> PodStep {
 mod tests {
     use super::*;
 
+    fn sid(s: &str) -> SessionId {
+        SessionId::parse(s).expect("valid session id")
+    }
+
     fn row(session: &str, status: Status, ip: Option<&str>) -> SessionRow {
         SessionRow {
-            session_id: session.into(),
+            session_id: sid(session),
             pod_ip: ip.map(str::to_string),
             status,
         }
@@ -391,7 +397,7 @@ mod tests {
 
     fn pod(session: Option<&str>, health: PodHealth, ip: Option<&str>) -> PodView {
         PodView {
-            session_id: session.map(str::to_string),
+            session_id: session.map(sid),
             health,
             pod_ip: ip.map(str::to_string),
             uid: Some("uid-1".into()),
@@ -413,10 +419,10 @@ mod tests {
             (
                 None,
                 "s1",
-                RowWrite::Insert(SessionRow::pending("s1")),
+                RowWrite::Insert(SessionRow::pending(&sid("s1"))),
                 GetServerOutcome::Created,
                 ClusterIntent::EnsurePod {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (
@@ -425,7 +431,7 @@ mod tests {
                 RowWrite::Keep,
                 GetServerOutcome::Reused,
                 ClusterIntent::EnsurePod {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (
@@ -434,36 +440,36 @@ mod tests {
                 RowWrite::Keep,
                 GetServerOutcome::InProgress,
                 ClusterIntent::EnsurePod {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (
                 Some(&ready),
                 "s2",
-                RowWrite::Update(SessionRow::pending("s2")),
+                RowWrite::Update(SessionRow::pending(&sid("s2"))),
                 GetServerOutcome::Bounced {
-                    previous_session: "s1".into(),
+                    previous_session: sid("s1"),
                 },
                 ClusterIntent::ReplacePod {
-                    stale_session_id: "s1".into(),
-                    session_id: "s2".into(),
+                    stale_session_id: sid("s1"),
+                    session_id: sid("s2"),
                 },
             ),
             (
                 Some(&pending),
                 "s2",
-                RowWrite::Update(SessionRow::pending("s2")),
+                RowWrite::Update(SessionRow::pending(&sid("s2"))),
                 GetServerOutcome::Bounced {
-                    previous_session: "s1".into(),
+                    previous_session: sid("s1"),
                 },
                 ClusterIntent::ReplacePod {
-                    stale_session_id: "s1".into(),
-                    session_id: "s2".into(),
+                    stale_session_id: sid("s1"),
+                    session_id: sid("s2"),
                 },
             ),
         ];
         for (before, session, write, outcome, intent) in cases {
-            let t = get_server(before, session);
+            let t = get_server(before, &sid(session));
             assert_eq!(t.write, write, "{before:?} {session}");
             assert_eq!(t.outcome, outcome, "{before:?} {session}");
             assert_eq!(t.cluster, intent, "{before:?} {session}");
@@ -473,13 +479,16 @@ mod tests {
                 RowWrite::Insert(r) | RowWrite::Update(r) => r.clone(),
             };
             assert_eq!(t.row, after);
-            assert_eq!(t.row.session_id, session);
+            assert_eq!(t.row.session_id, sid(session));
         }
     }
 
     #[test]
     fn bounce_clears_the_pod_ip() {
-        let t = get_server(Some(&row("old", Status::Ready, Some("10.244.0.9"))), "new");
+        let t = get_server(
+            Some(&row("old", Status::Ready, Some("10.244.0.9"))),
+            &sid("new"),
+        );
         assert_eq!(t.row.pod_ip, None);
         assert_eq!(t.row.status, Status::Pending);
     }
@@ -500,7 +509,7 @@ mod tests {
                 "s0",
                 "10.244.0.5",
                 ReadyDecision::Reject(ReadyRejection::OtherSession {
-                    current_session: "s1".into(),
+                    current_session: sid("s1"),
                 }),
             ),
             (
@@ -508,7 +517,7 @@ mod tests {
                 "s0",
                 "10.244.0.7",
                 ReadyDecision::Reject(ReadyRejection::OtherSession {
-                    current_session: "s1".into(),
+                    current_session: sid("s1"),
                 }),
             ),
             (
@@ -543,7 +552,7 @@ mod tests {
         ];
         for (before, session, ip, expected) in cases {
             assert_eq!(
-                mark_ready(before, session, ip),
+                mark_ready(before, &sid(session), ip),
                 expected,
                 "{before:?} {session}"
             );
@@ -555,12 +564,12 @@ mod tests {
         let ready = row("s1", Status::Ready, Some("10.244.0.5"));
         let pending = row("s1", Status::Pending, None);
         assert_eq!(
-            leave_ready(Some(&ready), "s1"),
-            RowWrite::Update(SessionRow::pending("s1"))
+            leave_ready(Some(&ready), &sid("s1")),
+            RowWrite::Update(SessionRow::pending(&sid("s1")))
         );
-        assert_eq!(leave_ready(Some(&ready), "s0"), RowWrite::Keep);
-        assert_eq!(leave_ready(Some(&pending), "s1"), RowWrite::Keep);
-        assert_eq!(leave_ready(None, "s1"), RowWrite::Keep);
+        assert_eq!(leave_ready(Some(&ready), &sid("s0")), RowWrite::Keep);
+        assert_eq!(leave_ready(Some(&pending), &sid("s1")), RowWrite::Keep);
+        assert_eq!(leave_ready(None, &sid("s1")), RowWrite::Keep);
     }
 
     #[test]
@@ -577,7 +586,7 @@ mod tests {
                 Some(&pending),
                 Some(pod(Some("s1"), PodHealth::Ready, Some("10.244.0.5"))),
                 D::MarkReady {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                     pod_ip: "10.244.0.5".into(),
                 },
             ),
@@ -610,14 +619,14 @@ mod tests {
                 Some(&ready),
                 Some(pod(Some("s1"), failed.clone(), Some("10.244.0.5"))),
                 D::LeaveReady {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (
                 Some(&ready),
                 Some(pod(Some("s1"), PodHealth::Terminating, Some("10.244.0.5"))),
                 D::LeaveReady {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (
@@ -630,7 +639,7 @@ mod tests {
                 Some(&ready),
                 None,
                 D::LeaveReady {
-                    session_id: "s1".into(),
+                    session_id: sid("s1"),
                 },
             ),
             (Some(&pending), None, D::Nothing),
@@ -648,7 +657,7 @@ mod tests {
                 Some(pod(Some("s0"), PodHealth::Ready, Some("10.244.0.5"))),
                 D::DeletePod {
                     reason: DeleteReason::OtherSession {
-                        row_session: "s1".into(),
+                        row_session: sid("s1"),
                     },
                 },
             ),
@@ -657,7 +666,7 @@ mod tests {
                 Some(pod(Some("s0"), PodHealth::Starting, None)),
                 D::DeletePod {
                     reason: DeleteReason::OtherSession {
-                        row_session: "s1".into(),
+                        row_session: sid("s1"),
                     },
                 },
             ),
@@ -709,7 +718,7 @@ mod tests {
             ),
         ];
         for (pod, expected) in cases {
-            assert_eq!(pod_step("s1", pod.as_ref()), expected, "{pod:?}");
+            assert_eq!(pod_step(&sid("s1"), pod.as_ref()), expected, "{pod:?}");
         }
     }
 

@@ -24,9 +24,12 @@ use gcloud_spanner::statement::ToKind;
 /// `insert` or `update` of gcloud-spanner: same arguments, different mutation kind.
 type MutationFn = fn(&str, &[&str], &[&dyn ToKind]) -> gcloud_googleapis::spanner::v1::Mutation;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
+use proto::names::{RepoHash, SessionId, UserId};
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::Code;
+
+use crate::engine::SessionStore;
 
 use crate::session::{
     self, GetServerTransition, ReadyDecision, RowWrite, SessionKey, SessionRow, Status,
@@ -46,14 +49,14 @@ const BACKOFF_CAP: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The Spanner client could not be created.
-    #[error("cannot connect to Spanner database {database}: {source}")]
+    #[error("cannot connect to Spanner database {database}")]
     Connect {
         database: String,
         #[source]
         source: SpannerError,
     },
     /// A Spanner call failed with something other than ABORTED.
-    #[error("{op} on BuildSessions row {key}: {source}")]
+    #[error("{op} on BuildSessions row {key}")]
     Spanner {
         op: &'static str,
         key: String,
@@ -116,7 +119,7 @@ impl Store {
     pub async fn get_server(
         &self,
         key: &SessionKey,
-        session_id: &str,
+        session_id: &SessionId,
         deadline: Instant,
     ) -> Result<GetServerTransition, StoreError> {
         self.transact("GetServer", key, deadline, |row| {
@@ -130,7 +133,7 @@ impl Store {
     pub async fn mark_ready(
         &self,
         key: &SessionKey,
-        session_id: &str,
+        session_id: &SessionId,
         pod_ip: &str,
         deadline: Instant,
     ) -> Result<ReadyDecision, StoreError> {
@@ -149,7 +152,7 @@ impl Store {
     pub async fn leave_ready(
         &self,
         key: &SessionKey,
-        session_id: &str,
+        session_id: &SessionId,
         deadline: Instant,
     ) -> Result<bool, StoreError> {
         self.transact("LeaveReady", key, deadline, |row| {
@@ -168,14 +171,15 @@ impl Store {
             source,
         };
         let mut tx = self.client.single().await.map_err(err)?;
-        let spanner_key = Key::composite(&[&key.user_id, &key.repo_hash]);
+        let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
         let row = tx
             .read_row(TABLE, &VALUE_COLUMNS, spanner_key)
             .await
             .map_err(|s| err(s.into()))?;
-        row.map(|r| parse_value_columns(&r))
-            .transpose()
-            .map_err(err)
+        match row {
+            Some(r) => parse_value_columns(key, &r).map_err(err),
+            None => Ok(None),
+        }
     }
 
     /// Every READY row (the reconciler's sweep after each (re)list of pods).
@@ -194,13 +198,21 @@ impl Store {
         let mut rows = tx.query(stmt).await.map_err(|s| err(s.into()))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(|s| err(s.into()))? {
-            let key = SessionKey::new(
-                row.column_by_name::<String>("UserId")
-                    .map_err(|e| err(e.into()))?,
-                row.column_by_name::<String>("RepoHash")
-                    .map_err(|e| err(e.into()))?,
-            );
-            out.push((key, parse_value_columns(&row).map_err(err)?));
+            let user = row
+                .column_by_name::<String>("UserId")
+                .map_err(|e| err(e.into()))?;
+            let hash = row
+                .column_by_name::<String>("RepoHash")
+                .map_err(|e| err(e.into()))?;
+            // Only rows whose key this service could have written count.
+            let (Ok(user_id), Ok(repo_hash)) = (UserId::parse(user), RepoHash::parse(hash)) else {
+                tracing::warn!("skipping a BuildSessions row whose key is not a valid name");
+                continue;
+            };
+            let key = SessionKey::new(user_id, repo_hash);
+            if let Some(parsed) = parse_value_columns(&key, &row).map_err(err)? {
+                out.push((key, parsed));
+            }
         }
         Ok(out)
     }
@@ -228,6 +240,40 @@ impl Store {
         let result = read_decide_buffer(&mut tx, key, decide).await;
         let (_commit, out) = tx.end(result, None).await?;
         Ok(out)
+    }
+}
+
+impl SessionStore for Store {
+    async fn get_server(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        deadline: Instant,
+    ) -> Result<GetServerTransition, StoreError> {
+        Store::get_server(self, key, session_id, deadline).await
+    }
+
+    async fn mark_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        pod_ip: &str,
+        deadline: Instant,
+    ) -> Result<ReadyDecision, StoreError> {
+        Store::mark_ready(self, key, session_id, pod_ip, deadline).await
+    }
+
+    async fn leave_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        Store::leave_ready(self, key, session_id, deadline).await
+    }
+
+    async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
+        Store::read(self, key).await
     }
 }
 
@@ -284,23 +330,28 @@ where
     F: Fn(Option<&SessionRow>) -> (RowWrite, T),
 {
     // Bound to a `let` so the future stays Send (environment.md).
-    let spanner_key = Key::composite(&[&key.user_id, &key.repo_hash]);
-    let row = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
-    let row = row.map(|r| parse_value_columns(&r)).transpose()?;
+    let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
+    let raw = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
+    let existed = raw.is_some();
+    let row = match raw {
+        Some(r) => parse_value_columns(key, &r)?,
+        None => None,
+    };
     let (write, out) = decide(row.as_ref());
-    // The same columns either way; only the mutation kind differs.
+    // The same columns either way; only the mutation kind differs. An unreadable row
+    // (decided on as absent) exists, so it is updated, not inserted.
     let (mutation, r): (MutationFn, _) = match write {
         RowWrite::Keep => return Ok(out),
-        RowWrite::Insert(r) => (insert, r),
-        RowWrite::Update(r) => (update, r),
+        RowWrite::Insert(r) | RowWrite::Update(r) if existed => (update, r),
+        RowWrite::Insert(r) | RowWrite::Update(r) => (insert, r),
     };
     tx.buffer_write(vec![mutation(
         TABLE,
         &ALL_COLUMNS,
         &[
-            &key.user_id,
-            &key.repo_hash,
-            &r.session_id,
+            &key.user_id.as_str(),
+            &key.repo_hash.as_str(),
+            &r.session_id.as_str(),
             &r.pod_ip,
             &r.status.as_str(),
         ],
@@ -308,12 +359,16 @@ where
     Ok(out)
 }
 
-/// Reads SessionId, PodIP, Status. NULL SessionId reads as "" (any session differs);
-/// an unknown or NULL Status reads as PENDING (never trust an unknown READY).
-fn parse_value_columns(row: &Row) -> Result<SessionRow, SpannerError> {
-    let session_id = row
-        .column_by_name::<Option<String>>("SessionId")?
-        .unwrap_or_default();
+/// Reads SessionId, PodIP, Status. A row without a valid SessionId reads as no row (`None`:
+/// no session owns it, so the next GetServer takes it over); an unknown or NULL Status
+/// reads as PENDING (never trust an unknown READY).
+fn parse_value_columns(key: &SessionKey, row: &Row) -> Result<Option<SessionRow>, SpannerError> {
+    let raw_session = row.column_by_name::<Option<String>>("SessionId")?;
+    let Some(session_id) = raw_session.and_then(|s| SessionId::parse(s).ok()) else {
+        tracing::warn!(user = %key.user_id, repo_hash = %key.repo_hash,
+            "BuildSessions row without a valid SessionId: treated as absent");
+        return Ok(None);
+    };
     let pod_ip = row
         .column_by_name::<Option<String>>("PodIP")?
         .filter(|s| !s.is_empty());
@@ -322,11 +377,11 @@ fn parse_value_columns(row: &Row) -> Result<SessionRow, SpannerError> {
         .as_deref()
         .and_then(Status::parse)
         .unwrap_or(Status::Pending);
-    Ok(SessionRow {
+    Ok(Some(SessionRow {
         session_id,
         pod_ip,
         status,
-    })
+    }))
 }
 
 fn is_aborted(e: &SpannerError) -> bool {
@@ -380,7 +435,10 @@ mod tests {
     }
 
     fn k() -> SessionKey {
-        SessionKey::new("alice", "0123456789abcdef0123456789abcdef")
+        SessionKey::new(
+            UserId::parse("alice").expect("valid"),
+            RepoHash::parse("0123456789abcdef0123456789abcdef").expect("valid"),
+        )
     }
 
     #[tokio::test]
@@ -402,7 +460,9 @@ mod tests {
         assert_eq!(out, 4);
     }
 
-    #[tokio::test]
+    // Paused time: the test asserts the retry loop's own arithmetic, not the timer wheel's
+    // millisecond rounding (a real clock overran 300 ms by 0.35 ms in CI).
+    #[tokio::test(start_paused = true)]
     async fn retries_stop_at_the_deadline() {
         let calls = std::cell::Cell::new(0u32);
         let t0 = Instant::now();

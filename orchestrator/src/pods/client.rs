@@ -17,7 +17,7 @@ use crate::session::{pod_step, PodStep};
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     /// A Kubernetes API call failed.
-    #[error("{op} pod {namespace}/{pod}: {source}")]
+    #[error("{op} pod {namespace}/{pod}")]
     Kube {
         op: &'static str,
         namespace: String,
@@ -29,7 +29,7 @@ pub enum PodError {
     #[error("pod {namespace}/{pod} was still terminating at the deadline")]
     StillTerminating { namespace: String, pod: String },
     /// The watch used to wait for a deletion failed.
-    #[error("waiting for pod {namespace}/{pod} to be deleted: {source}")]
+    #[error("waiting for pod {namespace}/{pod} to be deleted")]
     Wait {
         namespace: String,
         pod: String,

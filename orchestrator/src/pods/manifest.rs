@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use md5::{Digest, Md5};
+use proto::names::{RepoHash, SessionId, UserId};
 
 /// `app.kubernetes.io/name`: the platform's label; the reconciler watches it.
 pub const LABEL_APP: &str = "app.kubernetes.io/name";
@@ -119,7 +120,9 @@ impl Default for PodSettings {
             image: "docker.io/library/jbazel-bazel-server:dev".into(),
             pull_policy: PullPolicy::Never,
             filestore_root: PathBuf::from("/tmp/mock-filestore"),
-            orchestrator_addr: "http://10.244.0.1:50051".into(),
+            // No default address: it depends on the cluster's network (the orchestrator's
+            // CLI requires it). Empty: the pods do not report (the probe path still works).
+            orchestrator_addr: String::new(),
             termination_grace_seconds: 10,
             probe: ProbeMode::Http,
             node_selector: BTreeMap::new(),
@@ -169,9 +172,9 @@ fn escape(s: &str) -> String {
 /// The pod of one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSpecFor<'a> {
-    pub user_id: &'a str,
-    pub repo_hash: &'a str,
-    pub session_id: &'a str,
+    pub user_id: &'a UserId,
+    pub repo_hash: &'a RepoHash,
+    pub session_id: &'a SessionId,
 }
 
 impl PodSpecFor<'_> {
@@ -425,12 +428,13 @@ mod tests {
     fn manifest_carries_identity_env_volume_probe_and_least_privilege() {
         let settings = PodSettings {
             filestore_root: PathBuf::from("/srv/fs"),
+            orchestrator_addr: "http://192.0.2.1:50051".into(),
             ..PodSettings::default()
         };
         let spec = PodSpecFor {
-            user_id: "alice",
-            repo_hash: HASH,
-            session_id: "boot-1",
+            user_id: &UserId::parse("alice").expect("valid"),
+            repo_hash: &RepoHash::parse(HASH).expect("valid"),
+            session_id: &SessionId::parse("boot-1").expect("valid"),
         };
         let pod = spec.manifest(&settings);
         assert_eq!(
@@ -492,7 +496,7 @@ mod tests {
             env["GRACE_PERIOD_SECS"], "8",
             "the supervisor finishes before the kubelet kills"
         );
-        assert_eq!(env["ORCHESTRATOR_ADDR"], "http://10.244.0.1:50051");
+        assert_eq!(env["ORCHESTRATOR_ADDR"], "http://192.0.2.1:50051");
         assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
         assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
 
@@ -526,9 +530,9 @@ mod tests {
             ..PodSettings::default()
         };
         let pod = PodSpecFor {
-            user_id: "bob",
-            repo_hash: HASH,
-            session_id: "s",
+            user_id: &UserId::parse("bob").expect("valid"),
+            repo_hash: &RepoHash::parse(HASH).expect("valid"),
+            session_id: &SessionId::parse("s").expect("valid"),
         }
         .manifest(&settings);
         let spec = pod.spec.expect("spec");

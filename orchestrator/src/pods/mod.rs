@@ -5,10 +5,13 @@
 //! - [`view`]: pure readings of a pod's status (the reconciler's [`crate::session::PodView`],
 //!   WatchServer's progress stages and failure reasons).
 //! - [`client`]: `PodClient`, the only code that calls the Kubernetes API for pods.
+//! - [`kube_pods`]: `KubePods`, the engine's `Pods` port on `PodClient` and watchers.
 
 pub mod client;
+pub mod kube_pods;
 pub mod manifest;
 pub mod view;
 
 pub use client::{EnsureOutcome, PodClient, PodError};
+pub use kube_pods::KubePods;
 pub use manifest::{pod_name, PodSettings, PodSpecFor, ProbeMode, PullPolicy};

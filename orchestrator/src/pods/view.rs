@@ -2,6 +2,7 @@
 //! progress stage or failure reason. No I/O.
 
 use k8s_openapi::api::core::v1::{Event, Pod};
+use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::Stage;
 
 use super::manifest::{ANNOTATION_COMMAND_PORT, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
@@ -21,22 +22,18 @@ pub const FAILURE_REASONS: &[&str] = &[
     "RunContainerError",
 ];
 
-/// The (user, repo) a pod claims through its labels, if both are there.
+/// The (user, repo) a pod claims through its labels, if both are there and valid names.
 pub fn key_of(pod: &Pod) -> Option<SessionKey> {
     let labels = pod.metadata.labels.as_ref()?;
     Some(SessionKey::new(
-        labels.get(LABEL_USER)?.clone(),
-        labels.get(LABEL_REPO_HASH)?.clone(),
+        UserId::parse(labels.get(LABEL_USER)?.as_str()).ok()?,
+        RepoHash::parse(labels.get(LABEL_REPO_HASH)?.as_str()).ok()?,
     ))
 }
 
-/// The session label.
-pub fn session_of(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .labels
-        .as_ref()?
-        .get(LABEL_SESSION)
-        .map(String::as_str)
+/// The session label, if present and a valid SessionId.
+pub fn session_of(pod: &Pod) -> Option<SessionId> {
+    SessionId::parse(pod.metadata.labels.as_ref()?.get(LABEL_SESSION)?.as_str()).ok()
 }
 
 /// The command port the supervisor reported (annotation set on ReportReady).
@@ -82,7 +79,7 @@ pub fn view(pod: &Pod) -> PodView {
         PodHealth::Starting
     };
     PodView {
-        session_id: session_of(pod).map(str::to_string),
+        session_id: session_of(pod),
         health,
         pod_ip: pod
             .status
@@ -440,9 +437,12 @@ mod tests {
         let mut p = pod("Running", vec![], vec![], None);
         assert_eq!(
             key_of(&p),
-            Some(SessionKey::new("alice", "0123456789abcdef0123456789abcdef"))
+            Some(SessionKey::new(
+                UserId::parse("alice").expect("valid"),
+                RepoHash::parse("0123456789abcdef0123456789abcdef").expect("valid")
+            ))
         );
-        assert_eq!(session_of(&p), Some("s1"));
+        assert_eq!(session_of(&p), SessionId::parse("s1").ok());
         assert_eq!(command_port_of(&p), None);
         for (value, expected) in [
             ("9001", Some(9001)),

@@ -1,0 +1,295 @@
+//! In-memory fakes of the engine's ports, for its unit tests: a session table that runs
+//! the same pure transitions as the Spanner store, and a "cluster" of pods whose status
+//! the test sets (the kubelet's part) and whose changes reach every watch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
+use proto::names::SessionId;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{PodSignal, Pods, SessionStore};
+use crate::pods::manifest::ANNOTATION_COMMAND_PORT;
+use crate::pods::view;
+use crate::pods::{EnsureOutcome, PodError, PodSettings, PodSpecFor};
+use crate::session::{
+    self, GetServerTransition, PodStep, ReadyDecision, RowWrite, SessionKey, SessionRow,
+};
+use crate::store::StoreError;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// BuildSessions in a map. `set_unavailable(true)` makes every call fail as a store that
+/// cannot reach Spanner would (DEADLINE_EXCEEDED after retries).
+#[derive(Default)]
+pub struct FakeStore {
+    rows: Mutex<HashMap<SessionKey, SessionRow>>,
+    unavailable: AtomicBool,
+}
+
+impl FakeStore {
+    pub fn row(&self, key: &SessionKey) -> Option<SessionRow> {
+        lock(&self.rows).get(key).cloned()
+    }
+
+    pub fn set_unavailable(&self, yes: bool) {
+        self.unavailable.store(yes, Ordering::SeqCst);
+    }
+
+    fn check(&self, op: &'static str, key: &SessionKey) -> Result<(), StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::DeadlineExceeded {
+                op,
+                key: key.to_string(),
+                attempts: 1,
+            });
+        }
+        Ok(())
+    }
+
+    fn transact<T>(
+        &self,
+        op: &'static str,
+        key: &SessionKey,
+        decide: impl FnOnce(Option<&SessionRow>) -> (RowWrite, T),
+    ) -> Result<T, StoreError> {
+        self.check(op, key)?;
+        let mut rows = lock(&self.rows);
+        let (write, out) = decide(rows.get(key));
+        match write {
+            RowWrite::Keep => {}
+            RowWrite::Insert(r) | RowWrite::Update(r) => {
+                rows.insert(key.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SessionStore for Arc<FakeStore> {
+    async fn get_server(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        _deadline: Instant,
+    ) -> Result<GetServerTransition, StoreError> {
+        self.transact("GetServer", key, |row| {
+            let t = session::get_server(row, session_id);
+            (t.write.clone(), t)
+        })
+    }
+
+    async fn mark_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        pod_ip: &str,
+        _deadline: Instant,
+    ) -> Result<ReadyDecision, StoreError> {
+        self.transact("MarkReady", key, |row| {
+            let d = session::mark_ready(row, session_id, pod_ip);
+            let write = match &d {
+                ReadyDecision::Accept { write, .. } => write.clone(),
+                ReadyDecision::Reject(_) => RowWrite::Keep,
+            };
+            (write, d)
+        })
+    }
+
+    async fn leave_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        _deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        self.transact("LeaveReady", key, |row| {
+            let write = session::leave_ready(row, session_id);
+            let changed = write != RowWrite::Keep;
+            (write, changed)
+        })
+    }
+
+    async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
+        self.check("Read", key)?;
+        Ok(self.row(key))
+    }
+}
+
+/// A cluster of pods in a map; deletions are immediate (no grace period).
+pub struct FakePods {
+    settings: PodSettings,
+    pods: Mutex<HashMap<String, Pod>>,
+    changes: broadcast::Sender<(String, PodSignal)>,
+    next_uid: AtomicU32,
+    /// Pods created so far (across replacements).
+    pub created: AtomicU32,
+}
+
+impl Default for FakePods {
+    fn default() -> Self {
+        FakePods {
+            settings: PodSettings::default(),
+            pods: Mutex::default(),
+            changes: broadcast::channel(256).0,
+            next_uid: AtomicU32::new(1),
+            created: AtomicU32::new(0),
+        }
+    }
+}
+
+impl FakePods {
+    pub fn get(&self, name: &str) -> Option<Pod> {
+        lock(&self.pods).get(name).cloned()
+    }
+
+    fn publish(&self, name: &str, signal: PodSignal) {
+        let _ = self.changes.send((name.to_string(), signal));
+    }
+
+    /// Changes the pod's status as the kubelet would, and tells the watches.
+    pub fn set_status(&self, name: &str, status: PodStatus) {
+        let pod = {
+            let mut pods = lock(&self.pods);
+            let Some(pod) = pods.get_mut(name) else {
+                return;
+            };
+            pod.status = Some(status);
+            pod.clone()
+        };
+        self.publish(name, PodSignal::Applied(Box::new(pod)));
+    }
+
+    /// Running and passing its readiness probe at `ip`.
+    pub fn set_ready(&self, name: &str, ip: &str) {
+        self.set_status(
+            name,
+            PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// The container waits for a reason (e.g. ErrImageNeverPull).
+    pub fn set_waiting(&self, name: &str, reason: &str) {
+        self.set_status(
+            name,
+            PodStatus {
+                phase: Some("Pending".into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "bazel-server".into(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(reason.into()),
+                            message: Some(format!("the container is {reason}")),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// The pod disappears (deleted by someone else, or its node died).
+    pub fn remove(&self, name: &str) {
+        if lock(&self.pods).remove(name).is_some() {
+            self.publish(name, PodSignal::Deleted);
+        }
+    }
+
+    fn create(&self, spec: &PodSpecFor<'_>) -> Pod {
+        let mut pod = spec.manifest(&self.settings);
+        let uid = self.next_uid.fetch_add(1, Ordering::SeqCst);
+        pod.metadata.uid = Some(format!("uid-{uid}"));
+        lock(&self.pods).insert(spec.name(), pod.clone());
+        self.created.fetch_add(1, Ordering::SeqCst);
+        self.publish(&spec.name(), PodSignal::Applied(Box::new(pod.clone())));
+        pod
+    }
+}
+
+impl Pods for Arc<FakePods> {
+    fn namespace(&self) -> &str {
+        &self.settings.namespace
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<Pod>> {
+        self.get(name).map(Arc::new)
+    }
+
+    async fn ensure(
+        &self,
+        spec: &PodSpecFor<'_>,
+        _deadline: Instant,
+    ) -> Result<EnsureOutcome, PodError> {
+        let name = spec.name();
+        let current = self.get(&name);
+        let current_view = current.as_ref().map(view::view);
+        match session::pod_step(spec.session_id, current_view.as_ref()) {
+            PodStep::Keep => match current {
+                Some(pod) => Ok(EnsureOutcome::Existing(Box::new(pod))),
+                None => Ok(EnsureOutcome::Created(Box::new(self.create(spec)))),
+            },
+            PodStep::Create => Ok(EnsureOutcome::Created(Box::new(self.create(spec)))),
+            PodStep::Replace { .. } | PodStep::WaitGone { .. } => {
+                self.remove(&name);
+                Ok(EnsureOutcome::Created(Box::new(self.create(spec))))
+            }
+        }
+    }
+
+    async fn annotate_command_port(
+        &self,
+        name: &str,
+        session_id: &SessionId,
+        port: u32,
+    ) -> Result<bool, PodError> {
+        let mut pods = lock(&self.pods);
+        let Some(pod) = pods.get_mut(name) else {
+            return Ok(false);
+        };
+        if view::session_of(pod).as_ref() != Some(session_id) {
+            return Ok(false);
+        }
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_COMMAND_PORT.to_string(), port.to_string());
+        Ok(true)
+    }
+
+    fn watch(&self, name: &str) -> BoxStream<'static, PodSignal> {
+        // Subscribe first, then read: a change in between is seen (maybe twice; harmless).
+        let changes = BroadcastStream::new(self.changes.subscribe());
+        let initial = self
+            .get(name)
+            .map(|p| PodSignal::Applied(Box::new(p)))
+            .into_iter();
+        let name = name.to_string();
+        let later = changes.filter_map(move |item| {
+            std::future::ready(match item {
+                Ok((n, signal)) if n == name => Some(signal),
+                _ => None,
+            })
+        });
+        stream::iter(initial).chain(later).boxed()
+    }
+}

@@ -1,0 +1,89 @@
+//! The engine's two ports: where sessions are kept ([`SessionStore`]) and where pods run
+//! ([`Pods`]). The real adapters are [`crate::store::Store`] (Spanner) and
+//! [`crate::pods::KubePods`] (kube-rs); the engine's unit tests use in-memory fakes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use proto::names::SessionId;
+use tokio::time::Instant;
+
+use crate::pods::{EnsureOutcome, PodError, PodSpecFor};
+use crate::session::{GetServerTransition, ReadyDecision, SessionKey, SessionRow};
+use crate::store::StoreError;
+
+/// The BuildSessions rows. Every write is one transaction fenced by the row's SessionId;
+/// every call gives up at `deadline`.
+pub trait SessionStore: Send + Sync + 'static {
+    /// GetServer's transaction ([`crate::session::get_server`]).
+    fn get_server(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<GetServerTransition, StoreError>> + Send;
+
+    /// The fenced READY write ([`crate::session::mark_ready`]).
+    fn mark_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        pod_ip: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<ReadyDecision, StoreError>> + Send;
+
+    /// The row leaves READY if it is still `session_id`'s; true when it changed.
+    fn leave_ready(
+        &self,
+        key: &SessionKey,
+        session_id: &SessionId,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A strong read of one row.
+    fn read(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<SessionRow>, StoreError>> + Send;
+}
+
+/// What a watch on one pod name reports.
+#[derive(Debug, Clone)]
+pub enum PodSignal {
+    /// The pod under the name, as it is now (created or changed).
+    Applied(Box<Pod>),
+    /// The pod under the name was deleted.
+    Deleted,
+    /// A Kubernetes Event about a pod of that name (any UID: events outlive pods).
+    Event(Box<Event>),
+}
+
+/// The platform's pods in one namespace.
+pub trait Pods: Send + Sync + 'static {
+    /// The namespace the pods live in.
+    fn namespace(&self) -> &str;
+
+    /// The pod under `name` as the cache last saw it (no API call).
+    fn cached(&self, name: &str) -> Option<Arc<Pod>>;
+
+    /// Makes the cluster hold exactly `spec`'s pod (idempotent; deletes another session's).
+    fn ensure(
+        &self,
+        spec: &PodSpecFor<'_>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<EnsureOutcome, PodError>> + Send;
+
+    /// Records the reported command port on the pod if it still carries `session_id`.
+    /// False when the pod is gone or another session's.
+    fn annotate_command_port(
+        &self,
+        name: &str,
+        session_id: &SessionId,
+        port: u32,
+    ) -> impl Future<Output = Result<bool, PodError>> + Send;
+
+    /// Follows the pod under `name` and its events until the stream is dropped.
+    fn watch(&self, name: &str) -> BoxStream<'static, PodSignal>;
+}

@@ -1,0 +1,490 @@
+//! The engine's decisions on the in-memory fakes: no cluster, no emulator.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::names::{RepoHash, SessionId, UserId};
+use proto::orchestrator::{ServerEvent, ServerStatus, Stage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::fakes::{FakePods, FakeStore};
+use super::{Engine, EngineError, Report};
+use crate::notify::ReadyNotices;
+use crate::pods::pod_name;
+use crate::pods::view;
+use crate::session::{SessionKey, Status};
+
+const HASH: &str = "0123456789abcdef0123456789abcdef";
+
+type TestEngine = Engine<Arc<FakeStore>, Arc<FakePods>>;
+
+struct Setup {
+    store: Arc<FakeStore>,
+    pods: Arc<FakePods>,
+    engine: Arc<TestEngine>,
+}
+
+fn setup() -> Setup {
+    let store = Arc::new(FakeStore::default());
+    let pods = Arc::new(FakePods::default());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        pods.clone(),
+        ReadyNotices::default(),
+        9001,
+    ));
+    Setup {
+        store,
+        pods,
+        engine,
+    }
+}
+
+fn key(user: &str) -> SessionKey {
+    SessionKey::new(
+        UserId::parse(user).expect("valid"),
+        RepoHash::parse(HASH).expect("valid"),
+    )
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).expect("valid")
+}
+
+fn name(k: &SessionKey) -> String {
+    pod_name(&k.user_id, &k.repo_hash)
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+fn report(k: &SessionKey, session: &str, ip: &str, port: u32) -> Report {
+    Report {
+        session_id: sid(session),
+        pod_name: name(k),
+        pod_ip: ip.into(),
+        command_port: port,
+    }
+}
+
+/// Collects events until the stream ends, or fails the test after 5 s.
+async fn drain(
+    mut rx: mpsc::Receiver<Result<ServerEvent, EngineError>>,
+) -> Vec<Result<ServerEvent, EngineError>> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(item)) => out.push(item),
+            Ok(None) => return out,
+            Err(_) => panic!("stream did not end; got {out:?}"),
+        }
+    }
+}
+
+/// Waits for the next event that satisfies `cond` (bounded).
+async fn next_matching(
+    rx: &mut mpsc::Receiver<Result<ServerEvent, EngineError>>,
+    cond: impl Fn(&ServerEvent) -> bool,
+) -> ServerEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(ev))) if cond(&ev) => return ev,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a matching event, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn first_get_server_inserts_pending_and_creates_the_pod() {
+    let s = setup();
+    let k = key("alice");
+    let server = s
+        .engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("get_server");
+    assert_eq!(server.status, ServerStatus::Pending as i32);
+    assert_eq!(server.pod_ip, "", "no address before READY");
+    assert_eq!(server.session_id, "s1");
+    assert_eq!(server.pod_name, name(&k));
+    assert_eq!(server.command_port, 9001, "default until reported");
+    let row = s.store.row(&k).expect("row inserted");
+    assert_eq!(
+        (row.session_id.as_str(), row.status),
+        ("s1", Status::Pending)
+    );
+    let pod = s.pods.get(&name(&k)).expect("pod created");
+    assert_eq!(view::session_of(&pod), Some(sid("s1")));
+
+    // The same session again: the same pod, nothing recreated.
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("again");
+    assert_eq!(s.pods.created.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.pods.get(&name(&k)).and_then(|p| p.metadata.uid),
+        pod.metadata.uid
+    );
+}
+
+#[tokio::test]
+async fn report_ready_makes_the_row_ready_and_get_server_answers_with_the_address() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    s.pods.set_ready(&name(&k), "10.1.0.7");
+    let accepted = s
+        .engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 4321), soon())
+        .await
+        .expect("report");
+    assert!(accepted);
+    let row = s.store.row(&k).expect("row");
+    assert_eq!(row.status, Status::Ready);
+    assert_eq!(row.pod_ip.as_deref(), Some("10.1.0.7"));
+
+    let server = s
+        .engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("reuse");
+    assert_eq!(server.status, ServerStatus::Ready as i32);
+    assert_eq!(server.pod_ip, "10.1.0.7");
+    assert_eq!(server.command_port, 4321, "the reported port");
+    assert_eq!(
+        s.pods.created.load(Ordering::SeqCst),
+        1,
+        "reuse, no new pod"
+    );
+}
+
+#[tokio::test]
+async fn a_bounce_replaces_the_pod_and_fences_the_old_sessions_report() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("s1");
+    s.pods.set_ready(&name(&k), "10.1.0.7");
+    s.engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
+        .await
+        .expect("report s1");
+    let old_uid = s.pods.get(&name(&k)).and_then(|p| p.metadata.uid);
+
+    let server = s
+        .engine
+        .clone()
+        .get_server(k.clone(), sid("s2"), soon())
+        .await
+        .expect("bounce");
+    assert_eq!(server.status, ServerStatus::Pending as i32);
+    assert_eq!(server.pod_ip, "", "the old address is not given out");
+    let row = s.store.row(&k).expect("row");
+    assert_eq!(
+        (row.session_id.as_str(), row.status, row.pod_ip),
+        ("s2", Status::Pending, None)
+    );
+    let pod = s.pods.get(&name(&k)).expect("new pod");
+    assert_eq!(view::session_of(&pod), Some(sid("s2")));
+    assert_ne!(
+        pod.metadata.uid, old_uid,
+        "the old session's pod was replaced"
+    );
+
+    // A late report of the old session changes nothing.
+    let accepted = s
+        .engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.6.6.6", 0), soon())
+        .await
+        .expect("late report");
+    assert!(!accepted);
+    let after = s.store.row(&k).expect("row");
+    assert_eq!((after.status, after.pod_ip), (Status::Pending, None));
+}
+
+#[tokio::test]
+async fn a_report_without_a_row_writes_nothing() {
+    let s = setup();
+    let k = key("bob");
+    let accepted = s
+        .engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.9", 0), soon())
+        .await
+        .expect("report");
+    assert!(!accepted);
+    assert_eq!(s.store.row(&k), None);
+    assert!(s.pods.get(&name(&k)).is_none());
+}
+
+#[tokio::test]
+async fn a_ready_row_whose_pod_vanished_gets_a_new_pod_and_leaves_ready() {
+    let s = setup();
+    let k = key("carol");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    s.engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.3", 0), soon())
+        .await
+        .expect("report");
+    s.pods.remove(&name(&k));
+    let server = s
+        .engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("respawn");
+    assert_eq!(server.status, ServerStatus::Pending as i32);
+    assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
+    assert!(s.pods.get(&name(&k)).is_some());
+    assert_eq!(s.pods.created.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn watch_streams_stages_then_ready() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    let mut rx = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("watch");
+    let first = next_matching(&mut rx, |_| true).await;
+    assert_eq!(first.stage, Stage::Session as i32);
+    // The kubelet reports the pod Ready; the supervisor's push follows.
+    s.pods.set_ready(&name(&k), "10.1.0.7");
+    next_matching(&mut rx, |e| e.stage == Stage::ContainerRunning as i32).await;
+    s.engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
+        .await
+        .expect("report");
+    let rest = drain(rx).await;
+    let last = rest
+        .last()
+        .expect("an event")
+        .as_ref()
+        .expect("not an error");
+    assert_eq!(last.stage, Stage::Ready as i32);
+    let server = last.server.as_ref().expect("server");
+    assert_eq!(server.pod_ip, "10.1.0.7");
+    assert_eq!(server.status, ServerStatus::Ready as i32);
+}
+
+#[tokio::test]
+async fn watch_of_a_ready_row_answers_at_once() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    s.engine
+        .clone()
+        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
+        .await
+        .expect("report");
+    let rx = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("watch");
+    let events = drain(rx).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ev = events[0].as_ref().expect("event");
+    assert_eq!(ev.stage, Stage::Ready as i32);
+}
+
+#[tokio::test]
+async fn watch_reports_a_hopeless_pod_with_its_reason() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    let rx = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("watch");
+    s.pods.set_waiting(&name(&k), "ErrImageNeverPull");
+    let events = drain(rx).await;
+    let failed = events
+        .iter()
+        .filter_map(|e| e.as_ref().ok())
+        .find(|e| e.stage == Stage::Failed as i32)
+        .expect("a FAILED stage");
+    assert_eq!(failed.reason, "ErrImageNeverPull");
+    match events.last() {
+        Some(Err(EngineError::SpawnFailed { reason, .. })) => {
+            assert_eq!(reason, "ErrImageNeverPull")
+        }
+        other => panic!("expected SpawnFailed last, got {other:?}"),
+    }
+    // Starting stages are not failures: a waiting ContainerCreating keeps the stream open.
+    assert!(!view::FAILURE_REASONS.contains(&"ContainerCreating"));
+}
+
+#[tokio::test]
+async fn watch_ends_superseded_when_another_session_takes_the_row() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("s1");
+    let rx = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("watch");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s2"), soon())
+        .await
+        .expect("s2");
+    let events = drain(rx).await;
+    match events.last() {
+        Some(Err(EngineError::Superseded { session_id })) => assert_eq!(session_id, &sid("s1")),
+        other => panic!("expected Superseded, got {other:?}"),
+    }
+    // The error names the caller's session, never the one that took over.
+    let text =
+        proto::error_chain::ErrorChain(events.last().and_then(|e| e.as_ref().err()).expect("err"))
+            .to_string();
+    assert!(!text.contains("s2"), "{text}");
+}
+
+#[tokio::test]
+async fn watch_refuses_unknown_and_superseded_sessions() {
+    let s = setup();
+    let k = key("alice");
+    let err = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect_err("no row");
+    assert!(matches!(err, EngineError::NoSession { .. }), "{err:?}");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s2"), soon())
+        .await
+        .expect("s2");
+    let err = s
+        .engine
+        .clone()
+        .watch_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect_err("superseded");
+    assert!(matches!(err, EngineError::Superseded { .. }), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_ends_at_the_deadline() {
+    let s = setup();
+    let k = key("alice");
+    s.engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect("spawn");
+    let rx = s
+        .engine
+        .clone()
+        .watch_server(
+            k.clone(),
+            sid("s1"),
+            Instant::now() + Duration::from_secs(2),
+        )
+        .await
+        .expect("watch");
+    let events = drain(rx).await;
+    assert!(
+        matches!(events.last(), Some(Err(EngineError::NotReady { .. }))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn store_failures_surface_and_touch_no_pod() {
+    let s = setup();
+    let k = key("dave");
+    s.store.set_unavailable(true);
+    let err = s
+        .engine
+        .clone()
+        .get_server(k.clone(), sid("s1"), soon())
+        .await
+        .expect_err("store down");
+    assert!(matches!(err, EngineError::Store(_)), "{err:?}");
+    assert!(
+        s.pods.get(&name(&k)).is_none(),
+        "no pod without a committed row"
+    );
+    assert_eq!(s.pods.created.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn users_do_not_share_rows_or_pods() {
+    let s = setup();
+    let (a, b) = (key("alice"), key("bob"));
+    s.engine
+        .clone()
+        .get_server(a.clone(), sid("s1"), soon())
+        .await
+        .expect("alice");
+    s.engine
+        .clone()
+        .get_server(b.clone(), sid("s1"), soon())
+        .await
+        .expect("bob");
+    assert_ne!(name(&a), name(&b));
+    assert!(s.pods.get(&name(&a)).is_some() && s.pods.get(&name(&b)).is_some());
+    // Bob's report does not make alice's row READY.
+    let mut r = report(&a, "s1", "10.1.0.66", 0);
+    r.pod_name = name(&b);
+    s.engine
+        .clone()
+        .report_ready(b.clone(), r, soon())
+        .await
+        .expect("report");
+    assert_eq!(s.store.row(&a).map(|r| r.status), Some(Status::Pending));
+}

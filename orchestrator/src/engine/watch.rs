@@ -1,0 +1,231 @@
+//! One WatchServer stream: follows the session's pod and its events (through
+//! [`Pods::watch`]) and the READY notices, and turns them into progress stages, READY,
+//! a failure reason, or "superseded". Consecutive duplicate stages are not repeated.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use proto::error_chain::ErrorChain;
+use proto::names::SessionId;
+use proto::orchestrator::{ServerEvent, Stage};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::{Engine, EngineError, PodSignal, Pods, SessionStore};
+use crate::notify::ReadyNotice;
+use crate::pods::pod_name;
+use crate::pods::view::{self, Progress};
+use crate::session::{PodHealth, SessionKey, SessionRow, Status};
+
+pub(super) struct Watch<S, P> {
+    engine: Arc<Engine<S, P>>,
+    key: SessionKey,
+    session_id: SessionId,
+    pod_name: String,
+    tx: mpsc::Sender<Result<ServerEvent, EngineError>>,
+    last: Option<(Stage, String)>,
+    /// UID of the pod currently under the name (events of older pods do not count).
+    current_uid: Option<String>,
+}
+
+enum Next {
+    Continue,
+    Done,
+}
+
+impl<S: SessionStore, P: Pods> Watch<S, P> {
+    pub(super) fn new(
+        engine: Arc<Engine<S, P>>,
+        key: SessionKey,
+        session_id: SessionId,
+        tx: mpsc::Sender<Result<ServerEvent, EngineError>>,
+    ) -> Self {
+        let pod_name = pod_name(&key.user_id, &key.repo_hash);
+        Watch {
+            engine,
+            key,
+            session_id,
+            pod_name,
+            tx,
+            last: None,
+            current_uid: None,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        row: SessionRow,
+        mut notices: broadcast::Receiver<ReadyNotice>,
+        deadline: Instant,
+    ) {
+        if row.status == Status::Ready {
+            self.ready(&row).await;
+            return;
+        }
+        let message = format!(
+            "session {} is PENDING; pod {} is being created",
+            row.session_id, self.pod_name
+        );
+        if let Next::Done = self.send(Stage::Session, message, None).await {
+            return;
+        }
+        let mut signals = self.engine.pods.watch(&self.pod_name);
+        loop {
+            let next = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let pod = self.pod_name.clone();
+                    let _ = self.tx.send(Err(EngineError::NotReady { pod })).await;
+                    Next::Done
+                }
+                _ = self.tx.closed() => Next::Done,
+                notice = notices.recv() => match notice {
+                    Ok(n) if n.key != self.key || n.session_id != self.session_id => Next::Continue,
+                    // Ours, or we lagged behind: look at the row.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.check_row().await,
+                    Err(broadcast::error::RecvError::Closed) => Next::Done,
+                },
+                signal = signals.next() => match signal {
+                    Some(PodSignal::Applied(pod)) => {
+                        self.current_uid = pod.metadata.uid.clone();
+                        self.on_pod(&pod).await
+                    }
+                    Some(PodSignal::Deleted) => {
+                        self.current_uid = None;
+                        let message = format!("{} was deleted; waiting for a new pod", self.pod_name);
+                        self.send(Stage::PodPending, message, None).await
+                    }
+                    Some(PodSignal::Event(event)) => self.on_event(&event).await,
+                    None => Next::Done,
+                },
+            };
+            if let Next::Done = next {
+                return;
+            }
+        }
+    }
+
+    /// Sends a progress stage unless it repeats the previous one exactly.
+    async fn send(&mut self, stage: Stage, message: String, pod: Option<&Pod>) -> Next {
+        if self.last.as_ref() == Some(&(stage, message.clone())) {
+            return Next::Continue;
+        }
+        self.last = Some((stage, message.clone()));
+        let row = SessionRow::pending(&self.session_id);
+        let event = ServerEvent {
+            stage: stage as i32,
+            message,
+            reason: String::new(),
+            server: Some(self.engine.server(&self.key, &row, pod)),
+        };
+        match self.tx.send(Ok(event)).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Done,
+        }
+    }
+
+    /// A failure that will not heal by itself: a FAILED stage with its reason, then the
+    /// error that ends the stream.
+    async fn fail(&mut self, reason: String, message: String, pod: Option<&Pod>) -> Next {
+        tracing::info!(user = %self.key.user_id, repo_hash = %self.key.repo_hash, session = %self.session_id,
+            pod = %self.pod_name, %reason, %message, "spawn failed");
+        let row = SessionRow::pending(&self.session_id);
+        let event = ServerEvent {
+            stage: Stage::Failed as i32,
+            message: message.clone(),
+            reason: reason.clone(),
+            server: Some(self.engine.server(&self.key, &row, pod)),
+        };
+        if self.tx.send(Ok(event)).await.is_ok() {
+            let _ = self
+                .tx
+                .send(Err(EngineError::SpawnFailed { reason, message }))
+                .await;
+        }
+        Next::Done
+    }
+
+    async fn ready(&mut self, row: &SessionRow) {
+        let pod = self.engine.cached_pod(&self.key);
+        let event = ServerEvent {
+            stage: Stage::Ready as i32,
+            message: format!(
+                "Bazel server ready at {}",
+                row.pod_ip.as_deref().unwrap_or("?")
+            ),
+            reason: String::new(),
+            server: Some(self.engine.server(&self.key, row, pod.as_deref())),
+        };
+        let _ = self.tx.send(Ok(event)).await;
+    }
+
+    /// Reads the row: superseded and READY end the stream.
+    async fn check_row(&mut self) -> Next {
+        match self.engine.store.read(&self.key).await {
+            Ok(Some(row)) if row.session_id != self.session_id => {
+                let session_id = self.session_id.clone();
+                let _ = self
+                    .tx
+                    .send(Err(EngineError::Superseded { session_id }))
+                    .await;
+                Next::Done
+            }
+            Ok(Some(row)) if row.status == Status::Ready => {
+                self.ready(&row).await;
+                Next::Done
+            }
+            Ok(_) => Next::Continue,
+            Err(e) => {
+                tracing::warn!(pod = %self.pod_name, error = %ErrorChain(&e),
+                    "WatchServer could not read the row (will retry on the next event)");
+                Next::Continue
+            }
+        }
+    }
+
+    async fn on_pod(&mut self, pod: &Pod) -> Next {
+        if view::session_of(pod).as_ref() != Some(&self.session_id) {
+            // The previous session's pod is still there (a bounce) or the row moved on.
+            if let Next::Done = self.check_row().await {
+                return Next::Done;
+            }
+            let message = format!(
+                "waiting for the previous session's pod {} to stop",
+                self.pod_name
+            );
+            return self.send(Stage::PodPending, message, Some(pod)).await;
+        }
+        match view::progress(pod) {
+            Progress::Failed { reason, message } => self.fail(reason, message, Some(pod)).await,
+            Progress::Stage { stage, message } => {
+                if view::view(pod).health == PodHealth::Ready {
+                    // The reconciler marks the row READY from the probe; look now anyway.
+                    if let Next::Done = self.check_row().await {
+                        return Next::Done;
+                    }
+                }
+                self.send(stage, message, Some(pod)).await
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: &Event) -> Next {
+        // Events outlive pods: only those of the current pod count.
+        if self.current_uid.is_none() || event.involved_object.uid != self.current_uid {
+            return Next::Continue;
+        }
+        if let Some(Progress::Failed { reason, message }) = view::event_failure(event) {
+            return self.fail(reason, message, None).await;
+        }
+        if view::expected_while_starting(event) {
+            return Next::Continue;
+        }
+        let stage = self.last.as_ref().map_or(Stage::PodPending, |(s, _)| *s);
+        let text = format!(
+            "{}: {}",
+            event.reason.as_deref().unwrap_or("Event"),
+            event.message.as_deref().unwrap_or("")
+        );
+        self.send(stage, text, None).await
+    }
+}
