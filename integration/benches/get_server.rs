@@ -18,6 +18,7 @@ use gcloud_spanner::key::Key;
 use integration::kubernetes::Cluster;
 use integration::spanner::SpannerEmulator;
 use orchestrator::app::{self, Parts};
+use orchestrator::engine::SessionStore;
 use orchestrator::pods::{pod_name, PodSettings};
 use orchestrator::service::ServiceSettings;
 use orchestrator::store::Store;

@@ -23,6 +23,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Api;
 use orchestrator::app::{self, Parts, Running};
+use orchestrator::engine::SessionStore;
 use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_SESSION};
 use orchestrator::pods::{pod_name, PodSettings, PodSpecFor};
 use orchestrator::service::ServiceSettings;

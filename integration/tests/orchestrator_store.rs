@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gcloud_spanner::key::Key;
 use integration::spanner::SpannerEmulator;
+use orchestrator::engine::SessionStore;
 use orchestrator::session::{
     GetServerOutcome, ReadyDecision, ReadyRejection, RowWrite, SessionKey, SessionRow, Status,
 };

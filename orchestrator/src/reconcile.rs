@@ -19,6 +19,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use proto::error_chain::ErrorChain;
 use tokio::time::Instant;
 
+use crate::engine::SessionStore;
 use crate::notify::ReadyNotices;
 use crate::pods::manifest::APP_SELECTOR;
 use crate::pods::{pod_name, view, PodClient};

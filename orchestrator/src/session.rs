@@ -200,6 +200,16 @@ pub enum ReadyDecision {
     Reject(ReadyRejection),
 }
 
+impl ReadyDecision {
+    /// What the transaction writes for this decision (nothing when rejected).
+    pub fn write(&self) -> RowWrite {
+        match self {
+            ReadyDecision::Accept { write, .. } => write.clone(),
+            ReadyDecision::Reject(_) => RowWrite::Keep,
+        }
+    }
+}
+
 /// ReportReady (and the reconciler's "push was lost" repair): READY with the pod IP, only
 /// if the session still owns the row.
 pub fn mark_ready(row: Option<&SessionRow>, session_id: &SessionId, pod_ip: &str) -> ReadyDecision {

@@ -115,73 +115,6 @@ impl Store {
         &self.client
     }
 
-    /// GetServer's transaction: read the row, apply [`session::get_server`], commit.
-    pub async fn get_server(
-        &self,
-        key: &SessionKey,
-        session_id: &SessionId,
-        deadline: Instant,
-    ) -> Result<GetServerTransition, StoreError> {
-        self.transact("GetServer", key, deadline, |row| {
-            let t = session::get_server(row, session_id);
-            (t.write.clone(), t)
-        })
-        .await
-    }
-
-    /// The fenced READY write (ReportReady, and the reconciler when the push was lost).
-    pub async fn mark_ready(
-        &self,
-        key: &SessionKey,
-        session_id: &SessionId,
-        pod_ip: &str,
-        deadline: Instant,
-    ) -> Result<ReadyDecision, StoreError> {
-        self.transact("MarkReady", key, deadline, |row| {
-            let d = session::mark_ready(row, session_id, pod_ip);
-            let write = match &d {
-                ReadyDecision::Accept { write, .. } => write.clone(),
-                ReadyDecision::Reject(_) => RowWrite::Keep,
-            };
-            (write, d)
-        })
-        .await
-    }
-
-    /// The row leaves READY if it is still `session_id`'s. Returns whether it changed.
-    pub async fn leave_ready(
-        &self,
-        key: &SessionKey,
-        session_id: &SessionId,
-        deadline: Instant,
-    ) -> Result<bool, StoreError> {
-        self.transact("LeaveReady", key, deadline, |row| {
-            let write = session::leave_ready(row, session_id);
-            let changed = write != RowWrite::Keep;
-            (write, changed)
-        })
-        .await
-    }
-
-    /// A strong single read of one row, outside any read-write transaction.
-    pub async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
-        let err = |source| StoreError::Spanner {
-            op: "Read",
-            key: key.to_string(),
-            source,
-        };
-        let mut tx = self.client.single().await.map_err(err)?;
-        let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
-        let row = tx
-            .read_row(TABLE, &VALUE_COLUMNS, spanner_key)
-            .await
-            .map_err(|s| err(s.into()))?;
-        match row {
-            Some(r) => parse_value_columns(key, &r).map_err(err),
-            None => Ok(None),
-        }
-    }
-
     /// Every READY row (the reconciler's sweep after each (re)list of pods).
     pub async fn ready_rows(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
         let err = |source| StoreError::Spanner {
@@ -243,16 +176,23 @@ impl Store {
     }
 }
 
+/// The sessions port on Spanner: each write is one read-write transaction.
 impl SessionStore for Store {
+    /// GetServer's transaction: read the row, apply [`session::get_server`], commit.
     async fn get_server(
         &self,
         key: &SessionKey,
         session_id: &SessionId,
         deadline: Instant,
     ) -> Result<GetServerTransition, StoreError> {
-        Store::get_server(self, key, session_id, deadline).await
+        self.transact("GetServer", key, deadline, |row| {
+            let t = session::get_server(row, session_id);
+            (t.write.clone(), t)
+        })
+        .await
     }
 
+    /// The fenced READY write (ReportReady, and the reconciler when the push was lost).
     async fn mark_ready(
         &self,
         key: &SessionKey,
@@ -260,20 +200,45 @@ impl SessionStore for Store {
         pod_ip: &str,
         deadline: Instant,
     ) -> Result<ReadyDecision, StoreError> {
-        Store::mark_ready(self, key, session_id, pod_ip, deadline).await
+        self.transact("MarkReady", key, deadline, |row| {
+            let d = session::mark_ready(row, session_id, pod_ip);
+            (d.write(), d)
+        })
+        .await
     }
 
+    /// The row leaves READY if it is still `session_id`'s. Returns whether it changed.
     async fn leave_ready(
         &self,
         key: &SessionKey,
         session_id: &SessionId,
         deadline: Instant,
     ) -> Result<bool, StoreError> {
-        Store::leave_ready(self, key, session_id, deadline).await
+        self.transact("LeaveReady", key, deadline, |row| {
+            let write = session::leave_ready(row, session_id);
+            let changed = write != RowWrite::Keep;
+            (write, changed)
+        })
+        .await
     }
 
+    /// A strong single read of one row, outside any read-write transaction.
     async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
-        Store::read(self, key).await
+        let err = |source| StoreError::Spanner {
+            op: "Read",
+            key: key.to_string(),
+            source,
+        };
+        let mut tx = self.client.single().await.map_err(err)?;
+        let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
+        let row = tx
+            .read_row(TABLE, &VALUE_COLUMNS, spanner_key)
+            .await
+            .map_err(|s| err(s.into()))?;
+        match row {
+            Some(r) => parse_value_columns(key, &r).map_err(err),
+            None => Ok(None),
+        }
     }
 }
 

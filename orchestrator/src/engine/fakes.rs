@@ -98,11 +98,7 @@ impl SessionStore for Arc<FakeStore> {
     ) -> Result<ReadyDecision, StoreError> {
         self.transact("MarkReady", key, |row| {
             let d = session::mark_ready(row, session_id, pod_ip);
-            let write = match &d {
-                ReadyDecision::Accept { write, .. } => write.clone(),
-                ReadyDecision::Reject(_) => RowWrite::Keep,
-            };
-            (write, d)
+            (d.write(), d)
         })
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::names::{RepoHash, SessionId, UserId};
-use proto::orchestrator::{ServerEvent, ServerStatus, Stage};
+use proto::orchestrator::{Server, ServerEvent, ServerStatus, Stage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -42,6 +42,38 @@ fn setup() -> Setup {
     }
 }
 
+impl Setup {
+    async fn get(&self, k: &SessionKey, session: &str) -> Result<Server, EngineError> {
+        self.engine
+            .clone()
+            .get_server(k.clone(), sid(session), soon())
+            .await
+    }
+
+    async fn report(&self, k: &SessionKey, session: &str, ip: &str, port: u32) -> bool {
+        let report = Report {
+            session_id: sid(session),
+            pod_name: name(k),
+            pod_ip: ip.into(),
+            command_port: port,
+        };
+        self.engine
+            .clone()
+            .report_ready(k.clone(), report, soon())
+            .await
+            .expect("report_ready")
+    }
+
+    async fn watch(&self, k: &SessionKey, session: &str) -> Result<Events, EngineError> {
+        self.engine
+            .clone()
+            .watch_server(k.clone(), sid(session), soon())
+            .await
+    }
+}
+
+type Events = mpsc::Receiver<Result<ServerEvent, EngineError>>;
+
 fn key(user: &str) -> SessionKey {
     SessionKey::new(
         UserId::parse(user).expect("valid"),
@@ -61,19 +93,8 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(5)
 }
 
-fn report(k: &SessionKey, session: &str, ip: &str, port: u32) -> Report {
-    Report {
-        session_id: sid(session),
-        pod_name: name(k),
-        pod_ip: ip.into(),
-        command_port: port,
-    }
-}
-
 /// Collects events until the stream ends, or fails the test after 5 s.
-async fn drain(
-    mut rx: mpsc::Receiver<Result<ServerEvent, EngineError>>,
-) -> Vec<Result<ServerEvent, EngineError>> {
+async fn drain(mut rx: Events) -> Vec<Result<ServerEvent, EngineError>> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -86,10 +107,7 @@ async fn drain(
 }
 
 /// Waits for the next event that satisfies `cond` (bounded).
-async fn next_matching(
-    rx: &mut mpsc::Receiver<Result<ServerEvent, EngineError>>,
-    cond: impl Fn(&ServerEvent) -> bool,
-) -> ServerEvent {
+async fn next_matching(rx: &mut Events, cond: impl Fn(&ServerEvent) -> bool) -> ServerEvent {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -104,12 +122,7 @@ async fn next_matching(
 async fn first_get_server_inserts_pending_and_creates_the_pod() {
     let s = setup();
     let k = key("alice");
-    let server = s
-        .engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("get_server");
+    let server = s.get(&k, "s1").await.expect("get_server");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(server.pod_ip, "", "no address before READY");
     assert_eq!(server.session_id, "s1");
@@ -124,11 +137,7 @@ async fn first_get_server_inserts_pending_and_creates_the_pod() {
     assert_eq!(view::session_of(&pod), Some(sid("s1")));
 
     // The same session again: the same pod, nothing recreated.
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("again");
+    s.get(&k, "s1").await.expect("again");
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.pods.get(&name(&k)).and_then(|p| p.metadata.uid),
@@ -140,29 +149,15 @@ async fn first_get_server_inserts_pending_and_creates_the_pod() {
 async fn report_ready_makes_the_row_ready_and_get_server_answers_with_the_address() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
+    s.get(&k, "s1").await.expect("spawn");
     s.pods.set_ready(&name(&k), "10.1.0.7");
-    let accepted = s
-        .engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 4321), soon())
-        .await
-        .expect("report");
+    let accepted = s.report(&k, "s1", "10.1.0.7", 4321).await;
     assert!(accepted);
     let row = s.store.row(&k).expect("row");
     assert_eq!(row.status, Status::Ready);
     assert_eq!(row.pod_ip.as_deref(), Some("10.1.0.7"));
 
-    let server = s
-        .engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("reuse");
+    let server = s.get(&k, "s1").await.expect("reuse");
     assert_eq!(server.status, ServerStatus::Ready as i32);
     assert_eq!(server.pod_ip, "10.1.0.7");
     assert_eq!(server.command_port, 4321, "the reported port");
@@ -177,25 +172,12 @@ async fn report_ready_makes_the_row_ready_and_get_server_answers_with_the_addres
 async fn a_bounce_replaces_the_pod_and_fences_the_old_sessions_report() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("s1");
+    s.get(&k, "s1").await.expect("s1");
     s.pods.set_ready(&name(&k), "10.1.0.7");
-    s.engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
-        .await
-        .expect("report s1");
+    s.report(&k, "s1", "10.1.0.7", 0).await;
     let old_uid = s.pods.get(&name(&k)).and_then(|p| p.metadata.uid);
 
-    let server = s
-        .engine
-        .clone()
-        .get_server(k.clone(), sid("s2"), soon())
-        .await
-        .expect("bounce");
+    let server = s.get(&k, "s2").await.expect("bounce");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(server.pod_ip, "", "the old address is not given out");
     let row = s.store.row(&k).expect("row");
@@ -211,12 +193,7 @@ async fn a_bounce_replaces_the_pod_and_fences_the_old_sessions_report() {
     );
 
     // A late report of the old session changes nothing.
-    let accepted = s
-        .engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.6.6.6", 0), soon())
-        .await
-        .expect("late report");
+    let accepted = s.report(&k, "s1", "10.6.6.6", 0).await;
     assert!(!accepted);
     let after = s.store.row(&k).expect("row");
     assert_eq!((after.status, after.pod_ip), (Status::Pending, None));
@@ -226,12 +203,7 @@ async fn a_bounce_replaces_the_pod_and_fences_the_old_sessions_report() {
 async fn a_report_without_a_row_writes_nothing() {
     let s = setup();
     let k = key("bob");
-    let accepted = s
-        .engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.9", 0), soon())
-        .await
-        .expect("report");
+    let accepted = s.report(&k, "s1", "10.1.0.9", 0).await;
     assert!(!accepted);
     assert_eq!(s.store.row(&k), None);
     assert!(s.pods.get(&name(&k)).is_none());
@@ -241,23 +213,10 @@ async fn a_report_without_a_row_writes_nothing() {
 async fn a_ready_row_whose_pod_vanished_gets_a_new_pod_and_leaves_ready() {
     let s = setup();
     let k = key("carol");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
-    s.engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.3", 0), soon())
-        .await
-        .expect("report");
+    s.get(&k, "s1").await.expect("spawn");
+    s.report(&k, "s1", "10.1.0.3", 0).await;
     s.pods.remove(&name(&k));
-    let server = s
-        .engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("respawn");
+    let server = s.get(&k, "s1").await.expect("respawn");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
     assert!(s.pods.get(&name(&k)).is_some());
@@ -268,27 +227,14 @@ async fn a_ready_row_whose_pod_vanished_gets_a_new_pod_and_leaves_ready() {
 async fn watch_streams_stages_then_ready() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
-    let mut rx = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("watch");
+    s.get(&k, "s1").await.expect("spawn");
+    let mut rx = s.watch(&k, "s1").await.expect("watch");
     let first = next_matching(&mut rx, |_| true).await;
     assert_eq!(first.stage, Stage::Session as i32);
     // The kubelet reports the pod Ready; the supervisor's push follows.
     s.pods.set_ready(&name(&k), "10.1.0.7");
     next_matching(&mut rx, |e| e.stage == Stage::ContainerRunning as i32).await;
-    s.engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
-        .await
-        .expect("report");
+    s.report(&k, "s1", "10.1.0.7", 0).await;
     let rest = drain(rx).await;
     let last = rest
         .last()
@@ -305,22 +251,9 @@ async fn watch_streams_stages_then_ready() {
 async fn watch_of_a_ready_row_answers_at_once() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
-    s.engine
-        .clone()
-        .report_ready(k.clone(), report(&k, "s1", "10.1.0.7", 0), soon())
-        .await
-        .expect("report");
-    let rx = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("watch");
+    s.get(&k, "s1").await.expect("spawn");
+    s.report(&k, "s1", "10.1.0.7", 0).await;
+    let rx = s.watch(&k, "s1").await.expect("watch");
     let events = drain(rx).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let ev = events[0].as_ref().expect("event");
@@ -331,17 +264,8 @@ async fn watch_of_a_ready_row_answers_at_once() {
 async fn watch_reports_a_hopeless_pod_with_its_reason() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
-    let rx = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("watch");
+    s.get(&k, "s1").await.expect("spawn");
+    let rx = s.watch(&k, "s1").await.expect("watch");
     s.pods.set_waiting(&name(&k), "ErrImageNeverPull");
     let events = drain(rx).await;
     let failed = events
@@ -364,22 +288,9 @@ async fn watch_reports_a_hopeless_pod_with_its_reason() {
 async fn watch_ends_superseded_when_another_session_takes_the_row() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("s1");
-    let rx = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("watch");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s2"), soon())
-        .await
-        .expect("s2");
+    s.get(&k, "s1").await.expect("s1");
+    let rx = s.watch(&k, "s1").await.expect("watch");
+    s.get(&k, "s2").await.expect("s2");
     let events = drain(rx).await;
     match events.last() {
         Some(Err(EngineError::Superseded { session_id })) => assert_eq!(session_id, &sid("s1")),
@@ -396,24 +307,10 @@ async fn watch_ends_superseded_when_another_session_takes_the_row() {
 async fn watch_refuses_unknown_and_superseded_sessions() {
     let s = setup();
     let k = key("alice");
-    let err = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect_err("no row");
+    let err = s.watch(&k, "s1").await.expect_err("no row");
     assert!(matches!(err, EngineError::NoSession { .. }), "{err:?}");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s2"), soon())
-        .await
-        .expect("s2");
-    let err = s
-        .engine
-        .clone()
-        .watch_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect_err("superseded");
+    s.get(&k, "s2").await.expect("s2");
+    let err = s.watch(&k, "s1").await.expect_err("superseded");
     assert!(matches!(err, EngineError::Superseded { .. }), "{err:?}");
 }
 
@@ -421,11 +318,7 @@ async fn watch_refuses_unknown_and_superseded_sessions() {
 async fn watch_ends_at_the_deadline() {
     let s = setup();
     let k = key("alice");
-    s.engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect("spawn");
+    s.get(&k, "s1").await.expect("spawn");
     let rx = s
         .engine
         .clone()
@@ -448,12 +341,7 @@ async fn store_failures_surface_and_touch_no_pod() {
     let s = setup();
     let k = key("dave");
     s.store.set_unavailable(true);
-    let err = s
-        .engine
-        .clone()
-        .get_server(k.clone(), sid("s1"), soon())
-        .await
-        .expect_err("store down");
+    let err = s.get(&k, "s1").await.expect_err("store down");
     assert!(matches!(err, EngineError::Store(_)), "{err:?}");
     assert!(
         s.pods.get(&name(&k)).is_none(),
@@ -466,25 +354,12 @@ async fn store_failures_surface_and_touch_no_pod() {
 async fn users_do_not_share_rows_or_pods() {
     let s = setup();
     let (a, b) = (key("alice"), key("bob"));
-    s.engine
-        .clone()
-        .get_server(a.clone(), sid("s1"), soon())
-        .await
-        .expect("alice");
-    s.engine
-        .clone()
-        .get_server(b.clone(), sid("s1"), soon())
-        .await
-        .expect("bob");
+    s.get(&a, "s1").await.expect("alice");
+    s.get(&b, "s1").await.expect("bob");
     assert_ne!(name(&a), name(&b));
     assert!(s.pods.get(&name(&a)).is_some() && s.pods.get(&name(&b)).is_some());
-    // Bob's report does not make alice's row READY.
-    let mut r = report(&a, "s1", "10.1.0.66", 0);
-    r.pod_name = name(&b);
-    s.engine
-        .clone()
-        .report_ready(b.clone(), r, soon())
-        .await
-        .expect("report");
+    // Bob's pod reporting makes bob's row READY, never alice's.
+    assert!(s.report(&b, "s1", "10.1.0.66", 0).await);
     assert_eq!(s.store.row(&a).map(|r| r.status), Some(Status::Pending));
+    assert_eq!(s.store.row(&b).map(|r| r.status), Some(Status::Ready));
 }
