@@ -6,8 +6,9 @@
 #   layer 1  debootstrap --variant=minbase bookworm + image/packages.txt (the list
 #            image/Dockerfile installs too). Cached under /var/cache/jbazel/image/, keyed by
 #            the package list, the mirror and this recipe's version: built once (~3-5 min).
-#   layer 2  /opt/jbazel/rules_cc, /opt/jbazel/rules_java (offline stubs for Bazel 4.2.3) and
-#            /etc/jbazel/system.bazelrc (image/bazel/system.bazelrc.in, @RULES_DIR@=/opt/jbazel)
+#   layer 2  /opt/jbazel/{rules_cc,rules_java,remote_coverage_tools} (offline stand-ins for
+#            repositories Bazel 4.2.3 downloads) and /etc/jbazel/system.bazelrc
+#            (image/bazel/system.bazelrc.in, @RULES_DIR@=/opt/jbazel)
 #   layer 3  /usr/local/bin/supervisor (`cargo build --release -p supervisor`), the ENTRYPOINT
 # -> a docker-archive tar (also loadable with `docker load` / `kind load image-archive`)
 #    -> `ctr -n k8s.io images import` on the cluster's containerd socket; when containerd
@@ -149,13 +150,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-# Layer 2: rule stubs and the system rc.
+# Layer 2: offline repository stand-ins and the system rc.
 
 work=$(mktemp -d "$CACHE/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # /work: the supervisor's mount point for the pivoted view (/work/src, /work/out).
 mkdir -p "$work/jbazel$RULES_DIR" "$work/jbazel/etc/jbazel" "$work/jbazel/work"
-cp -r "$HERE/bazel/rules_cc" "$HERE/bazel/rules_java" "$work/jbazel$RULES_DIR/"
+cp -r "$HERE/bazel/rules_cc" "$HERE/bazel/rules_java" "$HERE/bazel/remote_coverage_tools" \
+    "$work/jbazel$RULES_DIR/"
 sed "/^#/!s|@RULES_DIR@|$RULES_DIR|g" "$HERE/bazel/system.bazelrc.in" >"$work/jbazel/etc/jbazel/system.bazelrc"
 chmod -R u=rwX,go=rX "$work/jbazel"
 det_tar "$work/jbazel" "$work/jbazel.tar"

@@ -70,7 +70,7 @@ async fn image_runs_to_completion_and_sees_a_host_path_volume() {
     // image has Bazel and the system rc where the contract says.
     let script = format!(
         "set -e; t=$(cat {host_path}/from-host); bazel --version > {host_path}/bazel-version; \
-         test -s /etc/jbazel/system.bazelrc; test -d /opt/jbazel/rules_cc; \
+         test -s /etc/jbazel/system.bazelrc; test -d /opt/jbazel/rules_cc; test -x /opt/jbazel/remote_coverage_tools/lcov_merger.py; \
          echo \"pod saw $t\" > {host_path}/from-pod; echo ok"
     );
     let mut p = pod("hostpath", vec!["sh".into(), "-c".into(), script]);

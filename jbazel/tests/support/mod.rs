@@ -119,11 +119,9 @@ impl BazelServer {
         }
         // The rule stubs must be visible inside the server's namespace (its /work is a tmpfs).
         let rules = t.join("rules");
-        testkit::copy_dir(&repo.join("image/bazel/rules_cc"), &rules.join("rules_cc"))?;
-        testkit::copy_dir(
-            &repo.join("image/bazel/rules_java"),
-            &rules.join("rules_java"),
-        )?;
+        for stub in ["rules_cc", "rules_java", "remote_coverage_tools"] {
+            testkit::copy_dir(&repo.join("image/bazel").join(stub), &rules.join(stub))?;
+        }
         let template = std::fs::read_to_string(repo.join("image/bazel/system.bazelrc.in"))
             .context("read image/bazel/system.bazelrc.in")?;
         let system_rc = t.join("system.bazelrc");

@@ -95,7 +95,7 @@ impl Filestore {
         )
         .expect("copy fixture tree");
         let rules = self.root().join("rules");
-        for stub in ["rules_cc", "rules_java"] {
+        for stub in ["rules_cc", "rules_java", "remote_coverage_tools"] {
             testkit::copy_dir(
                 &repo_root().join("image/bazel").join(stub),
                 &rules.join(stub),
