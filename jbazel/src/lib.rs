@@ -4,7 +4,7 @@
 //! - pure decisions (table-tested): [`workspace`] (root, RepoHash), [`identity`] (UserId,
 //!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
 //!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths);
-//! - edges (I/O): [`mirror`] (cookies and published files in the output base's mirror),
+//! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
 //!   [`client`] (Run, Cancel, exec), [`terminal`], [`progress`];
 //! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod hop;
 pub mod identity;
+pub mod links;
 pub mod mirror;
 pub mod orchestrator_client;
 pub mod paths;

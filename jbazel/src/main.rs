@@ -13,7 +13,7 @@ use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
 use jbazel::progress::{PlainLines, Progress, Spinner};
 use jbazel::rc::{self, DiskFs, RcLocations};
-use jbazel::{terminal, workspace};
+use jbazel::{links, terminal, workspace};
 use proto::command_server::RunRequest;
 use proto::error_chain::ErrorChain;
 use proto::names::RepoHash;
@@ -207,6 +207,16 @@ fn check_mirror(plan: &Plan) {
     }
 }
 
+/// Puts Bazel's convenience symlinks in the workspace root in `form` (see [`links`]). A
+/// failure only costs the desktop its shortcuts, so it is logged, not fatal.
+fn convenience_links(plan: &Plan, form: links::Form) {
+    match links::flip(&plan.root, &plan.map, form) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(changed = n, ?form, "convenience symlinks"),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot update the convenience symlinks"),
+    }
+}
+
 /// The RunRequest and what is needed to read the reply.
 struct Prepared {
     request: RunRequest,
@@ -310,9 +320,11 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         startup_options: Vec::new(),
     };
     let translate = !plan.settings.no_translate_paths;
+    // `info` prints paths that IDEs read from a pipe: always the desktop's.
+    let paths_on_stdout = plan.cl.command == "info";
     Ok(Prepared {
         request,
-        translate_stdout: translate && stdout_tty,
+        translate_stdout: translate && (stdout_tty || paths_on_stdout),
         translate_stderr: translate && stderr_tty,
     })
 }
@@ -442,7 +454,9 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             .translate_stderr
             .then(|| StreamRewriter::new(rewriter.clone())),
     };
+    convenience_links(plan, links::Form::Pod);
     let outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
+    convenience_links(plan, links::Form::Desktop);
     match outcome {
         Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
