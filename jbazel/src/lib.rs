@@ -3,7 +3,8 @@
 //! Read top-down: `main.rs` wires these together.
 //! - pure decisions (table-tested): [`workspace`] (root, RepoHash), [`identity`] (UserId,
 //!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
-//!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths);
+//!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths),
+//!   [`file_flags`] (options naming files: pod paths, or staged and delivered);
 //! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
 //!   [`client`] (Run, Cancel, exec), [`terminal`], [`progress`];
@@ -15,6 +16,7 @@
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod file_flags;
 pub mod hop;
 pub mod identity;
 pub mod links;

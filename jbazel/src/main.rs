@@ -13,7 +13,7 @@ use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
 use jbazel::progress::{PlainLines, Progress, Spinner};
 use jbazel::rc::{self, DiskFs, RcLocations};
-use jbazel::{links, terminal, workspace};
+use jbazel::{file_flags, links, terminal, workspace};
 use proto::command_server::RunRequest;
 use proto::error_chain::ErrorChain;
 use proto::names::RepoHash;
@@ -222,6 +222,8 @@ struct Prepared {
     request: RunRequest,
     translate_stdout: bool,
     translate_stderr: bool,
+    /// Files the server writes into the output base for a desktop path elsewhere.
+    deliveries: Vec<file_flags::Delivery>,
 }
 
 fn home() -> Option<PathBuf> {
@@ -286,6 +288,8 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         .map
         .pod_cwd(&plan.cwd)
         .map_err(|e| fail(LOCAL_ENV, e))?;
+    let files =
+        file_flags::rewrite(&plan.cl.args, &plan.cwd, &plan.map).map_err(|e| fail(BAD_ARGV, e))?;
     let binary_path = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "jbazel".into());
@@ -299,7 +303,7 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         rc_args,
         client_env,
         client_cwd,
-        user_args: plan.cl.args.clone(),
+        user_args: files.args,
     };
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -326,6 +330,7 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         request,
         translate_stdout: translate && (stdout_tty || paths_on_stdout),
         translate_stderr: translate && stderr_tty,
+        deliveries: files.deliveries,
     })
 }
 
@@ -455,8 +460,19 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             .then(|| StreamRewriter::new(rewriter.clone())),
     };
     convenience_links(plan, links::Form::Pod);
+    if !prepared.deliveries.is_empty() {
+        let staging = plan.map.mirror_out.join(file_flags::FILES_DIR);
+        if let Err(e) = std::fs::create_dir_all(&staging) {
+            tracing::warn!(dir = %staging.display(), error = %ErrorChain(&e), "cannot create the staging dir for output files");
+        }
+    }
     let outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
     convenience_links(plan, links::Form::Desktop);
+    for d in &prepared.deliveries {
+        if let Err(e) = file_flags::deliver(d, &plan.map) {
+            eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
+        }
+    }
     match outcome {
         Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
