@@ -145,7 +145,12 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             )
             .in_current_span(),
         );
-        let end = monitor(&mut server, s, &readiness, &mut shutdown).await;
+        let published = Published {
+            out,
+            system_rc: &cfg.bazel.system_bazelrc_text,
+            client_env: &env,
+        };
+        let end = monitor(&mut server, s, &readiness, &mut shutdown, &published).await;
         reporter.abort();
         match end {
             End::Shutdown => {
@@ -262,12 +267,46 @@ async fn start(
     Err((StartError::NoPing(last), None))
 }
 
-/// Pings the server every interval until it dies, hangs, or shutdown is requested.
+/// What the supervisor keeps published in the output base while a server runs.
+struct Published<'a> {
+    out: &'a std::path::Path,
+    system_rc: &'a str,
+    client_env: &'a str,
+}
+
+impl Published<'_> {
+    /// Puts back what was deleted under the live server (`clean --expunge` cannot remove a
+    /// mounted output base, but empties it; the restarted or surviving server would then be
+    /// unreachable for jbazel forever).
+    fn restore(&self, files: &bazel::ServerFiles) {
+        let texts = publish::ServerFileTexts {
+            pid: files.pid,
+            command_port: &files.addr,
+            request_cookie: &files.request_cookie,
+            response_cookie: &files.response_cookie,
+        };
+        match publish::restore_server_files(self.out, &texts) {
+            Ok(false) => return,
+            Ok(true) => tracing::warn!(
+                pid = files.pid,
+                "the server's files were deleted under it; restored"
+            ),
+            Err(e) => tracing::error!(error = %ErrorChain(&e), "cannot restore the server's files"),
+        }
+        if let Err(e) = publish::publish(self.out, self.system_rc, self.client_env) {
+            tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
+        }
+    }
+}
+
+/// Pings the server every interval until it dies, hangs, or shutdown is requested; keeps
+/// its files in place.
 async fn monitor(
     server: &mut Running,
     s: &ServeSettings,
     readiness: &Readiness,
     shutdown: &mut Shutdown,
+    published: &Published<'_>,
 ) -> End {
     let mut tick = tokio::time::interval(s.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,6 +332,7 @@ async fn monitor(
                 match server.client.ping(PING_TIMEOUT).await {
                     Ok(()) => {
                         failed = 0;
+                        published.restore(server.client.files());
                         readiness.set(true, format!("Bazel server pid {pid} answers Ping"));
                     }
                     Err(e) => {
