@@ -13,7 +13,7 @@
 
 use crate::paths::StreamRewriter;
 use proto::command_server::command_server_client::CommandServerClient;
-use proto::command_server::{CancelRequest, ExecRequest, RunRequest, RunResponse};
+use proto::command_server::{CancelRequest, ExecRequest, PingRequest, RunRequest, RunResponse};
 use proto::error_chain::ErrorChain;
 use std::io::Write;
 use std::time::Duration;
@@ -55,7 +55,11 @@ pub enum ClientError {
          output base"
     )]
     BadResponseCookie { cookie_path: String },
-    /// The call failed before or during the command.
+    /// The server did not take the command (no answer to the call itself): nothing ran, so
+    /// the command may be sent again once the server is up.
+    #[error("the Bazel server did not take the command: {}: {}", status.code(), status.message())]
+    NotTaken { status: tonic::Status },
+    /// The call failed during the command.
     #[error("lost the connection to the Bazel server: {}: {}", status.code(), status.message())]
     Lost {
         status: tonic::Status,
@@ -153,6 +157,31 @@ pub async fn cancel(channel: Channel, cookie: String, command_id: String) -> boo
     }
 }
 
+/// Why a Ping did not prove the server is up.
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("no answer to Ping: {}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    #[error("no answer to Ping within {0:?}")]
+    Timeout(Duration),
+    #[error("the server answered Ping with another response cookie (not this output base's)")]
+    WrongCookie,
+}
+
+/// Pings the server with the request cookie; Ok when it answers with the response cookie.
+pub async fn ping(channel: Channel, cookies: &Cookies, timeout: Duration) -> Result<(), PingError> {
+    let mut c = CommandServerClient::new(channel);
+    let req = PingRequest {
+        cookie: cookies.request.clone(),
+    };
+    match tokio::time::timeout(timeout, c.ping(req)).await {
+        Ok(Ok(resp)) if resp.get_ref().cookie == cookies.response => Ok(()),
+        Ok(Ok(_)) => Err(PingError::WrongCookie),
+        Ok(Err(status)) => Err(PingError::Status(status)),
+        Err(_) => Err(PingError::Timeout(timeout)),
+    }
+}
+
 /// Cookies of the server's output base, and where they were read.
 #[derive(Debug, Clone)]
 pub struct Cookies {
@@ -185,7 +214,7 @@ pub async fn run(
         tokio::select! {
             r = &mut call => match r {
                 Ok(resp) => break resp.into_inner(),
-                Err(status) => return Err(ClientError::Lost { status, cancelled: false }),
+                Err(status) => return Err(ClientError::NotTaken { status }),
             },
             _ = signals.int.recv() => {
                 interrupts += 1;

@@ -7,7 +7,8 @@
 //!   [`file_flags`] (options naming files: pod paths, or staged and delivered);
 //! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
-//!   [`client`] (Run, Cancel, exec), [`terminal`], [`progress`];
+//!   [`client`] (Run, Cancel, exec), [`runfiles`] (`jbazel run`'s desktop runfiles view),
+//!   [`terminal`], [`progress`];
 //! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
 //!
 //! Architecture invariant: the Bazel server is never started, stopped or configured from
@@ -25,5 +26,6 @@ pub mod orchestrator_client;
 pub mod paths;
 pub mod progress;
 pub mod rc;
+pub mod runfiles;
 pub mod terminal;
 pub mod workspace;

@@ -395,11 +395,7 @@ async fn find_target(plan: &Plan) -> Result<Target, Fail> {
         repo_hash: plan.repo_hash.clone(),
         session_id: plan.id.session_id.clone(),
     };
-    let mut progress: Box<dyn Progress> = if terminal::isatty(&std::io::stderr()) {
-        Box::new(Spinner::new(std::io::stderr()))
-    } else {
-        Box::new(PlainLines::new(std::io::stderr()))
-    };
+    let mut progress = stderr_progress();
     let mut oc = orchestrator_client::connect(&s.orchestrator)
         .await
         .map_err(|e| fail(LOCAL_ENV, e))?;
@@ -427,6 +423,79 @@ async fn find_target(plan: &Plan) -> Result<Target, Fail> {
     })
 }
 
+/// Progress on stderr: a spinner on a terminal, plain lines otherwise.
+fn stderr_progress() -> Box<dyn Progress> {
+    if terminal::isatty(&std::io::stderr()) {
+        Box::new(Spinner::new(std::io::stderr()))
+    } else {
+        Box::new(PlainLines::new(std::io::stderr()))
+    }
+}
+
+/// How often a waiting jbazel looks again at a restarting server (its cookie files are on
+/// shared storage, where file notifications do not cross machines).
+const SERVER_RETRY: Duration = Duration::from_millis(250);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to the server once it serves: its cookies are published and it answers Ping
+/// with them. Used when it is not serving on the first try (after `shutdown`, `clean
+/// --expunge`, a crash: the supervisor restarts it), with progress, until `deadline`.
+async fn wait_for_server(
+    plan: &Plan,
+    target: &Target,
+    deadline: Instant,
+    why: &str,
+) -> Result<(tonic::transport::Channel, Cookies), Fail> {
+    let mut progress = stderr_progress();
+    let mut last_reason = why.to_string();
+    progress.stage(
+        "server",
+        &format!("waiting for the Bazel server to start: {why}"),
+    );
+    loop {
+        let attempt = async {
+            let cookies =
+                read_cookies(&plan.mirror).map_err(|f| ErrorChain(f.err.as_ref()).to_string())?;
+            let channel = hop::connect(target)
+                .await
+                .map_err(|e| ErrorChain(&e).to_string())?;
+            client::ping(channel.clone(), &cookies, PING_TIMEOUT)
+                .await
+                .map_err(|e| ErrorChain(&e).to_string())?;
+            Ok::<_, String>((channel, cookies))
+        };
+        match attempt.await {
+            Ok(ready) => {
+                progress.finish();
+                tracing::debug!(waited_for = %last_reason, "the Bazel server is serving");
+                return Ok(ready);
+            }
+            Err(reason) => {
+                if Instant::now() + SERVER_RETRY > deadline {
+                    progress.finish();
+                    return Err(fail(
+                        LOCAL_ENV,
+                        anyhow!(reason).context(format!(
+                            "the Bazel server of {} did not serve within {} s",
+                            plan.root.display(),
+                            plan.settings.deadline_secs
+                        )),
+                    ));
+                }
+                if reason != last_reason {
+                    progress.stage(
+                        "server",
+                        &format!("waiting for the Bazel server to start: {reason}"),
+                    );
+                    last_reason = reason;
+                }
+                progress.tick();
+                tokio::time::sleep(SERVER_RETRY).await;
+            }
+        }
+    }
+}
+
 fn read_cookies(m: &Mirror) -> Result<Cookies, Fail> {
     let hint = "is JBAZEL_FILESTORE_ROOT the filestore the server uses, and is the server up?";
     let request = m
@@ -445,10 +514,19 @@ fn read_cookies(m: &Mirror) -> Result<Cookies, Fail> {
 
 async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
     let target = find_target(plan).await?;
-    let cookies = read_cookies(&plan.mirror)?;
-    let channel = hop::connect(&target)
-        .await
-        .map_err(|e| fail(LOCAL_ENV, e))?;
+    let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
+    let (channel, cookies) = match read_cookies(&plan.mirror) {
+        Ok(cookies) => {
+            let channel = hop::connect(&target)
+                .await
+                .map_err(|e| fail(LOCAL_ENV, e))?;
+            (channel, cookies)
+        }
+        Err(f) => {
+            let why = ErrorChain(f.err.as_ref()).to_string();
+            wait_for_server(plan, &target, deadline, &why).await?
+        }
+    };
     let prepared = prepare(plan, start)?;
     let rewriter = plan.map.to_desktop();
     let mut out = Output {
@@ -466,7 +544,25 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             tracing::warn!(dir = %staging.display(), error = %ErrorChain(&e), "cannot create the staging dir for output files");
         }
     }
-    let outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
+    let mut outcome = client::run(channel, prepared.request.clone(), &cookies, &mut out).await;
+    // The server went away or restarted since the cookies were read; nothing ran, so wait
+    // for it and send the command again (once). A bad cookie counts only when the file
+    // changed meanwhile: the same cookie rejected again means a mirror of another server.
+    let retry = match &outcome {
+        Err(client::ClientError::NotTaken { status }) => Some(format!(
+            "the server did not take the command ({})",
+            status.code()
+        )),
+        Err(client::ClientError::BadCookie { .. }) => read_cookies(&plan.mirror)
+            .ok()
+            .filter(|now| now.request != cookies.request)
+            .map(|_| "the server restarted with a new cookie".to_string()),
+        _ => None,
+    };
+    if let Some(why) = retry {
+        let (channel, cookies) = wait_for_server(plan, &target, deadline, &why).await?;
+        outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
+    }
     convenience_links(plan, links::Form::Desktop);
     for d in &prepared.deliveries {
         if let Err(e) = file_flags::deliver(d, &plan.map) {
@@ -477,7 +573,16 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
         Ok(Outcome::Exec(req)) => {
-            let req = paths::desktop_exec_request(&req, &rewriter, &paths::DiskLinks);
+            // The binary runs from a desktop view of its runfiles tree (the pod's is made of
+            // /work/... links); a binary outside the workspace and the mirror is refused.
+            let run = jbazel::runfiles::prepare(&req, &plan.map).map_err(|e| {
+                let code = if e.is_refusal() { BAD_ARGV } else { LOCAL_ENV };
+                fail(code, e)
+            })?;
+            if let Some(warning) = run.warning() {
+                eprintln!("jbazel: WARNING: {warning}");
+            }
+            let req = run.request;
             let err = client::exec(&req);
             Err(fail(
                 client::INTERNAL_ERROR,

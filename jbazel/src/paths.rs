@@ -262,7 +262,7 @@ pub fn rewrite_exec_request(req: &ExecRequest, rw: &Rewriter) -> ExecRequest {
     }
 }
 
-/// Reads symlinks (so resolution is testable without a disk).
+/// Reads symlinks (so resolution is testable without a disk): see [`crate::runfiles::Resolver`].
 pub trait ReadLink {
     /// The target of `path` if it is a symlink.
     fn read_link(&self, path: &Path) -> Option<PathBuf>;
@@ -275,107 +275,6 @@ impl ReadLink for DiskLinks {
     fn read_link(&self, path: &Path) -> Option<PathBuf> {
         std::fs::read_link(path).ok()
     }
-}
-
-/// Resolves the symlinks of a desktop path whose targets are pod paths.
-///
-/// The output base holds absolute symlinks into the pod's view (the execroot's package
-/// links point at `/work/src/<pkg>`, a `sh_binary` is a link to its source): dangling on the
-/// desktop. This walks `path` component by component and, where a component is a symlink,
-/// follows it with its target rewritten to the desktop view. Paths without such links come
-/// back unchanged. At most 40 links are followed, like the kernel.
-pub fn resolve_pod_links(path: &Path, rw: &Rewriter, fs: &dyn ReadLink) -> PathBuf {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    use std::path::Component;
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut out = PathBuf::from("/");
-    let mut hops = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            out.pop();
-            continue;
-        }
-        let candidate = out.join(&name);
-        match fs.read_link(&candidate) {
-            Some(target) if hops < 40 => {
-                hops += 1;
-                let target = PathBuf::from(std::ffi::OsString::from_vec(
-                    rw.rewrite(target.as_os_str().as_bytes()),
-                ));
-                if target.is_absolute() {
-                    out = PathBuf::from("/");
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => out = candidate,
-        }
-    }
-    out
-}
-
-/// Bazel's `ShellEscaper` safe characters: a word of only these needs no quotes.
-fn shell_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"@%_+=:,./-".contains(&b)
-}
-
-/// `bazel run`'s exec request made runnable on the desktop: pod paths rewritten
-/// ([`rewrite_exec_request`]), then the executable (first word of `sh -c`'s command line)
-/// and the working directory resolved through symlinks that point into the pod's view.
-pub fn desktop_exec_request(req: &ExecRequest, rw: &Rewriter, fs: &dyn ReadLink) -> ExecRequest {
-    use std::os::unix::ffi::OsStringExt;
-    let mut out = rewrite_exec_request(req, rw);
-    let resolve = |b: &[u8]| -> Vec<u8> {
-        let p = PathBuf::from(std::ffi::OsString::from_vec(b.to_vec()));
-        resolve_pod_links(&p, rw, fs).into_os_string().into_vec()
-    };
-    if !out.working_directory.is_empty() {
-        out.working_directory = resolve(&out.working_directory);
-    }
-    if out.argv.len() == 3 && out.argv[1] == b"-c" {
-        let script = &out.argv[2];
-        let end = script
-            .iter()
-            .position(|b| *b == b' ')
-            .unwrap_or(script.len());
-        let first = &script[..end];
-        if first.starts_with(b"/") && first.iter().all(|b| shell_safe(*b)) {
-            let resolved = resolve(first);
-            if resolved != first {
-                let word = if resolved.iter().all(|b| shell_safe(*b)) {
-                    resolved
-                } else {
-                    let mut q = b"'".to_vec();
-                    for b in &resolved {
-                        if *b == b'\'' {
-                            q.extend_from_slice(b"'\\''");
-                        } else {
-                            q.push(*b);
-                        }
-                    }
-                    q.push(b'\'');
-                    q
-                };
-                let mut s = word;
-                s.extend_from_slice(&script[end..]);
-                out.argv[2] = s;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -545,66 +444,5 @@ mod tests {
         );
         assert_eq!(got.environment_variable[0].value, b"/home/alice/proj");
         assert_eq!(got.environment_variable[1].value, b"/home/alice/proj/app");
-    }
-
-    struct Links(Vec<(&'static str, &'static str)>);
-    impl ReadLink for Links {
-        fn read_link(&self, path: &Path) -> Option<PathBuf> {
-            self.0
-                .iter()
-                .find(|(l, _)| Path::new(l) == path)
-                .map(|(_, t)| PathBuf::from(t))
-        }
-    }
-
-    #[test]
-    fn pod_links_resolve_to_desktop_paths() {
-        let rw = map().to_desktop();
-        let ex = "/tmp/mock-filestore/alice/0123456789abcdef0123456789abcdef/out/execroot/__main__";
-        let links = Links(vec![
-            // bin/tools/where -> the source file through the execroot's package link.
-            ("/tmp/mock-filestore/alice/0123456789abcdef0123456789abcdef/out/execroot/__main__/bazel-out/k8-fastbuild/bin/tools/where",
-             "/work/out/execroot/__main__/tools/where.sh"),
-            ("/tmp/mock-filestore/alice/0123456789abcdef0123456789abcdef/out/execroot/__main__/tools", "/work/src/tools"),
-            ("/tmp/loop", "/tmp/loop"),
-            ("/tmp/rel", "../etc/x"),
-        ]);
-        let cases = [
-            (
-                format!("{ex}/bazel-out/k8-fastbuild/bin/tools/where"),
-                "/home/alice/proj/tools/where.sh".to_string(),
-            ),
-            (
-                format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello"),
-                format!("{ex}/bazel-out/k8-fastbuild/bin/app/hello"),
-            ),
-            ("/tmp/rel".to_string(), "/etc/x".to_string()),
-            ("/tmp/loop/x".to_string(), "/tmp/loop/x".to_string()),
-        ];
-        for (input, want) in cases {
-            assert_eq!(
-                resolve_pod_links(Path::new(&input), &rw, &links),
-                PathBuf::from(&want),
-                "{input}"
-            );
-        }
-        let req = ExecRequest {
-            working_directory: b"/work/out/execroot/__main__/bazel-out/k8-fastbuild/bin/tools/where.runfiles/__main__".to_vec(),
-            argv: vec![
-                b"/bin/bash".to_vec(),
-                b"-c".to_vec(),
-                b"/work/out/execroot/__main__/bazel-out/k8-fastbuild/bin/tools/where a 'b c'".to_vec(),
-            ],
-            environment_variable: vec![],
-        };
-        let got = desktop_exec_request(&req, &rw, &links);
-        assert_eq!(
-            String::from_utf8_lossy(&got.argv[2]),
-            "/home/alice/proj/tools/where.sh a 'b c'"
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&got.working_directory),
-            format!("{ex}/bazel-out/k8-fastbuild/bin/tools/where.runfiles/__main__")
-        );
     }
 }

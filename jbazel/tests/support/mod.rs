@@ -131,6 +131,13 @@ impl BazelServer {
         )?;
         let home = t.join("home");
         std::fs::create_dir_all(&home)?;
+        // The desktop's per-user runtime dir (jbazel puts `run`'s runfiles views there).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(t.join("xdg"))?;
+        }
         let port = testkit::free_port().context("a free loopback port")?;
 
         let started = Instant::now();
@@ -198,6 +205,11 @@ exec "$@""#;
         })
     }
 
+    /// `XDG_RUNTIME_DIR` of every jbazel here.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.tmp.path().join("xdg")
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -229,6 +241,7 @@ exec "$@""#;
         .env_clear()
         .env("PATH", POD_PATH)
         .env("HOME", &self.home)
+        .env("XDG_RUNTIME_DIR", self.runtime_dir())
         .env("TERM", "dumb")
         .env("JBAZEL_SERVER", self.addr())
         .env("JBAZEL_FILESTORE_ROOT", &self.filestore)
@@ -242,12 +255,13 @@ exec "$@""#;
     /// terminal). Every path here is a temp path without shell-special characters.
     pub fn jbazel_shell_line(&self, jbazel: &Path, rel_cwd: &str, args: &[&str]) -> String {
         format!(
-            "env -i PATH={POD_PATH} HOME={home} TERM=xterm JBAZEL_SERVER={addr} \
+            "env -i PATH={POD_PATH} HOME={home} XDG_RUNTIME_DIR={xdg} TERM=xterm JBAZEL_SERVER={addr} \
              JBAZEL_FILESTORE_ROOT={fs} JBAZEL_USER={USER} JBAZEL_SESSION_ID={SESSION} \
              unshare -m --propagation private sh -c \
              'mount --bind \"$1\" \"$2\" && cd \"$2/$3\" && shift 3 && exec \"$@\"' \
              sh {src} {desktop} '{rel_cwd}' {jbazel} {args}",
             home = self.home.display(),
+            xdg = self.runtime_dir().display(),
             addr = self.addr(),
             fs = self.filestore.display(),
             src = self.src.display(),
