@@ -96,12 +96,6 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
 
     let out = &plan.out_seen_by_supervisor;
     let env = publish::client_env_text(|k| std::env::var(k).ok());
-    if let Err(e) = publish::publish(out, &cfg.bazel.system_bazelrc_text, &env) {
-        tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
-        eprintln!("supervisor: {}", ErrorChain(&e));
-        return 1;
-    }
-    tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
 
     let mut failures = 0u32;
     // The client of the start under way, to stop it when shutdown interrupts a start.
@@ -110,6 +104,13 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
         if shutdown.requested() {
             break stop_leftovers(out, None, s.grace).await;
         }
+        // Before every start: an expunge may have removed them with everything else.
+        if let Err(e) = publish::publish(out, &cfg.bazel.system_bazelrc_text, &env) {
+            tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
+            eprintln!("supervisor: {}", ErrorChain(&e));
+            break 1;
+        }
+        tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
         let began = Instant::now();
         readiness.set(false, "starting the Bazel server");
         let started = tokio::select! {
@@ -145,12 +146,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             )
             .in_current_span(),
         );
-        let published = Published {
-            out,
-            system_rc: &cfg.bazel.system_bazelrc_text,
-            client_env: &env,
-        };
-        let end = monitor(&mut server, s, &readiness, &mut shutdown, &published).await;
+        let end = monitor(&mut server, s, &readiness, &mut shutdown, out).await;
         reporter.abort();
         match end {
             End::Shutdown => {
@@ -169,9 +165,14 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
                 };
                 tracing::warn!(pid, reason = %why, failures, "Bazel server gone; restarting");
                 if bazel::alive(pid) && bazel::is_our_server(pid) {
-                    // Hung, not dead: replace it.
-                    let _ =
-                        bazel::stop(None, pid, server.exited.take(), Duration::from_secs(5)).await;
+                    // Hung or stale, not dead: replace it (Shutdown first; signals if hung).
+                    let _ = bazel::stop(
+                        Some(&server.client),
+                        pid,
+                        server.exited.take(),
+                        Duration::from_secs(5),
+                    )
+                    .await;
                 }
                 reaper.unwatch(pid);
                 if !pause_unless_shutdown(failures, &mut shutdown).await {
@@ -267,46 +268,14 @@ async fn start(
     Err((StartError::NoPing(last), None))
 }
 
-/// What the supervisor keeps published in the output base while a server runs.
-struct Published<'a> {
-    out: &'a std::path::Path,
-    system_rc: &'a str,
-    client_env: &'a str,
-}
-
-impl Published<'_> {
-    /// Puts back what was deleted under the live server (`clean --expunge` cannot remove a
-    /// mounted output base, but empties it; the restarted or surviving server would then be
-    /// unreachable for jbazel forever).
-    fn restore(&self, files: &bazel::ServerFiles) {
-        let texts = publish::ServerFileTexts {
-            pid: files.pid,
-            command_port: &files.addr,
-            request_cookie: &files.request_cookie,
-            response_cookie: &files.response_cookie,
-        };
-        match publish::restore_server_files(self.out, &texts) {
-            Ok(false) => return,
-            Ok(true) => tracing::warn!(
-                pid = files.pid,
-                "the server's files were deleted under it; restored"
-            ),
-            Err(e) => tracing::error!(error = %ErrorChain(&e), "cannot restore the server's files"),
-        }
-        if let Err(e) = publish::publish(self.out, self.system_rc, self.client_env) {
-            tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
-        }
-    }
-}
-
-/// Pings the server every interval until it dies, hangs, or shutdown is requested; keeps
-/// its files in place.
+/// Pings the server every interval until it dies, hangs, has its output base emptied under
+/// it, or shutdown is requested.
 async fn monitor(
     server: &mut Running,
     s: &ServeSettings,
     readiness: &Readiness,
     shutdown: &mut Shutdown,
-    published: &Published<'_>,
+    out: &std::path::Path,
 ) -> End {
     let mut tick = tokio::time::interval(s.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -330,9 +299,16 @@ async fn monitor(
                     return End::Died(format!("Bazel server pid {pid} is gone"));
                 }
                 match server.client.ping(PING_TIMEOUT).await {
+                    Ok(()) if !publish::server_files_intact(out, &server.client.files().request_cookie) => {
+                        // `clean --expunge` on the mounted output base: Bazel's own client
+                        // would have a shut-down server here; a stale one fails the next
+                        // build, and jbazel cannot find it. Start a fresh one.
+                        return End::Died(format!(
+                            "the output base was emptied under Bazel server pid {pid} (clean --expunge?)"
+                        ));
+                    }
                     Ok(()) => {
                         failed = 0;
-                        published.restore(server.client.files());
                         readiness.set(true, format!("Bazel server pid {pid} answers Ping"));
                     }
                     Err(e) => {

@@ -42,10 +42,7 @@ pub fn client_env_text(get: impl Fn(&str) -> Option<String>) -> String {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), PublishError> {
-    write_atomic_mode(path, text, 0o644)
-}
-
-fn write_atomic_mode(path: &Path, text: &str, mode: u32) -> Result<(), PublishError> {
+    let mode = 0o644;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| PublishError {
         path: path.to_owned(),
@@ -76,35 +73,12 @@ pub fn publish(out: &Path, system_rc: &str, client_env: &str) -> Result<(), Publ
     Ok(())
 }
 
-/// The server's own files, as it wrote them at start (`out/server/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerFileTexts<'a> {
-    pub pid: i32,
-    pub command_port: &'a str,
-    pub request_cookie: &'a str,
-    pub response_cookie: &'a str,
-}
-
-/// Writes the live server's files back when they were deleted under it (`clean --expunge`
-/// on a mounted output base, or a user's `rm -rf`): jbazel finds the server through them.
-/// The server itself never rewrites them. Returns whether anything was missing. Cookies
-/// are 0600: whoever can read them may command the server.
-pub fn restore_server_files(out: &Path, f: &ServerFileTexts<'_>) -> Result<bool, PublishError> {
-    let dir = out.join("server");
-    let cookie = dir.join("request_cookie");
-    if std::fs::read_to_string(&cookie).is_ok_and(|c| c.trim() == f.request_cookie) {
-        return Ok(false);
-    }
-    std::fs::create_dir_all(&dir).map_err(|source| PublishError {
-        path: dir.clone(),
-        source,
-    })?;
-    write_atomic(&dir.join("server.pid.txt"), &f.pid.to_string())?;
-    write_atomic(&dir.join("command_port"), f.command_port)?;
-    write_atomic_mode(&dir.join("response_cookie"), f.response_cookie, 0o600)?;
-    // Last: jbazel reads the request cookie first, so its presence means the set is whole.
-    write_atomic_mode(&cookie, f.request_cookie, 0o600)?;
-    Ok(true)
+/// Whether the server's files are still in the output base as the server wrote them at
+/// start: `clean --expunge` (which cannot remove a mounted output base) or a user's `rm -rf`
+/// empties it under a live server, and the server never writes them again. Reads one file.
+pub fn server_files_intact(out: &Path, request_cookie: &str) -> bool {
+    std::fs::read_to_string(out.join("server/request_cookie"))
+        .is_ok_and(|c| c.trim() == request_cookie)
 }
 
 #[cfg(test)]
@@ -135,43 +109,12 @@ mod tests {
     }
 
     #[test]
-    fn server_files_are_restored_only_when_missing() {
-        use std::os::unix::fs::PermissionsExt;
+    fn server_files_are_intact_only_with_the_same_cookie() {
         let t = tempfile::tempdir().expect("tempdir");
-        let f = ServerFileTexts {
-            pid: 42,
-            command_port: "127.0.0.1:9001",
-            request_cookie: "req",
-            response_cookie: "resp",
-        };
-        assert!(restore_server_files(t.path(), &f).expect("restore"));
-        let dir = t.path().join("server");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("request_cookie")).expect("read"),
-            "req"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("response_cookie")).expect("read"),
-            "resp"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("command_port")).expect("read"),
-            "127.0.0.1:9001"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("server.pid.txt")).expect("read"),
-            "42"
-        );
-        let mode = std::fs::metadata(dir.join("request_cookie"))
-            .expect("stat")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(
-            !restore_server_files(t.path(), &f).expect("again"),
-            "present: untouched"
-        );
-        std::fs::remove_dir_all(&dir).expect("rm");
-        assert!(restore_server_files(t.path(), &f).expect("after rm"));
+        assert!(!server_files_intact(t.path(), "c1"), "missing");
+        std::fs::create_dir_all(t.path().join("server")).expect("mkdir");
+        std::fs::write(t.path().join("server/request_cookie"), "c1\n").expect("write");
+        assert!(server_files_intact(t.path(), "c1"));
+        assert!(!server_files_intact(t.path(), "c2"), "another server's");
     }
 }
