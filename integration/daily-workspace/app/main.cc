@@ -1,0 +1,3 @@
+#include <cstdio>
+#include "lib/greet.h"
+int main() { std::puts(greeting()); return 0; }
