@@ -11,7 +11,8 @@
 //! 4. options that name files (BEP json, profile, --override_repository);
 //! 5. `run` with arguments and exit code;
 //! 6. the next command after `shutdown`, `clean`, `clean --expunge`;
-//! 7. the server's command lock (`--noblock_for_lock`, waiting for another command).
+//! 7. the server's command lock (`--noblock_for_lock`, waiting for another command);
+//! 8. `supervisor --dry-run` on the desktop (no root, no image files).
 //!
 //! Each part runs even when an earlier one failed (their outcomes are printed with timings)
 //! and the test fails at the end if any part did. Every wait has a deadline. Needs
@@ -448,6 +449,54 @@ fn part6_server_goes_away(day: &Day) {
     );
 }
 
+/// Part 8, `supervisor --dry-run` on the desktop, as a user without privileges and without
+/// the image's files: it prints the mount plan for this repository and names what the pod
+/// would need (the image's system rc), exits 0, and creates nothing.
+fn part8_dry_run(day: &Day) {
+    let repo_dir = day.out_dir.parent().expect("R/U/H");
+    let hash = repo_dir
+        .file_name()
+        .and_then(|h| h.to_str())
+        .expect("hash")
+        .to_string();
+    let root = repo_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("filestore root");
+    let supervisor = integration::platform::workspace_binary("supervisor")
+        .expect("cargo build --workspace --bins first");
+    let missing_rc = day.scratch.join("no-image/system.bazelrc");
+    let listing = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let before = listing(repo_dir);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&supervisor)
+        .arg("--dry-run")
+        .env("USER_ID", USER)
+        .env("REPO_HASH", &hash)
+        .env("MOCK_FILESTORE_PATH", root)
+        .env("SYSTEM_BAZELRC", &missing_rc)
+        .output()
+        .expect("run supervisor --dry-run");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let src = repo_dir.join("src");
+    assert!(
+        stdout.contains(&src.display().to_string()) && stdout.contains("/work/src"),
+        "the plan binds this repository's src at /work/src:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("MISSING system bazelrc {}", missing_rc.display())),
+        "names the image file a desktop lacks:\n{stdout}"
+    );
+    assert!(!missing_rc.exists(), "a dry run creates nothing");
+    assert_eq!(listing(repo_dir), before, "a dry run creates nothing");
+}
+
 /// 7. The server's command lock: refused with --noblock_for_lock, waited for without it.
 fn part7_lock(day: &Day) {
     let mut slow = day.spawn(&["build", "//slow:sleepy"]);
@@ -561,7 +610,7 @@ async fn a_developers_daily_commands_on_the_remote_server() {
     };
     assert!(day.root.to_string_lossy().contains(' '));
 
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 8] = [
         ("1 offline build/test/coverage", part1_offline_test),
         ("2 convenience symlinks", part2_convenience_symlinks),
         ("3 info into a pipe", part3_info),
@@ -569,6 +618,7 @@ async fn a_developers_daily_commands_on_the_remote_server() {
         ("5 run", part5_run),
         ("6 after the server goes away", part6_server_goes_away),
         ("7 the command lock", part7_lock),
+        ("8 supervisor --dry-run on the desktop", part8_dry_run),
     ];
     let mut results = Vec::new();
     for (name, part) in parts {
