@@ -182,6 +182,26 @@ impl FakePods {
         );
     }
 
+    /// Running, not yet passing its readiness probe (the Bazel server is starting).
+    pub fn set_running(&self, name: &str, ip: &str) {
+        self.set_status(
+            name,
+            PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "bazel-server".into(),
+                    state: Some(ContainerState {
+                        running: Some(Default::default()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        );
+    }
+
     /// The container waits for a reason (e.g. ErrImageNeverPull).
     pub fn set_waiting(&self, name: &str, reason: &str) {
         self.set_status(

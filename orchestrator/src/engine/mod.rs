@@ -35,7 +35,8 @@ use crate::notify::{KeyLocks, ReadyNotices};
 use crate::pods::view;
 use crate::pods::{pod_name, EnsureOutcome, PodError, PodSpecFor};
 use crate::session::{
-    GetServerOutcome, PodHealth, ReadyDecision, RowWrite, SessionKey, SessionRow, Status,
+    self, GetServerOutcome, PodHealth, ReadyDecision, ReconcileDecision, RowWrite, SessionKey,
+    SessionRow, Status,
 };
 use crate::store::StoreError;
 
@@ -188,6 +189,38 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
         Ok(Some(outcome))
     }
 
+    /// The watch path of readiness, taken by the engine itself: the session's pod passing
+    /// its readiness probe (the supervisor's /readyz answers only while Ping does) makes a
+    /// PENDING row READY, fenced by SessionId, exactly as the reconciler would. So the push
+    /// (ReportReady), the reconciler and the requests converge on READY in any order; a
+    /// push lost or a probe event missed cannot leave a serving server PENDING.
+    async fn ready_from_pod(
+        &self,
+        key: &SessionKey,
+        row: &SessionRow,
+        pod: &Pod,
+        deadline: Instant,
+    ) -> Result<Option<SessionRow>, EngineError> {
+        let ReconcileDecision::MarkReady { session_id, pod_ip } =
+            session::reconcile(Some(row), Some(&view::view(pod)))
+        else {
+            return Ok(None);
+        };
+        match self
+            .store
+            .mark_ready(key, &session_id, &pod_ip, deadline)
+            .await?
+        {
+            ReadyDecision::Accept { row, .. } => {
+                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id,
+                    pod_ip = %pod_ip, "pod Ready for the row's session: row READY");
+                self.notices.send(key, &session_id);
+                Ok(Some(row))
+            }
+            ReadyDecision::Reject(_) => Ok(None),
+        }
+    }
+
     /// GetServer: one transaction on the row, then the cluster made to match it. Answers
     /// at once from the pod cache when the row is READY and its pod is alive.
     pub async fn get_server(
@@ -237,10 +270,15 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
             }
         };
         // The row as it is now (the pod step may have demoted a READY row whose pod was gone).
-        let row = match self.store.read(&key).await? {
+        let mut row = match self.store.read(&key).await? {
             Some(row) if row.session_id == session_id => row,
             _ => t.row,
         };
+        if let Some(p) = pod.as_ref().filter(|_| row.status == Status::Pending) {
+            if let Some(ready) = self.ready_from_pod(&key, &row, p, deadline).await? {
+                row = ready;
+            }
+        }
         Ok(self.server(&key, &row, pod.as_ref()))
     }
 

@@ -231,8 +231,8 @@ async fn watch_streams_stages_then_ready() {
     let mut rx = s.watch(&k, "s1").await.expect("watch");
     let first = next_matching(&mut rx, |_| true).await;
     assert_eq!(first.stage, Stage::Session as i32);
-    // The kubelet reports the pod Ready; the supervisor's push follows.
-    s.pods.set_ready(&name(&k), "10.1.0.7");
+    // The container runs; the supervisor's push comes before the probe passes.
+    s.pods.set_running(&name(&k), "10.1.0.7");
     next_matching(&mut rx, |e| e.stage == Stage::ContainerRunning as i32).await;
     s.report(&k, "s1", "10.1.0.7", 0).await;
     let rest = drain(rx).await;
@@ -362,4 +362,50 @@ async fn users_do_not_share_rows_or_pods() {
     assert!(s.report(&b, "s1", "10.1.0.66", 0).await);
     assert_eq!(s.store.row(&a).map(|r| r.status), Some(Status::Pending));
     assert_eq!(s.store.row(&b).map(|r| r.status), Some(Status::Ready));
+}
+
+#[tokio::test]
+async fn a_ready_pod_makes_the_row_ready_without_the_push() {
+    // The push was lost (or raced the probe): the watch path alone must reach READY.
+    let s = setup();
+    let k = key("erin");
+    s.get(&k, "s1").await.expect("spawn");
+    let rx = s.watch(&k, "s1").await.expect("watch");
+    s.pods.set_ready(&name(&k), "10.1.0.8");
+    let events = drain(rx).await;
+    let last = events
+        .last()
+        .expect("event")
+        .as_ref()
+        .expect("not an error");
+    assert_eq!(last.stage, Stage::Ready as i32, "{events:?}");
+    assert_eq!(
+        last.server.as_ref().map(|s| s.pod_ip.as_str()),
+        Some("10.1.0.8")
+    );
+    let row = s.store.row(&k).expect("row");
+    assert_eq!(
+        (row.status, row.pod_ip.as_deref()),
+        (Status::Ready, Some("10.1.0.8"))
+    );
+}
+
+#[tokio::test]
+async fn get_server_answers_ready_when_the_pod_serves_but_the_row_is_pending() {
+    let s = setup();
+    let k = key("fred");
+    s.get(&k, "s1").await.expect("spawn");
+    s.pods.set_ready(&name(&k), "10.1.0.9");
+    assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
+    let server = s.get(&k, "s1").await.expect("again");
+    assert_eq!(server.status, ServerStatus::Ready as i32);
+    assert_eq!(server.pod_ip, "10.1.0.9");
+    assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Ready));
+    // After a bounce, the old session cannot make the row READY, even with the new pod Ready.
+    let k2 = key("gail");
+    s.get(&k2, "s1").await.expect("spawn");
+    s.get(&k2, "s2").await.expect("bounce");
+    s.pods.set_ready(&name(&k2), "10.1.0.10");
+    let accepted = s.report(&k2, "s1", "10.1.0.10", 0).await;
+    assert!(!accepted, "the old session's report is fenced");
 }

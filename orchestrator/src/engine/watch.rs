@@ -18,6 +18,9 @@ use crate::pods::pod_name;
 use crate::pods::view::{self, Progress};
 use crate::session::{PodHealth, SessionKey, SessionRow, Status};
 
+/// Longest a READY write from a Ready pod may take inside a watch.
+const READY_WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(super) struct Watch<S, P> {
     engine: Arc<Engine<S, P>>,
     key: SessionKey,
@@ -199,7 +202,23 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
             Progress::Failed { reason, message } => self.fail(reason, message, Some(pod)).await,
             Progress::Stage { stage, message } => {
                 if view::view(pod).health == PodHealth::Ready {
-                    // The reconciler marks the row READY from the probe; look now anyway.
+                    // The probe says the server answers: READY from the pod if the row is
+                    // still PENDING (fenced), else whatever the row says now.
+                    let row = SessionRow::pending(&self.session_id);
+                    let deadline = Instant::now() + READY_WRITE_DEADLINE;
+                    match self
+                        .engine
+                        .ready_from_pod(&self.key, &row, pod, deadline)
+                        .await
+                    {
+                        Ok(Some(ready)) => {
+                            self.ready(&ready).await;
+                            return Next::Done;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(pod = %self.pod_name, error = %ErrorChain(&e),
+                            "WatchServer could not mark the row READY from the pod"),
+                    }
                     if let Next::Done = self.check_row().await {
                         return Next::Done;
                     }
