@@ -215,19 +215,35 @@ pub fn translate_text(bytes: &[u8], map: &PathMap) -> Vec<u8> {
 /// [`translate_text`]) and removes the staged copy. The pod wrote the staged file: only a
 /// regular file (not a symlink) is copied.
 pub fn deliver(d: &Delivery, map: &PathMap) -> Result<(), DeliveryError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
     let (from, to) = (d.from.clone(), d.to.clone());
-    let meta = match std::fs::symlink_metadata(&d.from) {
-        Ok(m) => m,
+    // Opened without following a last-component symlink and without blocking on a FIFO,
+    // then checked on the open file: the pod cannot swap the file between check and read.
+    let mut src = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&d.from)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(DeliveryError::NotAFile { from, to })
+        }
         Err(_) => return Err(DeliveryError::Missing { from, to }),
     };
-    if !meta.file_type().is_file() {
+    if !src.metadata().is_ok_and(|m| m.file_type().is_file()) {
         return Err(DeliveryError::NotAFile { from, to });
     }
-    let copied = if d.translate {
-        std::fs::read(&d.from).and_then(|bytes| std::fs::write(&d.to, translate_text(&bytes, map)))
-    } else {
-        std::fs::copy(&d.from, &d.to).map(drop)
-    };
+    let copied = (|| -> std::io::Result<()> {
+        let mut dst = std::fs::File::create(&d.to)?;
+        if d.translate {
+            let mut bytes = Vec::new();
+            src.read_to_end(&mut bytes)?;
+            dst.write_all(&translate_text(&bytes, map))
+        } else {
+            std::io::copy(&mut src, &mut dst).map(drop)
+        }
+    })();
     copied.map_err(|source| DeliveryError::Copy { from, to, source })?;
     let _ = std::fs::remove_file(&d.from);
     Ok(())
