@@ -20,6 +20,7 @@ use crate::pivot;
 use crate::plan::MountPlan;
 use crate::publish;
 use crate::reaper::{ExitInfo, Reaper};
+use crate::relay;
 use crate::report;
 use crate::signals::Shutdown;
 
@@ -93,6 +94,21 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     };
     tracing::info!(addr = %s.health_addr, "health endpoint: GET /readyz, /healthz");
     let health = tokio::spawn(health::serve(listener, readiness.clone()).in_current_span());
+    // The direct hop: <pod IP>:<command port> -> Bazel on the pod's loopback.
+    let relay = match cfg.report.pod_ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => match relay::bind(ip, cfg.bazel.command_port).await {
+            Ok(l) => {
+                tracing::info!(addr = %format!("{ip}:{}", cfg.bazel.command_port), "relay to the Bazel server's command port");
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.bazel.command_port));
+                Some(tokio::spawn(relay::serve(l, to).in_current_span()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "no relay on the pod IP: jbazel will use the port-forward");
+                None
+            }
+        },
+        Err(_) => None,
+    };
 
     let out = &plan.out_seen_by_supervisor;
     let env = publish::client_env_text(|k| std::env::var(k).ok());
@@ -185,6 +201,9 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     // server behind; an orphan of a build action) goes too: the pod's job is over.
     stop_children(reaper, Duration::from_secs(3)).await;
     health.abort();
+    if let Some(r) = relay {
+        r.abort();
+    }
     tracing::info!(
         exit_code = code,
         orphans_reaped = reaper.orphans_reaped(),

@@ -17,6 +17,7 @@ pub mod pivot;
 pub mod plan;
 pub mod publish;
 pub mod reaper;
+pub mod relay;
 pub mod report;
 pub mod run;
 pub mod signals;
