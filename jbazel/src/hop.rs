@@ -101,21 +101,24 @@ pub async fn connect(target: &Target) -> Result<Channel, HopError> {
             port,
             namespace,
             pod,
-        } => {
-            let addr = if ip.contains(':') {
-                format!("[{ip}]:{port}")
-            } else {
-                format!("{ip}:{port}")
-            };
-            match direct(&addr, Some(POD_IP_CONNECT_TIMEOUT)).await {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    tracing::warn!(pod = %pod, error = %ErrorChain(&e), "pod IP unreachable; using port-forward");
-                    port_forward(namespace, pod, *port).await
-                }
+        } => match dial_pod_ip(ip, *port).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                tracing::warn!(pod = %pod, error = %ErrorChain(&e), "pod IP unreachable; using port-forward");
+                port_forward(namespace, pod, *port).await
             }
-        }
+        },
     }
+}
+
+/// A connection straight to `<ip>:<port>` (the supervisor's relay), no fallback.
+pub async fn dial_pod_ip(ip: &str, port: u16) -> Result<Channel, HopError> {
+    let addr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    direct(&addr, Some(POD_IP_CONNECT_TIMEOUT)).await
 }
 
 async fn direct(addr: &str, timeout: Option<Duration>) -> Result<Channel, HopError> {

@@ -6,7 +6,8 @@
 //!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths),
 //!   [`file_flags`] (options naming files: pod paths, or staged and delivered);
 //! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
-//!   [`orchestrator_client`] (GetServer/WatchServer), [`hop`] (port-forward or direct connection),
+//!   [`orchestrator_client`] (GetServer/WatchServer), [`endpoint_cache`] (the last pod-IP
+//!   endpoint, dialled while GetServer confirms it), [`hop`] (port-forward or direct connection),
 //!   [`client`] (Run, Cancel, exec), [`runfiles`] (`jbazel run`'s desktop runfiles view),
 //!   [`terminal`], [`progress`];
 //! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
@@ -17,6 +18,7 @@
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod endpoint_cache;
 pub mod file_flags;
 pub mod hop;
 pub mod identity;

@@ -13,12 +13,13 @@ use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
 use jbazel::progress::{PlainLines, Progress, Spinner};
 use jbazel::rc::{self, DiskFs, RcLocations};
-use jbazel::{file_flags, links, terminal, workspace};
+use jbazel::{endpoint_cache, file_flags, links, terminal, workspace};
 use proto::command_server::RunRequest;
 use proto::error_chain::ErrorChain;
 use proto::names::RepoHash;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// Bazel's exit code for a bad command line.
 const BAD_ARGV: i32 = 2;
@@ -385,16 +386,27 @@ fn dry_run(plan: &Plan, start: Instant) -> Result<Done, Fail> {
     Ok(Done::Exit(0))
 }
 
-async fn find_target(plan: &Plan) -> Result<Target, Fail> {
+/// The hop target, and a connection already open to it when the pod-IP hop could dial the
+/// cached endpoint while GetServer confirmed it (see [`endpoint_cache`]).
+async fn find_target(plan: &Plan) -> Result<(Target, Option<Channel>), Fail> {
     let s = &plan.settings;
     if let Some(addr) = &s.server {
-        return Ok(Target::Direct { addr: addr.clone() });
+        return Ok((Target::Direct { addr: addr.clone() }, None));
     }
     let ids = Ids {
         user_id: plan.id.user_id.clone(),
         repo_hash: plan.repo_hash.clone(),
         session_id: plan.id.session_id.clone(),
     };
+    // Dial the last endpoint while GetServer runs; nothing is sent on it before GetServer
+    // confirms it.
+    let cache = (s.hop == Hop::PodIp)
+        .then(|| endpoint_cache::path(plan.repo_hash.as_str()))
+        .flatten();
+    let cached = cache.as_deref().and_then(endpoint_cache::read);
+    let early = cached
+        .clone()
+        .map(|e| tokio::spawn(async move { hop::dial_pod_ip(&e.ip, e.port).await }));
     let mut progress = stderr_progress();
     let mut oc = orchestrator_client::connect(&s.orchestrator)
         .await
@@ -408,19 +420,49 @@ async fn find_target(plan: &Plan) -> Result<Target, Fail> {
     .await
     .map_err(|e| fail(LOCAL_ENV, e))?;
     tracing::debug!(pod = %loc.pod_name, namespace = %loc.namespace, ip = %loc.pod_ip, port = loc.command_port, "server ready");
-    Ok(match s.hop {
-        Hop::PodIp if !loc.pod_ip.is_empty() => Target::PodIp {
-            ip: loc.pod_ip,
-            port: loc.command_port,
-            namespace: loc.namespace,
-            pod: loc.pod_name,
-        },
-        _ => Target::PortForward {
+    if s.hop != Hop::PodIp || loc.pod_ip.is_empty() {
+        if let Some(task) = early {
+            task.abort();
+        }
+        let target = Target::PortForward {
             namespace: loc.namespace,
             pod: loc.pod_name,
             port: loc.command_port,
+        };
+        return Ok((target, None));
+    }
+    let fresh = endpoint_cache::Endpoint {
+        session_id: plan.id.session_id.to_string(),
+        namespace: loc.namespace.clone(),
+        pod: loc.pod_name.clone(),
+        ip: loc.pod_ip.clone(),
+        port: loc.command_port,
+    };
+    let channel = match (cached, early) {
+        (Some(c), Some(task)) if c == fresh => match task.await {
+            Ok(Ok(channel)) => Some(channel),
+            _ => None,
         },
-    })
+        (Some(c), Some(task)) => {
+            task.abort();
+            tracing::debug!(cached = %c.to_line().trim(), fresh = %fresh.to_line().trim(),
+                "cached endpoint is stale; dialling the one GetServer gave");
+            None
+        }
+        _ => None,
+    };
+    if channel.is_none() {
+        if let Some(path) = &cache {
+            endpoint_cache::write(path, &fresh);
+        }
+    }
+    let target = Target::PodIp {
+        ip: loc.pod_ip,
+        port: loc.command_port,
+        namespace: loc.namespace,
+        pod: loc.pod_name,
+    };
+    Ok((target, channel))
 }
 
 /// Progress on stderr: a spinner on a terminal, plain lines otherwise.
@@ -513,13 +555,16 @@ fn read_cookies(m: &Mirror) -> Result<Cookies, Fail> {
 }
 
 async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
-    let target = find_target(plan).await?;
+    let (target, early) = find_target(plan).await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
     let (channel, cookies) = match read_cookies(&plan.mirror) {
         Ok(cookies) => {
-            let channel = hop::connect(&target)
-                .await
-                .map_err(|e| fail(LOCAL_ENV, e))?;
+            let channel = match early {
+                Some(channel) => channel,
+                None => hop::connect(&target)
+                    .await
+                    .map_err(|e| fail(LOCAL_ENV, e))?,
+            };
             (channel, cookies)
         }
         Err(f) => {
