@@ -1,0 +1,167 @@
+//! Every hop from the desktop to the pod's Bazel server, end to end and all real (emulator,
+//! orchestrator binary, local cluster with the project image, jbazel):
+//! - the API server's port-forward (`JBAZEL_HOP=port-forward`, the default);
+//! - the pod IP through the supervisor's relay (`JBAZEL_HOP=pod-ip`), which also caches
+//!   the endpoint and dials it while GetServer confirms it;
+//! - after a desktop bounce (new session, new pod), the cached endpoint is stale: jbazel
+//!   drops it, dials the one GetServer gave, and the command runs on the NEW server.
+//!
+//! Needs `integration/kubernetes/local.sh up && image/build.sh` (integration/test.sh does
+//! it) and fails, never skips, when a component is missing.
+
+use std::fs;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
+
+use integration::kubernetes::{Cluster, IMAGE};
+use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
+use integration::spanner::SpannerEmulator;
+
+const USER: &str = "hopper";
+
+fn show(step: &str, out: &Output, took: Duration) -> String {
+    format!(
+        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The live server pod of the repository (there must be exactly one).
+async fn server_pod(pods: &kube::Api<Pod>, repo_hash: &str) -> Pod {
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}")))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "exactly one live server pod");
+    live.into_iter().next().expect("one pod")
+}
+
+fn label(pod: &Pod, key: &str) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key).cloned())
+        .unwrap_or_default()
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_mode_reaches_the_server_and_a_stale_endpoint_is_never_used() {
+    let cluster = Cluster::connect()
+        .await
+        .expect("the local cluster must be up");
+    let namespace = cluster.test_namespace("hops").await.expect("namespace");
+    let pods = namespace.pods();
+    let emulator = SpannerEmulator::start().await.expect("emulator");
+    let scratch = tempfile::Builder::new()
+        .prefix("jbazel-hops-")
+        .tempdir_in("/tmp")
+        .expect("scratch dir");
+    let filestore = scratch.path().join("filestore");
+    fs::create_dir_all(&filestore).expect("filestore");
+    let orchestrator = Orchestrator::start(&OrchestratorOptions {
+        spanner_host: emulator.host(),
+        project: emulator.project().into(),
+        instance: emulator.instance().into(),
+        database: emulator.database().into(),
+        namespace: namespace.name().into(),
+        filestore_root: filestore.clone(),
+        image: IMAGE.into(),
+        port: testkit::free_port().expect("port"),
+        log_path: scratch.path().join("orchestrator.log"),
+        kubeconfig: cluster.kubeconfig().to_path_buf(),
+        detached: false,
+    })
+    .expect("orchestrator must start");
+    let desktop_path = scratch.path().join("home/hopper/sample");
+    let workspace = repo_root().join("integration/sample-workspace");
+    let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let cache_home = scratch.path().join("cache");
+    let jbazel = |session: &str, hop: &str, args: &[&str]| -> (Output, Duration) {
+        let mut cmd = desktop
+            .jbazel(&orchestrator.url(), session, &kubeconfig)
+            .expect("jbazel binary");
+        cmd.args(args)
+            .env("JBAZEL_HOP", hop)
+            .env("XDG_CACHE_HOME", &cache_home)
+            .env("RUST_LOG", "jbazel=debug")
+            .env("NO_COLOR", "1");
+        let started = Instant::now();
+        let out = cmd.output().expect("jbazel must start");
+        (out, started.elapsed())
+    };
+    let ok = |step: &str, (out, took): (Output, Duration)| -> String {
+        assert_eq!(out.status.code(), Some(0), "{}", show(step, &out, took));
+        eprintln!("hops: {step}: {took:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cache_file = cache_home
+        .join("jbazel/endpoints")
+        .join(desktop.repo_hash.as_str());
+
+    // Port-forward: the pod is spawned and serves; no endpoint is cached on this path.
+    ok(
+        "port-forward, cold",
+        jbazel("s1", "port-forward", &["build", "//app:hello"]),
+    );
+    let first = server_pod(&pods, &desktop.repo_hash).await;
+    assert!(!cache_file.exists(), "port-forward caches nothing");
+    ok(
+        "port-forward, warm",
+        jbazel("s1", "port-forward", &["build", "//app:hello"]),
+    );
+
+    // Pod IP: straight to the relay (no fallback to port-forward), and the endpoint is
+    // cached for the next command.
+    let stderr = ok("pod-ip", jbazel("s1", "pod-ip", &["build", "//app:hello"]));
+    assert!(
+        !stderr.contains("pod IP unreachable"),
+        "the relay must answer:\n{stderr}"
+    );
+    let cached = fs::read_to_string(&cache_file).expect("endpoint cached");
+    assert!(
+        cached.contains(&format!(" {} ", pod_ip(&first))) && cached.contains(" s1 "),
+        "{cached}"
+    );
+    let stderr = ok(
+        "pod-ip with the cached endpoint",
+        jbazel("s1", "pod-ip", &["build", "//app:hello"]),
+    );
+    assert!(!stderr.contains("stale"), "{stderr}");
+
+    // A bounce: a new session replaces the pod. The cached endpoint (old session, old pod)
+    // is stale: it must be dropped, and the command must run on the new server.
+    let stderr = ok(
+        "bounce to s2 (pod-ip)",
+        jbazel("s2", "pod-ip", &["build", "//app:hello"]),
+    );
+    assert!(
+        stderr.contains("cached endpoint is stale"),
+        "jbazel must notice the stale endpoint:\n{stderr}"
+    );
+    let second = server_pod(&pods, &desktop.repo_hash).await;
+    assert_eq!(label(&second, LABEL_SESSION), "s2");
+    assert_ne!(second.metadata.uid, first.metadata.uid, "a new pod");
+    let cached = fs::read_to_string(&cache_file).expect("endpoint cached");
+    assert!(
+        cached.contains(" s2 ") && cached.contains(&format!(" {} ", pod_ip(&second))),
+        "the cache follows the new server: {cached}"
+    );
+}
