@@ -51,11 +51,9 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use integration::kubernetes::{Cluster, IMAGE};
-use integration::platform::{
-    bin_dir, repo_root, workspace_binary, Desktop, Orchestrator, OrchestratorOptions,
-};
-use integration::spanner::SpannerEmulator;
+use integration::platform::{bin_dir, repo_root, workspace_binary};
+use integration::stack::TestPlatform;
+use proto::error_chain::ErrorChain;
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::{GetServerRequest, ServerStatus};
 
@@ -443,38 +441,11 @@ async fn main() -> Result<()> {
     proto::tls::install_crypto_provider();
     let jbazel_bin = platform_binaries(args.bench)?;
 
-    let cluster = Cluster::connect()
-        .await
-        .context("the local cluster must be up (integration/kubernetes/local.sh up)")?;
-    let namespace = cluster.test_namespace("warm-noop").await?;
-    let emulator = SpannerEmulator::start().await?;
-    // The filestore must be a host path the pods can mount: a fresh dir under /tmp.
-    let scratch = tempfile::Builder::new()
-        .prefix("jbazel-warm-noop-")
-        .tempdir_in("/tmp")?;
-    let filestore = scratch.path().join("filestore");
-    fs::create_dir_all(&filestore)?;
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
-    let orchestrator = Orchestrator::start(&OrchestratorOptions {
-        spanner_host: emulator.host(),
-        project: emulator.project().into(),
-        instance: emulator.instance().into(),
-        database: emulator.database().into(),
-        namespace: namespace.name().into(),
-        filestore_root: filestore.clone(),
-        image: IMAGE.into(),
-        port: testkit::free_port()?,
-        log_path: scratch.path().join("orchestrator.log"),
-        kubeconfig: kubeconfig.clone(),
-        detached: false,
-    })?;
+    let stack = TestPlatform::start("warm-noop").await?;
+    let (orchestrator, namespace) = (&stack.orchestrator, &stack.namespace);
+    let kubeconfig = stack.kubeconfig().to_path_buf();
     let sample = repo_root().join("integration/sample-workspace");
-    let desktop = Desktop::create(
-        &filestore,
-        USER,
-        &scratch.path().join("home/bench/sample"),
-        &sample,
-    )?;
+    let desktop = stack.desktop(USER, "home/bench/sample", &sample)?;
     let url = orchestrator.url();
     let jbazel = |hop: &str, extra: &[&str]| -> Result<Command> {
         let mut c = desktop.jbazel(&url, SESSION, &kubeconfig)?;
@@ -496,7 +467,7 @@ async fn main() -> Result<()> {
         "first jbazel build (spawns the pod)",
     )
     .with_context(|| format!("orchestrator log:\n{}", orchestrator.log()))?;
-    let mut local = LocalBazel::new(scratch.path(), &sample)?;
+    let mut local = LocalBazel::new(stack.scratch(), &sample)?;
     let (local_cold, _) = timed(
         local.cmd(&build),
         "first local bazel build (starts its server)",
@@ -708,9 +679,8 @@ async fn main() -> Result<()> {
     row("pod IP connect (probe)", Some(median(&ip_open)), &ip_cpu);
 
     drop(desktop);
-    drop(orchestrator);
-    if let Err(e) = namespace.cleanup().await {
-        eprintln!("warm_noop: namespace cleanup: {e}");
+    if let Err(e) = stack.cleanup().await {
+        eprintln!("warm_noop: namespace cleanup: {}", ErrorChain(&e));
     }
     Ok(())
 }

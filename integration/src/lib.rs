@@ -14,3 +14,4 @@ pub mod kubernetes;
 pub mod platform;
 pub mod process;
 pub mod spanner;
+pub mod stack;

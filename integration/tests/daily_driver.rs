@@ -28,9 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use integration::kubernetes::{Cluster, IMAGE};
-use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
-use integration::spanner::SpannerEmulator;
+use integration::platform::{repo_root, Desktop};
+use integration::stack::TestPlatform;
 
 const USER: &str = "dora";
 const SESSION: &str = "daily1";
@@ -568,45 +567,22 @@ fn part7_lock(day: &Day) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_developers_daily_commands_on_the_remote_server() {
     let begun = Instant::now();
-    let cluster = Cluster::connect()
+    let stack = TestPlatform::start("daily")
         .await
-        .expect("the local cluster must be up");
-    let namespace = cluster.test_namespace("daily").await.expect("namespace");
-    let emulator = SpannerEmulator::start().await.expect("emulator");
-
-    // The filestore must be a host path the pods can mount: a fresh dir under /tmp.
-    let scratch = tempfile::Builder::new()
-        .prefix("jbazel-daily-")
-        .tempdir_in("/tmp")
-        .expect("scratch dir");
-    let filestore = scratch.path().join("filestore");
-    fs::create_dir_all(&filestore).unwrap();
-    let orchestrator = Orchestrator::start(&OrchestratorOptions {
-        spanner_host: emulator.host(),
-        project: emulator.project().into(),
-        instance: emulator.instance().into(),
-        database: emulator.database().into(),
-        namespace: namespace.name().into(),
-        filestore_root: filestore.clone(),
-        image: IMAGE.into(),
-        port: testkit::free_port().expect("port"),
-        log_path: scratch.path().join("orchestrator.log"),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
-        detached: false,
-    })
-    .expect("orchestrator must start");
+        .expect("the platform must start");
 
     // The checkout's path has spaces, as many desktops' do.
-    let desktop_path = scratch.path().join("desk top/my repo");
     let workspace = repo_root().join("integration/daily-workspace");
-    let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
+    let desktop = stack
+        .desktop(USER, "desk top/my repo", &workspace)
+        .expect("desktop");
     let day = Day {
         desktop: &desktop,
-        orchestrator: orchestrator.url(),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
-        root: desktop_path.clone(),
+        orchestrator: stack.orchestrator.url(),
+        kubeconfig: stack.kubeconfig().to_path_buf(),
+        root: desktop.desktop_path.clone(),
         out_dir: desktop.out_dir(),
-        scratch: scratch.path().to_path_buf(),
+        scratch: stack.scratch().to_path_buf(),
     };
     assert!(day.root.to_string_lossy().contains(' '));
 
@@ -660,8 +636,7 @@ async fn a_developers_daily_commands_on_the_remote_server() {
 
     drop(day);
     drop(desktop);
-    drop(orchestrator);
-    let _ = namespace.cleanup().await;
+    let _ = stack.cleanup().await;
     let failures: Vec<String> = results
         .into_iter()
         .filter_map(|(name, _, f)| f.map(|f| format!("part {name}:\n{f}")))

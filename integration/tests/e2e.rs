@@ -19,9 +19,9 @@ use kube::api::ListParams;
 
 use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
 
-use integration::kubernetes::{delete_pod_and_wait, Cluster, IMAGE};
-use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
-use integration::spanner::SpannerEmulator;
+use integration::kubernetes::delete_pod_and_wait;
+use integration::platform::{repo_root, Desktop};
+use integration::stack::TestPlatform;
 
 const USER: &str = "alice";
 
@@ -56,39 +56,17 @@ fn uid(pod: &Pod) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_day_on_the_remote_bazel_server() {
-    let cluster = Cluster::connect()
+    let stack = TestPlatform::start("e2e")
         .await
-        .expect("the local cluster must be up");
-    let namespace = cluster.test_namespace("e2e").await.expect("namespace");
+        .expect("the platform must start");
+    let (orchestrator, namespace) = (&stack.orchestrator, &stack.namespace);
+    let filestore = stack.filestore.clone();
     let pods = namespace.pods();
-    let emulator = SpannerEmulator::start().await.expect("emulator");
 
-    // The filestore must be a host path the pods can mount: a fresh dir under /tmp.
-    let scratch = tempfile::Builder::new()
-        .prefix("jbazel-e2e-")
-        .tempdir_in("/tmp")
-        .expect("scratch dir");
-    let filestore = scratch.path().join("filestore");
-    fs::create_dir_all(&filestore).unwrap();
-    let orchestrator = Orchestrator::start(&OrchestratorOptions {
-        spanner_host: emulator.host(),
-        project: emulator.project().into(),
-        instance: emulator.instance().into(),
-        database: emulator.database().into(),
-        namespace: namespace.name().into(),
-        filestore_root: filestore.clone(),
-        image: IMAGE.into(),
-        port: testkit::free_port().expect("port"),
-        log_path: scratch.path().join("orchestrator.log"),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
-        detached: false,
-    })
-    .expect("orchestrator must start");
-
-    let desktop_path = scratch.path().join("home/alice/sample");
+    let desktop_path = stack.scratch().join("home/alice/sample");
     let workspace = repo_root().join("integration/sample-workspace");
     let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let kubeconfig = stack.kubeconfig().to_path_buf();
     let jbazel = |session: &str, args: &[&str]| {
         let mut cmd = desktop
             .jbazel(&orchestrator.url(), session, &kubeconfig)
@@ -262,6 +240,6 @@ async fn a_users_day_on_the_remote_bazel_server() {
     assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("day2"));
 
     drop(desktop);
-    let _ = namespace.cleanup().await;
+    let _ = stack.cleanup().await;
     assert!(Path::new(&filestore).exists());
 }

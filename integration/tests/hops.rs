@@ -17,9 +17,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
 
-use integration::kubernetes::{Cluster, IMAGE};
-use integration::platform::{repo_root, Desktop, Orchestrator, OrchestratorOptions};
-use integration::spanner::SpannerEmulator;
+use integration::platform::repo_root;
+use integration::stack::TestPlatform;
 
 const USER: &str = "hopper";
 
@@ -63,37 +62,16 @@ fn pod_ip(pod: &Pod) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hop_mode_reaches_the_server_and_a_stale_endpoint_is_never_used() {
-    let cluster = Cluster::connect()
+    let stack = TestPlatform::start("hops")
         .await
-        .expect("the local cluster must be up");
-    let namespace = cluster.test_namespace("hops").await.expect("namespace");
-    let pods = namespace.pods();
-    let emulator = SpannerEmulator::start().await.expect("emulator");
-    let scratch = tempfile::Builder::new()
-        .prefix("jbazel-hops-")
-        .tempdir_in("/tmp")
-        .expect("scratch dir");
-    let filestore = scratch.path().join("filestore");
-    fs::create_dir_all(&filestore).expect("filestore");
-    let orchestrator = Orchestrator::start(&OrchestratorOptions {
-        spanner_host: emulator.host(),
-        project: emulator.project().into(),
-        instance: emulator.instance().into(),
-        database: emulator.database().into(),
-        namespace: namespace.name().into(),
-        filestore_root: filestore.clone(),
-        image: IMAGE.into(),
-        port: testkit::free_port().expect("port"),
-        log_path: scratch.path().join("orchestrator.log"),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
-        detached: false,
-    })
-    .expect("orchestrator must start");
-    let desktop_path = scratch.path().join("home/hopper/sample");
+        .expect("the platform must start");
+    let (orchestrator, pods) = (&stack.orchestrator, stack.namespace.pods());
     let workspace = repo_root().join("integration/sample-workspace");
-    let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
-    let cache_home = scratch.path().join("cache");
+    let desktop = stack
+        .desktop(USER, "home/hopper/sample", &workspace)
+        .expect("desktop");
+    let kubeconfig = stack.kubeconfig().to_path_buf();
+    let cache_home = stack.scratch().join("cache");
     let jbazel = |session: &str, hop: &str, args: &[&str]| -> (Output, Duration) {
         let mut cmd = desktop
             .jbazel(&orchestrator.url(), session, &kubeconfig)

@@ -1,0 +1,103 @@
+//! [`TestPlatform`]: the whole platform one end-to-end test or bench runs against, started
+//! the same way everywhere: a fresh namespace on the local cluster, a Spanner emulator, a
+//! scratch filestore under /tmp (pods mount it as a hostPath), and the orchestrator binary
+//! serving on a free port. Fields drop in order: orchestrator, emulator, namespace, scratch.
+
+use std::path::{Path, PathBuf};
+
+use crate::kubernetes::{Cluster, ClusterError, TestNamespace, IMAGE};
+use crate::platform::{Desktop, Orchestrator, OrchestratorOptions, PlatformError};
+use crate::spanner::{EmulatorError, SpannerEmulator};
+
+/// Why the platform could not start; each names the part.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("the local cluster must be up (integration/kubernetes/local.sh up)")]
+    Cluster(#[from] ClusterError),
+    #[error("the Spanner emulator must start")]
+    Emulator(#[from] EmulatorError),
+    #[error("cannot create the scratch filestore under /tmp")]
+    Scratch(#[source] std::io::Error),
+    #[error("no free port for the orchestrator")]
+    Port(#[source] std::io::Error),
+    #[error("the orchestrator must start")]
+    Orchestrator(#[from] PlatformError),
+}
+
+/// A running platform for one test. Keep it alive as long as its desktops.
+pub struct TestPlatform {
+    pub orchestrator: Orchestrator,
+    pub emulator: SpannerEmulator,
+    pub namespace: TestNamespace,
+    pub cluster: Cluster,
+    /// The filestore root R (`<scratch>/filestore`).
+    pub filestore: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+impl TestPlatform {
+    /// Starts everything; `name` prefixes the namespace and the scratch dir.
+    pub async fn start(name: &str) -> Result<Self, StackError> {
+        let cluster = Cluster::connect().await?;
+        let namespace = cluster.test_namespace(name).await?;
+        let emulator = SpannerEmulator::start().await?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("jbazel-{name}-"))
+            .tempdir_in("/tmp")
+            .map_err(StackError::Scratch)?;
+        let filestore = scratch.path().join("filestore");
+        std::fs::create_dir_all(&filestore).map_err(StackError::Scratch)?;
+        let orchestrator = Orchestrator::start(&OrchestratorOptions {
+            spanner_host: emulator.host(),
+            project: emulator.project().into(),
+            instance: emulator.instance().into(),
+            database: emulator.database().into(),
+            namespace: namespace.name().into(),
+            filestore_root: filestore.clone(),
+            image: IMAGE.into(),
+            port: testkit::free_port().map_err(StackError::Port)?,
+            log_path: scratch.path().join("orchestrator.log"),
+            kubeconfig: cluster.kubeconfig().to_path_buf(),
+            detached: false,
+        })?;
+        Ok(TestPlatform {
+            orchestrator,
+            emulator,
+            namespace,
+            cluster,
+            filestore,
+            scratch,
+        })
+    }
+
+    /// Stops the orchestrator and deletes the namespace, waiting for it (drop does not
+    /// wait).
+    pub async fn cleanup(self) -> Result<(), ClusterError> {
+        drop(self.orchestrator);
+        self.namespace.cleanup().await
+    }
+
+    /// The scratch directory (everything the test may write goes below it).
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        self.cluster.kubeconfig()
+    }
+
+    /// A desktop checkout of `workspace` for `user` at `<scratch>/<rel_path>`.
+    pub fn desktop(
+        &self,
+        user: &str,
+        rel_path: &str,
+        workspace: &Path,
+    ) -> Result<Desktop, PlatformError> {
+        Desktop::create(
+            &self.filestore,
+            user,
+            &self.scratch.path().join(rel_path),
+            workspace,
+        )
+    }
+}
