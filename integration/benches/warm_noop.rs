@@ -679,7 +679,7 @@ async fn main() -> Result<()> {
     row("pod IP connect (probe)", Some(median(&ip_open)), &ip_cpu);
 
     drop(desktop);
-    if let Err(e) = stack.cleanup().await {
+    if let (_, Err(e)) = stack.cleanup().await {
         eprintln!("warm_noop: namespace cleanup: {}", ErrorChain(&e));
     }
     Ok(())

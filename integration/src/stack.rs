@@ -71,10 +71,12 @@ impl TestPlatform {
     }
 
     /// Stops the orchestrator and deletes the namespace, waiting for it (drop does not
-    /// wait).
-    pub async fn cleanup(self) -> Result<(), ClusterError> {
+    /// wait). The scratch dir (the filestore) is handed back: a test can check what
+    /// outlives the cluster's objects, and it is removed when the caller drops it.
+    pub async fn cleanup(self) -> (tempfile::TempDir, Result<(), ClusterError>) {
         drop(self.orchestrator);
-        self.namespace.cleanup().await
+        let done = self.namespace.cleanup().await;
+        (self.scratch, done)
     }
 
     /// The scratch directory (everything the test may write goes below it).

@@ -636,7 +636,7 @@ async fn a_developers_daily_commands_on_the_remote_server() {
 
     drop(day);
     drop(desktop);
-    let _ = stack.cleanup().await;
+    let _ = stack.cleanup().await.1;
     let failures: Vec<String> = results
         .into_iter()
         .filter_map(|(name, _, f)| f.map(|f| format!("part {name}:\n{f}")))

@@ -50,6 +50,16 @@ async fn server_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// Whether the slow genrule's `sleep 73` is running (in the pod; /proc shows it here).
+fn sleeping_action_runs() -> bool {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0073\x00"))
+        })
+        .unwrap_or(false)
+}
+
 fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
@@ -140,12 +150,12 @@ async fn a_users_day_on_the_remote_bazel_server() {
 
     // 4. Ctrl-C cancels the remote command through the port-forward hop: jbazel exits with
     //    Bazel's 8 at once, and the next command does not wait for the lock (the genrule
-    //    would hold it for 60 s).
+    //    would hold it for 73 s).
     let slow = desktop.desktop_path.join("slow");
     fs::create_dir_all(&slow).unwrap();
     fs::write(
         slow.join("BUILD"),
-        "genrule(name = \"slow\", outs = [\"slow.txt\"], cmd = \"sleep 60; echo done > $@\")\n",
+        "genrule(name = \"slow\", outs = [\"slow.txt\"], cmd = \"sleep 73; echo done > $@\")\n",
     )
     .unwrap();
     let mut cmd = desktop
@@ -173,6 +183,14 @@ async fn a_users_day_on_the_remote_bazel_server() {
             Err(_) => panic!("the slow build never started:\n{}", seen.join("\n")),
         }
     }
+    // Interrupt the running action, not the moment before it starts: Bazel 4 can miss an
+    // interrupt that lands between analysis and the spawn (the local client too), and
+    // then cancels only when the action ends. The pod's processes are visible from here.
+    assert!(
+        testkit::wait_until(Duration::from_secs(60), sleeping_action_runs),
+        "the slow genrule's `sleep 73` never ran:\n{}",
+        seen.join("\n")
+    );
     let interrupted = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -240,6 +258,9 @@ async fn a_users_day_on_the_remote_bazel_server() {
     assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("day2"));
 
     drop(desktop);
-    let _ = stack.cleanup().await;
-    assert!(Path::new(&filestore).exists());
+    let (_scratch, _) = stack.cleanup().await;
+    assert!(
+        Path::new(&filestore).exists(),
+        "the user's files outlive the pods"
+    );
 }
