@@ -95,7 +95,9 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     tracing::info!(addr = %s.health_addr, "health endpoint: GET /readyz, /healthz");
     let health = tokio::spawn(health::serve(listener, readiness.clone()).in_current_span());
     // The direct hop: <pod IP>:<command port> -> Bazel on the pod's loopback.
+    // (A loopback "pod IP", as in tests, is Bazel's own address: nothing to relay.)
     let relay = match cfg.report.pod_ip.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() || ip.is_unspecified() => None,
         Ok(ip) => match relay::bind(ip, cfg.bazel.command_port).await {
             Ok(l) => {
                 tracing::info!(addr = %format!("{ip}:{}", cfg.bazel.command_port), "relay to the Bazel server's command port");
