@@ -195,6 +195,17 @@ impl Orchestrator {
     }
 }
 
+/// A finished command for a failure message: the step, its exit code and duration, then
+/// its stdout and stderr.
+pub fn show(step: &str, out: &std::process::Output, took: Duration) -> String {
+    format!(
+        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The last `n` lines of a text.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

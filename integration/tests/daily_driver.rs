@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use integration::platform::{repo_root, Desktop};
+use integration::platform::{repo_root, show, Desktop};
 use integration::stack::TestPlatform;
 
 const USER: &str = "dora";
@@ -44,15 +44,6 @@ const DATA_TEXT: &str = "daily data file: the quick brown fox";
 const COLD: Duration = Duration::from_secs(240);
 /// Any other command.
 const WARM: Duration = Duration::from_secs(120);
-
-fn show(step: &str, out: &Output, took: Duration) -> String {
-    format!(
-        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn text(out: &Output) -> (String, String) {
     (

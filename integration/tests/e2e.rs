@@ -20,7 +20,7 @@ use kube::api::ListParams;
 use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
 
 use integration::kubernetes::delete_pod_and_wait;
-use integration::platform::{repo_root, Desktop};
+use integration::platform::{repo_root, show, Desktop};
 use integration::stack::TestPlatform;
 
 const USER: &str = "alice";
@@ -29,15 +29,6 @@ fn run(cmd: &mut std::process::Command) -> (Output, Duration) {
     let started = Instant::now();
     let out = cmd.output().expect("jbazel must start");
     (out, started.elapsed())
-}
-
-fn show(step: &str, out: &Output, took: Duration) -> String {
-    format!(
-        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 async fn server_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {

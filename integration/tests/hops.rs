@@ -17,19 +17,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
 
-use integration::platform::repo_root;
+use integration::platform::{repo_root, show};
 use integration::stack::TestPlatform;
 
 const USER: &str = "hopper";
-
-fn show(step: &str, out: &Output, took: Duration) -> String {
-    format!(
-        "{step}: exit {:?} in {took:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The live server pod of the repository (there must be exactly one).
 async fn server_pod(pods: &kube::Api<Pod>, repo_hash: &str) -> Pod {

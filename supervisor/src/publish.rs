@@ -42,20 +42,12 @@ pub fn client_env_text(get: impl Fn(&str) -> Option<String>) -> String {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), PublishError> {
-    let mode = 0o644;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| PublishError {
         path: path.to_owned(),
         source,
     };
     let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
