@@ -109,6 +109,8 @@ pub struct Parts {
     pub kube: kube::Client,
     pub pods: PodSettings,
     pub service: ServiceSettings,
+    /// How often the reconciler sweeps every active row.
+    pub resync_interval: std::time::Duration,
 }
 
 /// A running orchestrator: gRPC server + reconciler. Dropping it stops both.
@@ -143,7 +145,12 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
     })?;
     let notices = ReadyNotices::default();
     let pods = PodClient::new(parts.kube.clone(), parts.pods);
-    let reconciler = Reconciler::new(parts.store.clone(), pods.clone(), notices.clone());
+    let reconciler = Reconciler::new(
+        parts.store.clone(),
+        pods.clone(),
+        notices.clone(),
+        parts.resync_interval,
+    );
     let cache = reconciler.cache();
     let reconciler = tokio::spawn(reconciler.run());
     let engine = Engine::new(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::pods::manifest::PodResources;
 use crate::pods::{PodSettings, ProbeMode, PullPolicy};
 use crate::service::ServiceSettings;
 
@@ -96,6 +97,57 @@ pub struct Config {
     /// Deadline, in seconds, of a request that carries no grpc-timeout.
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
+
+    /// The longest, in seconds, any request or watch may run, whatever its grpc-timeout.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_request_timeout_secs: u64,
+
+    /// Seconds without a command after which a Bazel server (and its pod) stops; the row
+    /// says IDLE and the output base stays on the filestore. Bazel's own default: 3 h.
+    #[arg(long, default_value_t = 10800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds between the reconciler's sweeps of every active row against the cluster
+    /// (it also reacts to every pod event at once).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval_secs: u64,
+
+    /// CPU request of the pods (a Kubernetes quantity, e.g. 500m).
+    #[arg(long, default_value = "250m", value_parser = parse_quantity)]
+    pub pod_cpu_request: String,
+
+    /// Memory request of the pods (e.g. 1Gi).
+    #[arg(long, default_value = "1Gi", value_parser = parse_quantity)]
+    pub pod_memory_request: String,
+
+    /// CPU limit of the pods; none by default (throttling makes builds slow, not safe).
+    #[arg(long, value_parser = parse_quantity)]
+    pub pod_cpu_limit: Option<String>,
+
+    /// Memory limit of the pods; the supervisor sizes Bazel's JVM heap from it.
+    #[arg(long, default_value = "4Gi", value_parser = parse_quantity)]
+    pub pod_memory_limit: String,
+}
+
+/// A Kubernetes resource quantity: a decimal number and an optional suffix.
+fn parse_quantity(s: &str) -> Result<String, String> {
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let number_ok = !number.is_empty()
+        && number.matches('.').count() <= 1
+        && number.bytes().any(|b| b.is_ascii_digit());
+    if number_ok && SUFFIXES.contains(&suffix) && s.len() <= 32 {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi, 512Mi)"
+        ))
+    }
 }
 
 impl Config {
@@ -117,13 +169,26 @@ impl Config {
             termination_grace_seconds: self.termination_grace_period,
             probe: self.readiness_probe,
             node_selector: self.node_selector.iter().cloned().collect(),
+            idle_timeout_secs: self.idle_timeout_secs,
+            resources: PodResources {
+                cpu_request: Some(self.pod_cpu_request.clone()),
+                memory_request: Some(self.pod_memory_request.clone()),
+                cpu_limit: self.pod_cpu_limit.clone(),
+                memory_limit: Some(self.pod_memory_limit.clone()),
+            },
         }
+    }
+
+    /// How often the reconciler sweeps.
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.resync_interval_secs)
     }
 
     pub fn service_settings(&self) -> ServiceSettings {
         ServiceSettings {
             default_deadline: Duration::from_secs(self.request_timeout_secs),
             default_command_port: self.command_port,
+            max_deadline: Duration::from_secs(self.max_request_timeout_secs),
             ..ServiceSettings::default()
         }
     }
@@ -139,6 +204,16 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities() {
+        for ok in ["500m", "2", "1Gi", "512Mi", "1.5", "0.5Gi", "100k"] {
+            assert_eq!(parse_quantity(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "Gi", "1GB", "-1", "1 Gi", "1..5", "1Gi; rm"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -59,6 +59,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kube,
             pods: config.pod_settings(),
             service: config.service_settings(),
+            resync_interval: config.resync_interval(),
         },
         config.listen,
     )

@@ -25,8 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status as GrpcStatus};
 
 use crate::engine::{Engine, EngineError, Pods, Report, SessionStore};
-use crate::pods::pod_name;
-use crate::session::SessionKey;
+use crate::pods::manifest::generation_in_name;
+use crate::session::{Fence, SessionKey};
 
 /// Handler settings: deadlines, and the command port the engine falls back to.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct ServiceSettings {
     pub default_deadline: Duration,
     /// Longest a WatchServer stream lives without a `grpc-timeout`.
     pub watch_deadline: Duration,
+    /// The longest any request may run, whatever its `grpc-timeout` asks.
+    pub max_deadline: Duration,
     /// Bazel's command port when a pod has not reported one.
     pub default_command_port: u32,
 }
@@ -44,6 +46,7 @@ impl Default for ServiceSettings {
         ServiceSettings {
             default_deadline: Duration::from_secs(30),
             watch_deadline: Duration::from_secs(600),
+            max_deadline: Duration::from_secs(600),
             default_command_port: 9001,
         }
     }
@@ -86,14 +89,19 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-fn deadline_of<T>(request: &Request<T>, default: Duration) -> Instant {
+fn deadline_of<T>(request: &Request<T>, default: Duration, max: Duration) -> Instant {
     let timeout = request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .unwrap_or(default);
-    Instant::now() + timeout
+        .and_then(parse_grpc_timeout);
+    Instant::now() + capped_timeout(timeout, default, max)
+}
+
+/// The request's timeout: the caller's `grpc-timeout`, else the default, never more than
+/// the server's cap (a caller cannot hold a task, a watch or a pod wait for days).
+pub fn capped_timeout(asked: Option<Duration>, default: Duration, max: Duration) -> Duration {
+    asked.unwrap_or(default).min(max)
 }
 
 /// The status a caller sees for an engine error: its code, and the whole chain as text.
@@ -126,7 +134,11 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
         &self,
         request: Request<GetServerRequest>,
     ) -> Result<Response<GetServerResponse>, GrpcStatus> {
-        let deadline = deadline_of(&request, self.settings.default_deadline);
+        let deadline = deadline_of(
+            &request,
+            self.settings.default_deadline,
+            self.settings.max_deadline,
+        );
         let req = request.into_inner();
         let (user_id, repo_hash, session_id) =
             parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
@@ -147,7 +159,11 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
         &self,
         request: Request<WatchServerRequest>,
     ) -> Result<Response<EventStream>, GrpcStatus> {
-        let deadline = deadline_of(&request, self.settings.watch_deadline);
+        let deadline = deadline_of(
+            &request,
+            self.settings.watch_deadline,
+            self.settings.max_deadline,
+        );
         let req = request.into_inner();
         let (user_id, repo_hash, session_id) =
             parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
@@ -166,16 +182,19 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
         &self,
         request: Request<ReportReadyRequest>,
     ) -> Result<Response<ReportReadyResponse>, GrpcStatus> {
-        let deadline = deadline_of(&request, self.settings.default_deadline);
+        let deadline = deadline_of(
+            &request,
+            self.settings.default_deadline,
+            self.settings.max_deadline,
+        );
         let req = request.into_inner();
         let (user_id, repo_hash, session_id) =
             parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
-        let expected = pod_name(&user_id, &repo_hash);
-        if req.pod_name != expected {
-            return Err(GrpcStatus::invalid_argument(format!(
-                "pod_name must be {expected} for this user and repo_hash"
-            )));
-        }
+        let Some(generation) = generation_in_name(&user_id, &repo_hash, &req.pod_name) else {
+            return Err(GrpcStatus::invalid_argument(
+                "pod_name is not a pod name of this user and repo_hash",
+            ));
+        };
         if req.pod_ip.parse::<IpAddr>().is_err() {
             return Err(GrpcStatus::invalid_argument("pod_ip is not an IP address"));
         }
@@ -186,7 +205,10 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
         }
         let key = SessionKey::new(user_id, repo_hash);
         let report = Report {
-            session_id,
+            fence: Fence {
+                session_id,
+                generation,
+            },
             pod_name: req.pod_name,
             pod_ip: req.pod_ip,
             command_port: req.command_port,
@@ -203,6 +225,18 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_capped() {
+        let (d, max) = (Duration::from_secs(30), Duration::from_secs(600));
+        assert_eq!(capped_timeout(None, d, max), d);
+        assert_eq!(capped_timeout(Some(Duration::from_secs(5)), d, max), Duration::from_secs(5));
+        assert_eq!(
+            capped_timeout(parse_grpc_timeout("99999999H"), d, max),
+            max,
+            "a caller cannot ask for years"
+        );
+    }
 
     #[test]
     fn grpc_timeouts() {

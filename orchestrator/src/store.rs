@@ -32,14 +32,22 @@ use tonic::Code;
 use crate::engine::SessionStore;
 
 use crate::session::{
-    self, GetServerTransition, ReadyDecision, RowWrite, SessionKey, SessionRow, Status,
+    self, Fence, GetServerTransition, ReadyDecision, RowWrite, SessionKey, SessionRow, Status,
 };
 
 /// The table and its columns (schema.sql).
 pub const TABLE: &str = "BuildSessions";
 const KEY_COLUMNS: [&str; 2] = ["UserId", "RepoHash"];
-const VALUE_COLUMNS: [&str; 3] = ["SessionId", "PodIP", "Status"];
-const ALL_COLUMNS: [&str; 5] = ["UserId", "RepoHash", "SessionId", "PodIP", "Status"];
+const VALUE_COLUMNS: [&str; 5] = ["SessionId", "PodIP", "Status", "Generation", "CommandPort"];
+const ALL_COLUMNS: [&str; 7] = [
+    "UserId",
+    "RepoHash",
+    "SessionId",
+    "PodIP",
+    "Status",
+    "Generation",
+    "CommandPort",
+];
 
 /// Backoff bounds for ABORTED retries.
 const BACKOFF_BASE: Duration = Duration::from_millis(2);
@@ -63,6 +71,9 @@ pub enum StoreError {
         #[source]
         source: SpannerError,
     },
+    /// Spanner did not answer before the request deadline (unreachable, or retrying).
+    #[error("{op} on BuildSessions row {key}: no answer from Spanner before the deadline")]
+    Timeout { op: &'static str, key: String },
     /// The transaction kept being aborted (contention) until the request deadline.
     #[error("{op} on BuildSessions row {key}: still aborted after {attempts} attempts when the deadline passed")]
     DeadlineExceeded {
@@ -76,7 +87,9 @@ impl StoreError {
     /// The gRPC status code a caller should see.
     pub fn code(&self) -> Code {
         match self {
-            StoreError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            StoreError::DeadlineExceeded { .. } | StoreError::Timeout { .. } => {
+                Code::DeadlineExceeded
+            }
             _ => Code::Unavailable,
         }
     }
@@ -115,19 +128,27 @@ impl Store {
         &self.client
     }
 
-    /// Every READY row (the reconciler's sweep after each (re)list of pods).
-    pub async fn ready_rows(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+    /// Every row that wants a pod (PENDING or READY): the reconciler's sweep.
+    pub async fn active_rows(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+        let op = "ListActive";
+        bounded(op, "*", deadline, self.active_rows_unbounded()).await
+    }
+
+    async fn active_rows_unbounded(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
         let err = |source| StoreError::Spanner {
-            op: "ListReady",
+            op: "ListActive",
             key: "*".to_string(),
             source,
         };
         let mut tx = self.client.single().await.map_err(err)?;
         let mut stmt = Statement::new(
-            "SELECT UserId, RepoHash, SessionId, PodIP, Status FROM BuildSessions \
-             WHERE Status = @status",
+            "SELECT UserId, RepoHash, SessionId, PodIP, Status, Generation, CommandPort \
+             FROM BuildSessions WHERE Status IS NULL OR Status != @idle",
         );
-        stmt.add_param("status", &Status::Ready.as_str());
+        stmt.add_param("idle", &Status::Idle.as_str());
         let mut rows = tx.query(stmt).await.map_err(|s| err(s.into()))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(|s| err(s.into()))? {
@@ -162,7 +183,13 @@ impl Store {
     where
         F: Fn(Option<&SessionRow>) -> (RowWrite, T),
     {
-        retry_aborted(op, key, deadline, || self.attempt(key, &decide)).await
+        bounded(
+            op,
+            &key.to_string(),
+            deadline,
+            retry_aborted(op, key, deadline, || self.attempt(key, &decide)),
+        )
+        .await
     }
 
     async fn attempt<T, F>(&self, key: &SessionKey, decide: &F) -> Result<T, SpannerError>
@@ -196,13 +223,29 @@ impl SessionStore for Store {
     async fn mark_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         pod_ip: &str,
+        command_port: Option<u32>,
         deadline: Instant,
     ) -> Result<ReadyDecision, StoreError> {
         self.transact("MarkReady", key, deadline, |row| {
-            let d = session::mark_ready(row, session_id, pod_ip);
+            let d = session::mark_ready(row, fence, pod_ip, command_port);
             (d.write(), d)
+        })
+        .await
+    }
+
+    /// The row's pod idled out: IDLE if the row is still `fence`'s. Whether it changed.
+    async fn mark_idle(
+        &self,
+        key: &SessionKey,
+        fence: &Fence,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        self.transact("MarkIdle", key, deadline, |row| {
+            let write = session::mark_idle(row, fence);
+            let changed = write != RowWrite::Keep;
+            (write, changed)
         })
         .await
     }
@@ -211,19 +254,30 @@ impl SessionStore for Store {
     async fn leave_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         deadline: Instant,
     ) -> Result<bool, StoreError> {
         self.transact("LeaveReady", key, deadline, |row| {
-            let write = session::leave_ready(row, session_id);
+            let write = session::leave_ready(row, fence);
             let changed = write != RowWrite::Keep;
             (write, changed)
         })
         .await
     }
 
-    /// A strong single read of one row, outside any read-write transaction.
-    async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
+    /// A strong single read of one row in a read-only transaction: no locks, never
+    /// aborted (GetServer's fast path, WatchServer, the reconciler).
+    async fn read(
+        &self,
+        key: &SessionKey,
+        deadline: Instant,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        bounded("Read", &key.to_string(), deadline, self.read_unbounded(key)).await
+    }
+}
+
+impl Store {
+    async fn read_unbounded(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
         let err = |source| StoreError::Spanner {
             op: "Read",
             key: key.to_string(),
@@ -239,6 +293,23 @@ impl SessionStore for Store {
             Some(r) => parse_value_columns(key, &r).map_err(err),
             None => Ok(None),
         }
+    }
+}
+
+/// Bounds one store call by the caller's deadline: the Spanner client's own retries
+/// (UNAVAILABLE, session pool waits) do not know it.
+async fn bounded<T>(
+    op: &'static str,
+    key: &str,
+    deadline: Instant,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Timeout {
+            op,
+            key: key.to_string(),
+        }),
     }
 }
 
@@ -319,6 +390,8 @@ where
             &r.session_id.as_str(),
             &r.pod_ip,
             &r.status.as_str(),
+            &(r.generation as i64),
+            &r.command_port.map(i64::from),
         ],
     )]);
     Ok(out)
@@ -342,9 +415,21 @@ fn parse_value_columns(key: &SessionKey, row: &Row) -> Result<Option<SessionRow>
         .as_deref()
         .and_then(Status::parse)
         .unwrap_or(Status::Pending);
+    // A row written before generations existed (NULL) is at generation 0: its first
+    // takeover makes generation 1.
+    let generation = row
+        .column_by_name::<Option<i64>>("Generation")?
+        .and_then(|g| u64::try_from(g).ok())
+        .unwrap_or(0);
+    let command_port = row
+        .column_by_name::<Option<i64>>("CommandPort")?
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| (1..=65535).contains(p));
     Ok(Some(SessionRow {
         session_id,
+        generation,
         pod_ip,
+        command_port,
         status,
     }))
 }

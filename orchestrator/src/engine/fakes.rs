@@ -17,11 +17,10 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{PodSignal, Pods, SessionStore};
-use crate::pods::manifest::ANNOTATION_COMMAND_PORT;
 use crate::pods::view;
 use crate::pods::{EnsureOutcome, PodError, PodSettings, PodSpecFor};
 use crate::session::{
-    self, GetServerTransition, PodStep, ReadyDecision, RowWrite, SessionKey, SessionRow,
+    self, Fence, GetServerTransition, PodStep, ReadyDecision, RowWrite, SessionKey, SessionRow,
 };
 use crate::store::StoreError;
 
@@ -35,9 +34,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct FakeStore {
     rows: Mutex<HashMap<SessionKey, SessionRow>>,
     unavailable: AtomicBool,
+    transactions: AtomicU32,
 }
 
 impl FakeStore {
+    /// Read-write transactions so far (reads do not count).
+    pub fn transactions(&self) -> u32 {
+        self.transactions.load(Ordering::SeqCst)
+    }
+
     pub fn row(&self, key: &SessionKey) -> Option<SessionRow> {
         lock(&self.rows).get(key).cloned()
     }
@@ -64,6 +69,7 @@ impl FakeStore {
         decide: impl FnOnce(Option<&SessionRow>) -> (RowWrite, T),
     ) -> Result<T, StoreError> {
         self.check(op, key)?;
+        self.transactions.fetch_add(1, Ordering::SeqCst);
         let mut rows = lock(&self.rows);
         let (write, out) = decide(rows.get(key));
         match write {
@@ -92,12 +98,13 @@ impl SessionStore for Arc<FakeStore> {
     async fn mark_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         pod_ip: &str,
+        command_port: Option<u32>,
         _deadline: Instant,
     ) -> Result<ReadyDecision, StoreError> {
         self.transact("MarkReady", key, |row| {
-            let d = session::mark_ready(row, session_id, pod_ip);
+            let d = session::mark_ready(row, fence, pod_ip, command_port);
             (d.write(), d)
         })
     }
@@ -105,17 +112,34 @@ impl SessionStore for Arc<FakeStore> {
     async fn leave_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         _deadline: Instant,
     ) -> Result<bool, StoreError> {
         self.transact("LeaveReady", key, |row| {
-            let write = session::leave_ready(row, session_id);
+            let write = session::leave_ready(row, fence);
             let changed = write != RowWrite::Keep;
             (write, changed)
         })
     }
 
-    async fn read(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
+    async fn mark_idle(
+        &self,
+        key: &SessionKey,
+        fence: &Fence,
+        _deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        self.transact("MarkIdle", key, |row| {
+            let write = session::mark_idle(row, fence);
+            let changed = write != RowWrite::Keep;
+            (write, changed)
+        })
+    }
+
+    async fn read(
+        &self,
+        key: &SessionKey,
+        _deadline: Instant,
+    ) -> Result<Option<SessionRow>, StoreError> {
         self.check("Read", key)?;
         Ok(self.row(key))
     }
@@ -129,6 +153,8 @@ pub struct FakePods {
     next_uid: AtomicU32,
     /// Pods created so far (across replacements).
     pub created: AtomicU32,
+    /// Deletions leave the pod terminating (as a grace period would) until `remove`.
+    slow: AtomicBool,
 }
 
 impl Default for FakePods {
@@ -139,6 +165,7 @@ impl Default for FakePods {
             changes: broadcast::channel(256).0,
             next_uid: AtomicU32::new(1),
             created: AtomicU32::new(0),
+            slow: AtomicBool::new(false),
         }
     }
 }
@@ -224,6 +251,11 @@ impl FakePods {
         );
     }
 
+    /// From now on, deleting an older generation leaves it terminating until `remove`.
+    pub fn slow_deletes(&self, yes: bool) {
+        self.slow.store(yes, Ordering::SeqCst);
+    }
+
     /// The pod disappears (deleted by someone else, or its node died).
     pub fn remove(&self, name: &str) {
         if lock(&self.pods).remove(name).is_some() {
@@ -259,7 +291,7 @@ impl Pods for Arc<FakePods> {
         let name = spec.name();
         let current = self.get(&name);
         let current_view = current.as_ref().map(view::view);
-        match session::pod_step(spec.session_id, current_view.as_ref()) {
+        match session::pod_step(&spec.fence(), current_view.as_ref()) {
             PodStep::Keep => match current {
                 Some(pod) => Ok(EnsureOutcome::Existing(Box::new(pod))),
                 None => Ok(EnsureOutcome::Created(Box::new(self.create(spec)))),
@@ -272,24 +304,41 @@ impl Pods for Arc<FakePods> {
         }
     }
 
-    async fn annotate_command_port(
+    fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>> {
+        lock(&self.pods)
+            .values()
+            .filter(|p| view::key_of(p).as_ref() == Some(key))
+            .cloned()
+            .map(Arc::new)
+            .collect()
+    }
+
+    async fn remove_older(
         &self,
-        name: &str,
-        session_id: &SessionId,
-        port: u32,
-    ) -> Result<bool, PodError> {
-        let mut pods = lock(&self.pods);
-        let Some(pod) = pods.get_mut(name) else {
-            return Ok(false);
-        };
-        if view::session_of(pod).as_ref() != Some(session_id) {
-            return Ok(false);
+        key: &SessionKey,
+        generation: u64,
+    ) -> Result<Vec<String>, PodError> {
+        let older: Vec<String> = lock(&self.pods)
+            .iter()
+            .filter(|(_, p)| {
+                view::key_of(p).as_ref() == Some(key)
+                    && view::generation_of(p).is_none_or(|g| g < generation)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &older {
+            if self.slow.load(Ordering::SeqCst) {
+                let mut pods = lock(&self.pods);
+                if let Some(p) = pods.get_mut(name) {
+                    p.metadata.deletion_timestamp = Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+                    );
+                }
+            } else {
+                self.remove(name);
+            }
         }
-        pod.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(ANNOTATION_COMMAND_PORT.to_string(), port.to_string());
-        Ok(true)
+        Ok(older)
     }
 
     fn watch(&self, name: &str) -> BoxStream<'static, PodSignal> {

@@ -5,8 +5,11 @@
 //! The order it keeps, whatever the adapters:
 //! - the row is written (one fenced transaction) before the cluster is touched;
 //! - the cluster is made to match the row by a task that outlives the request, and only
-//!   while the row still names the request's session;
-//! - READY is answered only from a row that says READY for the caller's session.
+//!   while the row still names the request's session; pods of older generations are
+//!   removed whatever the reader's staleness (generations only grow), so several
+//!   replicas need no shared lock: Spanner's row is the only arbiter;
+//! - READY is answered only from a row that says READY for the caller's session; the
+//!   common case (READY, same session) is one read-only transaction.
 //!
 //! No tonic here beyond the wire messages: the service maps [`EngineError`] to a status.
 
@@ -18,12 +21,10 @@ mod fakes;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use proto::error_chain::ErrorChain;
 use proto::names::SessionId;
 use proto::orchestrator::{Server, ServerEvent, ServerStatus};
 use tokio::sync::mpsc;
@@ -31,17 +32,17 @@ use tokio::time::Instant;
 
 pub use ports::{PodSignal, Pods, SessionStore};
 
-use crate::notify::{KeyLocks, ReadyNotices};
+use crate::notify::ReadyNotices;
 use crate::pods::view;
 use crate::pods::{pod_name, EnsureOutcome, PodError, PodSpecFor};
 use crate::session::{
-    self, GetServerOutcome, PodHealth, ReadyDecision, ReconcileDecision, RowWrite, SessionKey,
-    SessionRow, Status,
+    self, Fence, GetServerOutcome, PodHealth, ReadyDecision, ReconcileDecision, RowWrite,
+    SessionKey, SessionRow, Status,
 };
 use crate::store::StoreError;
 
-/// Room the pod work gets beyond a short request: a bounce waits for the old pod's grace
-/// period, and the response does not wait for it past the request's deadline.
+/// Room the pod work gets beyond a short request: replacing a failed pod waits for it to
+/// be gone, and the response does not wait for it past the request's deadline.
 const POD_WORK_ROOM: Duration = Duration::from_secs(120);
 
 /// Why a request could not be answered. Each names the row or the pod.
@@ -81,7 +82,7 @@ pub enum EngineError {
 /// A readiness report from a supervisor, with fields the service has checked.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub session_id: SessionId,
+    pub fence: Fence,
     pub pod_name: String,
     pub pod_ip: String,
     /// 0 when the supervisor did not say.
@@ -93,13 +94,8 @@ pub struct Engine<S, P> {
     store: S,
     pods: P,
     notices: ReadyNotices,
-    locks: KeyLocks,
     /// Bazel's command port when a pod has not reported one.
     default_command_port: u32,
-    /// Command ports from accepted ReportReady calls, by key, with their session. The pod
-    /// annotation carries the same value across restarts, but reaches the pod cache a
-    /// moment later than the next GetServer may ask.
-    reported_ports: Mutex<HashMap<SessionKey, (SessionId, u32)>>,
 }
 
 impl<S: SessionStore, P: Pods> Engine<S, P> {
@@ -108,92 +104,97 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
             store,
             pods,
             notices,
-            locks: KeyLocks::default(),
             default_command_port,
-            reported_ports: Mutex::default(),
         }
     }
 
     /// The wire view of a row. A PodIP is only given out with READY.
-    fn server(&self, key: &SessionKey, row: &SessionRow, pod: Option<&Pod>) -> Server {
+    fn server(&self, key: &SessionKey, row: &SessionRow) -> Server {
         let status = match row.status {
-            Status::Pending => ServerStatus::Pending,
             Status::Ready => ServerStatus::Ready,
+            Status::Pending | Status::Idle => ServerStatus::Pending,
         };
         Server {
             user_id: key.user_id.to_string(),
             repo_hash: key.repo_hash.to_string(),
             session_id: row.session_id.to_string(),
             status: status as i32,
-            pod_name: pod_name(&key.user_id, &key.repo_hash),
+            pod_name: pod_name(&key.user_id, &key.repo_hash, row.generation),
             namespace: self.pods.namespace().to_string(),
             pod_ip: match row.status {
                 Status::Ready => row.pod_ip.clone().unwrap_or_default(),
-                Status::Pending => String::new(),
+                Status::Pending | Status::Idle => String::new(),
             },
-            command_port: self
-                .reported_port(key, &row.session_id)
-                .or_else(|| pod.and_then(view::command_port_of))
-                .unwrap_or(self.default_command_port),
+            command_port: row.command_port.unwrap_or(self.default_command_port),
         }
     }
 
-    fn reported_port(&self, key: &SessionKey, session_id: &SessionId) -> Option<u32> {
-        let ports = self
-            .reported_ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match ports.get(key) {
-            Some((session, port)) if session == session_id => Some(*port),
-            _ => None,
-        }
+    /// The row's current pod as the cache last saw it.
+    fn cached_pod(&self, key: &SessionKey, row: &SessionRow) -> Option<Arc<Pod>> {
+        self.pods
+            .cached(&pod_name(&key.user_id, &key.repo_hash, row.generation))
     }
 
-    fn cached_pod(&self, key: &SessionKey) -> Option<Arc<Pod>> {
-        self.pods.cached(&pod_name(&key.user_id, &key.repo_hash))
+    /// True when the cache sees the row's current pod alive (starting or ready).
+    fn alive_in_cache(&self, key: &SessionKey, row: &SessionRow) -> bool {
+        self.cached_pod(key, row).is_some_and(|pod| {
+            let v = view::view(&pod);
+            v.fence().as_ref() == Some(&row.fence())
+                && matches!(v.health, PodHealth::Ready | PodHealth::Starting)
+        })
     }
 
-    /// Makes the cluster match the row of `key` for `session_id`, under the key's lock.
-    /// Re-reads the row first: when another session took the row meanwhile, its own
-    /// request does the work and this one does nothing (it would delete the newer pod).
+    /// Makes the cluster match the row of `key` for `session_id`: the pod of the row's
+    /// generation exists, older generations are deleted (not waited for: the new server
+    /// waits for the old one's output-base lock). Re-reads the row first: when another
+    /// session took it meanwhile, that session's request does the work.
     async fn converge(
         &self,
         key: &SessionKey,
         session_id: &SessionId,
         deadline: Instant,
     ) -> Result<Option<EnsureOutcome>, EngineError> {
-        let _guard = self.locks.lock(key).await;
-        let row = self.store.read(key).await?;
-        let name = pod_name(&key.user_id, &key.repo_hash);
-        if row.as_ref().map(|r| &r.session_id) != Some(session_id) {
+        let row = self.store.read(key, deadline).await?;
+        let Some(row) = row.filter(|r| r.session_id == *session_id && r.status != Status::Idle)
+        else {
             tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id,
-                pod = %name, "superseded before its pod was made; nothing to do");
+                "superseded (or idle) before its pod was made; nothing to do");
             return Ok(None);
-        }
+        };
         let spec = PodSpecFor {
             user_id: &key.user_id,
             repo_hash: &key.repo_hash,
             session_id,
+            generation: row.generation,
         };
-        let outcome = self
+        let name = spec.name();
+        let pod_err = |source| EngineError::Pods {
+            pod: name.clone(),
+            source,
+        };
+        let older = self
             .pods
-            .ensure(&spec, deadline)
+            .remove_older(key, row.generation)
             .await
-            .map_err(|source| EngineError::Pods { pod: name, source })?;
-        if matches!(outcome, EnsureOutcome::Created(_))
-            && row.as_ref().is_some_and(|r| r.status == Status::Ready)
-        {
+            .map_err(pod_err)?;
+        if !older.is_empty() {
+            tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id,
+                pod = %name, older = ?older, "older generations' pods are being deleted");
+        }
+        let outcome = self.pods.ensure(&spec, deadline).await.map_err(pod_err)?;
+        if matches!(outcome, EnsureOutcome::Created(_)) && row.status == Status::Ready {
             // The READY row's pod was gone: the new pod must report again.
-            self.store.leave_ready(key, session_id, deadline).await?;
+            self.store.leave_ready(key, &row.fence(), deadline).await?;
         }
         Ok(Some(outcome))
     }
 
     /// The watch path of readiness, taken by the engine itself: the session's pod passing
     /// its readiness probe (the supervisor's /readyz answers only while Ping does) makes a
-    /// PENDING row READY, fenced by SessionId, exactly as the reconciler would. So the push
-    /// (ReportReady), the reconciler and the requests converge on READY in any order; a
-    /// push lost or a probe event missed cannot leave a serving server PENDING.
+    /// PENDING row READY, fenced by session and generation, exactly as the reconciler
+    /// would. So the push (ReportReady), the reconciler and the requests converge on READY
+    /// in any order; a push lost or a probe event missed cannot leave a serving server
+    /// PENDING.
     async fn ready_from_pod(
         &self,
         key: &SessionKey,
@@ -201,36 +202,44 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
         pod: &Pod,
         deadline: Instant,
     ) -> Result<Option<SessionRow>, EngineError> {
-        let ReconcileDecision::MarkReady { session_id, pod_ip } =
-            session::reconcile(Some(row), Some(&view::view(pod)))
+        let ReconcileDecision::MarkReady { fence, pod_ip } =
+            session::reconcile(Some(row), &view::view(pod))
         else {
             return Ok(None);
         };
         match self
             .store
-            .mark_ready(key, &session_id, &pod_ip, deadline)
+            .mark_ready(key, &fence, &pod_ip, None, deadline)
             .await?
         {
             ReadyDecision::Accept { row, .. } => {
-                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id,
-                    pod_ip = %pod_ip, "pod Ready for the row's session: row READY");
-                self.notices.send(key, &session_id);
+                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %fence.session_id,
+                    generation = fence.generation, pod_ip = %pod_ip, "pod Ready for the row's fence: row READY");
+                self.notices.send(key, &fence.session_id);
                 Ok(Some(row))
             }
             ReadyDecision::Reject(_) => Ok(None),
         }
     }
 
-    /// GetServer: one transaction on the row, then the cluster made to match it. Answers
-    /// at once from the pod cache when the row is READY and its pod is alive.
+    /// GetServer. The common case, a READY row of the caller's session whose pod is alive,
+    /// is answered from one read-only transaction (no locks, never aborted). Otherwise one
+    /// read-write transaction on the row, then the cluster made to match it.
     pub async fn get_server(
         self: Arc<Self>,
         key: SessionKey,
         session_id: SessionId,
         deadline: Instant,
     ) -> Result<Server, EngineError> {
+        let current = self.store.read(&key, deadline).await?;
+        if let Some(row) = session::ready_for(current.as_ref(), &session_id) {
+            if self.alive_in_cache(&key, row) {
+                return Ok(self.server(&key, row));
+            }
+        }
+
         let t = self.store.get_server(&key, &session_id, deadline).await?;
-        let name = pod_name(&key.user_id, &key.repo_hash);
+        let name = pod_name(&key.user_id, &key.repo_hash, t.row.generation);
         match &t.outcome {
             GetServerOutcome::Bounced { previous_session } => tracing::info!(
                 user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id, pod = %name,
@@ -239,17 +248,8 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
                 user = %key.user_id, repo_hash = %key.repo_hash, session = %session_id, pod = %name,
                 ?outcome, "GetServer committed"),
         }
-
-        // Fast path: READY row whose pod the cache sees alive for this session.
-        if t.row.status == Status::Ready {
-            if let Some(pod) = self.cached_pod(&key) {
-                let v = view::view(&pod);
-                if v.session_id.as_ref() == Some(&session_id)
-                    && matches!(v.health, PodHealth::Ready | PodHealth::Starting)
-                {
-                    return Ok(self.server(&key, &t.row, Some(&pod)));
-                }
-            }
+        if t.row.status == Status::Ready && self.alive_in_cache(&key, &t.row) {
+            return Ok(self.server(&key, &t.row));
         }
 
         // Make the cluster match, in a task that finishes even if this request does not.
@@ -270,7 +270,7 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
             }
         };
         // The row as it is now (the pod step may have demoted a READY row whose pod was gone).
-        let mut row = match self.store.read(&key).await? {
+        let mut row = match self.store.read(&key, deadline).await? {
             Some(row) if row.session_id == session_id => row,
             _ => t.row,
         };
@@ -279,53 +279,34 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
                 row = ready;
             }
         }
-        Ok(self.server(&key, &row, pod.as_ref()))
+        Ok(self.server(&key, &row))
     }
 
     /// ReportReady: the fenced READY write; true when accepted. A rejected report (another
-    /// session owns the row, or there is none) changes nothing.
+    /// session or generation owns the row, or there is none) changes nothing.
     pub async fn report_ready(
         self: Arc<Self>,
         key: SessionKey,
         report: Report,
         deadline: Instant,
     ) -> Result<bool, EngineError> {
+        let port = (report.command_port != 0).then_some(report.command_port);
         let decision = self
             .store
-            .mark_ready(&key, &report.session_id, &report.pod_ip, deadline)
+            .mark_ready(&key, &report.fence, &report.pod_ip, port, deadline)
             .await?;
         let write = match decision {
             ReadyDecision::Accept { write, .. } => write,
             ReadyDecision::Reject(why) => {
-                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.session_id,
+                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.fence.session_id,
                     pod = %report.pod_name, reason = %why, "ReportReady rejected (fenced): nothing written");
                 return Ok(false);
             }
         };
-        tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.session_id,
+        tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.fence.session_id,
             pod = %report.pod_name, pod_ip = %report.pod_ip, command_port = report.command_port,
             changed = write != RowWrite::Keep, "ReportReady accepted: row READY");
-        if report.command_port != 0 {
-            self.reported_ports
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    key.clone(),
-                    (report.session_id.clone(), report.command_port),
-                );
-            match self
-                .pods
-                .annotate_command_port(&report.pod_name, &report.session_id, report.command_port)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(pod = %report.pod_name, session = %report.session_id,
-                    "could not record the command port: the pod is gone or another session's"),
-                Err(e) => tracing::warn!(pod = %report.pod_name, error = %ErrorChain(&e),
-                    "could not record the command port"),
-            }
-        }
-        self.notices.send(&key, &report.session_id);
+        self.notices.send(&key, &report.fence.session_id);
         Ok(true)
     }
 
@@ -339,7 +320,7 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
     ) -> Result<mpsc::Receiver<Result<ServerEvent, EngineError>>, EngineError> {
         // Subscribe before reading the row: a READY that lands in between is not missed.
         let notices = self.notices.subscribe();
-        let row = match self.store.read(&key).await? {
+        let row = match self.store.read(&key, deadline).await? {
             None => return Err(EngineError::NoSession { key }),
             Some(r) if r.session_id != session_id => {
                 return Err(EngineError::Superseded { session_id })
@@ -347,7 +328,7 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
             Some(r) => r,
         };
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch::Watch::new(self, key, session_id, tx).run(row, notices, deadline));
+        tokio::spawn(watch::Watch::new(self, key, row.clone(), tx).run(row, notices, deadline));
         Ok(rx)
     }
 }

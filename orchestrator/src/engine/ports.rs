@@ -11,7 +11,7 @@ use proto::names::SessionId;
 use tokio::time::Instant;
 
 use crate::pods::{EnsureOutcome, PodError, PodSpecFor};
-use crate::session::{GetServerTransition, ReadyDecision, SessionKey, SessionRow};
+use crate::session::{Fence, GetServerTransition, ReadyDecision, SessionKey, SessionRow};
 use crate::store::StoreError;
 
 /// The BuildSessions rows. Every write is one transaction fenced by the row's SessionId;
@@ -29,23 +29,33 @@ pub trait SessionStore: Send + Sync + 'static {
     fn mark_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         pod_ip: &str,
+        command_port: Option<u32>,
         deadline: Instant,
     ) -> impl Future<Output = Result<ReadyDecision, StoreError>> + Send;
 
-    /// The row leaves READY if it is still `session_id`'s; true when it changed.
+    /// The row leaves READY if it is still `fence`'s; true when it changed.
     fn leave_ready(
         &self,
         key: &SessionKey,
-        session_id: &SessionId,
+        fence: &Fence,
         deadline: Instant,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// A strong read of one row.
+    /// The row becomes IDLE if it is still `fence`'s; true when it changed.
+    fn mark_idle(
+        &self,
+        key: &SessionKey,
+        fence: &Fence,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A strong read of one row (read-only: no locks, never aborted).
     fn read(
         &self,
         key: &SessionKey,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Option<SessionRow>, StoreError>> + Send;
 }
 
@@ -68,6 +78,9 @@ pub trait Pods: Send + Sync + 'static {
     /// The pod under `name` as the cache last saw it (no API call).
     fn cached(&self, name: &str) -> Option<Arc<Pod>>;
 
+    /// Every pod of `key` (any generation) as the cache last saw it.
+    fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>>;
+
     /// Makes the cluster hold exactly `spec`'s pod (idempotent; deletes another session's).
     fn ensure(
         &self,
@@ -75,14 +88,13 @@ pub trait Pods: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<EnsureOutcome, PodError>> + Send;
 
-    /// Records the reported command port on the pod if it still carries `session_id`.
-    /// False when the pod is gone or another session's.
-    fn annotate_command_port(
+    /// Deletes every pod of `key` older than `generation` (or without one), each by its
+    /// UID, without waiting for it to be gone. Returns their names.
+    fn remove_older(
         &self,
-        name: &str,
-        session_id: &SessionId,
-        port: u32,
-    ) -> impl Future<Output = Result<bool, PodError>> + Send;
+        key: &SessionKey,
+        generation: u64,
+    ) -> impl Future<Output = Result<Vec<String>, PodError>> + Send;
 
     /// Follows the pod under `name` and its events until the stream is dropped.
     fn watch(&self, name: &str) -> BoxStream<'static, PodSignal>;

@@ -10,11 +10,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fakes::{FakePods, FakeStore};
-use super::{Engine, EngineError, Report};
+use super::{Engine, EngineError, Report, SessionStore};
 use crate::notify::ReadyNotices;
 use crate::pods::pod_name;
 use crate::pods::view;
-use crate::session::{SessionKey, Status};
+use crate::session::{Fence, SessionKey, Status};
 
 const HASH: &str = "0123456789abcdef0123456789abcdef";
 
@@ -50,10 +50,26 @@ impl Setup {
             .await
     }
 
-    async fn report(&self, k: &SessionKey, session: &str, ip: &str, port: u32) -> bool {
+    /// The name of the row's current pod (generation 1 before any row).
+    fn current(&self, k: &SessionKey) -> String {
+        name(k, self.store.row(k).map_or(1, |r| r.generation))
+    }
+
+    /// A report from the pod of `session`'s `generation`.
+    async fn report_from(
+        &self,
+        k: &SessionKey,
+        session: &str,
+        generation: u64,
+        ip: &str,
+        port: u32,
+    ) -> bool {
         let report = Report {
-            session_id: sid(session),
-            pod_name: name(k),
+            fence: Fence {
+                session_id: sid(session),
+                generation,
+            },
+            pod_name: name(k, generation),
             pod_ip: ip.into(),
             command_port: port,
         };
@@ -62,6 +78,12 @@ impl Setup {
             .report_ready(k.clone(), report, soon())
             .await
             .expect("report_ready")
+    }
+
+    /// A report from the row's current pod (as far as the session goes).
+    async fn report(&self, k: &SessionKey, session: &str, ip: &str, port: u32) -> bool {
+        let generation = self.store.row(k).map_or(1, |r| r.generation);
+        self.report_from(k, session, generation, ip, port).await
     }
 
     async fn watch(&self, k: &SessionKey, session: &str) -> Result<Events, EngineError> {
@@ -85,8 +107,8 @@ fn sid(s: &str) -> SessionId {
     SessionId::parse(s).expect("valid")
 }
 
-fn name(k: &SessionKey) -> String {
-    pod_name(&k.user_id, &k.repo_hash)
+fn name(k: &SessionKey, generation: u64) -> String {
+    pod_name(&k.user_id, &k.repo_hash, generation)
 }
 
 fn soon() -> Instant {
@@ -126,21 +148,21 @@ async fn first_get_server_inserts_pending_and_creates_the_pod() {
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(server.pod_ip, "", "no address before READY");
     assert_eq!(server.session_id, "s1");
-    assert_eq!(server.pod_name, name(&k));
+    assert_eq!(server.pod_name, s.current(&k));
     assert_eq!(server.command_port, 9001, "default until reported");
     let row = s.store.row(&k).expect("row inserted");
     assert_eq!(
         (row.session_id.as_str(), row.status),
         ("s1", Status::Pending)
     );
-    let pod = s.pods.get(&name(&k)).expect("pod created");
+    let pod = s.pods.get(&s.current(&k)).expect("pod created");
     assert_eq!(view::session_of(&pod), Some(sid("s1")));
 
     // The same session again: the same pod, nothing recreated.
     s.get(&k, "s1").await.expect("again");
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 1);
     assert_eq!(
-        s.pods.get(&name(&k)).and_then(|p| p.metadata.uid),
+        s.pods.get(&s.current(&k)).and_then(|p| p.metadata.uid),
         pod.metadata.uid
     );
 }
@@ -150,7 +172,7 @@ async fn report_ready_makes_the_row_ready_and_get_server_answers_with_the_addres
     let s = setup();
     let k = key("alice");
     s.get(&k, "s1").await.expect("spawn");
-    s.pods.set_ready(&name(&k), "10.1.0.7");
+    s.pods.set_ready(&s.current(&k), "10.1.0.7");
     let accepted = s.report(&k, "s1", "10.1.0.7", 4321).await;
     assert!(accepted);
     let row = s.store.row(&k).expect("row");
@@ -169,34 +191,116 @@ async fn report_ready_makes_the_row_ready_and_get_server_answers_with_the_addres
 }
 
 #[tokio::test]
-async fn a_bounce_replaces_the_pod_and_fences_the_old_sessions_report() {
+async fn a_bounce_starts_the_next_generation_and_fences_the_old_sessions_report() {
     let s = setup();
     let k = key("alice");
     s.get(&k, "s1").await.expect("s1");
-    s.pods.set_ready(&name(&k), "10.1.0.7");
+    let old = s.current(&k);
+    s.pods.set_ready(&old, "10.1.0.7");
     s.report(&k, "s1", "10.1.0.7", 0).await;
-    let old_uid = s.pods.get(&name(&k)).and_then(|p| p.metadata.uid);
 
     let server = s.get(&k, "s2").await.expect("bounce");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(server.pod_ip, "", "the old address is not given out");
     let row = s.store.row(&k).expect("row");
     assert_eq!(
-        (row.session_id.as_str(), row.status, row.pod_ip),
-        ("s2", Status::Pending, None)
+        (row.session_id.as_str(), row.generation, row.status, row.pod_ip),
+        ("s2", 2, Status::Pending, None)
     );
-    let pod = s.pods.get(&name(&k)).expect("new pod");
+    // The new pod has its own name: it never waits for the old one to free a name.
+    let new = s.current(&k);
+    assert_ne!(new, old);
+    assert_eq!(server.pod_name, new);
+    let pod = s.pods.get(&new).expect("new pod");
     assert_eq!(view::session_of(&pod), Some(sid("s2")));
-    assert_ne!(
-        pod.metadata.uid, old_uid,
-        "the old session's pod was replaced"
-    );
+    assert!(s.pods.get(&old).is_none(), "the old generation's pod was deleted");
 
-    // A late report of the old session changes nothing.
-    let accepted = s.report(&k, "s1", "10.6.6.6", 0).await;
-    assert!(!accepted);
+    // A late report of the old session's pod changes nothing.
+    assert!(!s.report_from(&k, "s1", 1, "10.6.6.6", 0).await);
+    // Nor one of the new session naming the old generation.
+    assert!(!s.report_from(&k, "s2", 1, "10.6.6.6", 0).await);
     let after = s.store.row(&k).expect("row");
     assert_eq!((after.status, after.pod_ip), (Status::Pending, None));
+}
+
+#[tokio::test]
+async fn watch_says_the_previous_server_is_stopping_during_a_bounce() {
+    let s = setup();
+    let k = key("alice");
+    s.get(&k, "s1").await.expect("s1");
+    let old = s.current(&k);
+    s.pods.set_ready(&old, "10.1.0.7");
+    s.pods.slow_deletes(true);
+    s.get(&k, "s2").await.expect("bounce");
+    let mut rx = s.watch(&k, "s2").await.expect("watch");
+    let ev = next_matching(&mut rx, |e| e.stage == Stage::PreviousStopping as i32).await;
+    assert!(ev.message.contains("stopping your previous server (session s1"), "{}", ev.message);
+    // Once it is gone, the stage is the new pod's own again.
+    s.pods.set_running(&s.current(&k), "10.1.0.8");
+    s.pods.remove(&old);
+    next_matching(&mut rx, |e| e.stage == Stage::ContainerRunning as i32).await;
+}
+
+#[tokio::test]
+async fn an_idle_row_resumes_on_a_new_pod() {
+    let s = setup();
+    let k = key("ivy");
+    s.get(&k, "s1").await.expect("spawn");
+    s.report(&k, "s1", "10.1.0.3", 0).await;
+    let fence = s.store.row(&k).expect("row").fence();
+    assert!(s
+        .store
+        .mark_idle(&k, &fence, soon())
+        .await
+        .expect("idle"));
+    let server = s.get(&k, "s1").await.expect("resume");
+    assert_eq!(server.status, ServerStatus::Pending as i32);
+    let row = s.store.row(&k).expect("row");
+    assert_eq!((row.status, row.generation), (Status::Pending, 2));
+    assert!(s.pods.get(&s.current(&k)).is_some());
+}
+
+#[tokio::test]
+async fn a_ready_row_answers_from_one_read_without_a_transaction() {
+    let s = setup();
+    let k = key("jo");
+    s.get(&k, "s1").await.expect("spawn");
+    s.pods.set_ready(&s.current(&k), "10.1.0.4");
+    s.report(&k, "s1", "10.1.0.4", 0).await;
+    let before = s.store.transactions();
+    let server = s.get(&k, "s1").await.expect("reuse");
+    assert_eq!(server.status, ServerStatus::Ready as i32);
+    assert_eq!(s.store.transactions(), before, "read-only fast path");
+}
+
+#[tokio::test]
+async fn a_stale_replica_does_not_touch_the_current_pod() {
+    // Two engines (replicas) on one store and one cluster.
+    let s = setup();
+    let replica = Arc::new(Engine::new(
+        s.store.clone(),
+        s.pods.clone(),
+        ReadyNotices::default(),
+        9001,
+    ));
+    let k = key("kim");
+    s.get(&k, "s1").await.expect("s1 on replica A");
+    replica
+        .clone()
+        .get_server(k.clone(), sid("s2"), soon())
+        .await
+        .expect("s2 on replica B");
+    let current = s.current(&k);
+    let uid = s.pods.get(&current).and_then(|p| p.metadata.uid);
+    // Replica A converges for s1 late (its request was slow): nothing happens.
+    let outcome = s
+        .engine
+        .converge(&k, &sid("s1"), soon())
+        .await
+        .expect("converge");
+    assert!(outcome.is_none());
+    assert_eq!(s.pods.get(&current).and_then(|p| p.metadata.uid), uid);
+    assert_eq!(s.pods.created.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -206,7 +310,7 @@ async fn a_report_without_a_row_writes_nothing() {
     let accepted = s.report(&k, "s1", "10.1.0.9", 0).await;
     assert!(!accepted);
     assert_eq!(s.store.row(&k), None);
-    assert!(s.pods.get(&name(&k)).is_none());
+    assert!(s.pods.get(&s.current(&k)).is_none());
 }
 
 #[tokio::test]
@@ -215,11 +319,11 @@ async fn a_ready_row_whose_pod_vanished_gets_a_new_pod_and_leaves_ready() {
     let k = key("carol");
     s.get(&k, "s1").await.expect("spawn");
     s.report(&k, "s1", "10.1.0.3", 0).await;
-    s.pods.remove(&name(&k));
+    s.pods.remove(&s.current(&k));
     let server = s.get(&k, "s1").await.expect("respawn");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
-    assert!(s.pods.get(&name(&k)).is_some());
+    assert!(s.pods.get(&s.current(&k)).is_some());
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 2);
 }
 
@@ -232,7 +336,7 @@ async fn watch_streams_stages_then_ready() {
     let first = next_matching(&mut rx, |_| true).await;
     assert_eq!(first.stage, Stage::Session as i32);
     // The container runs; the supervisor's push comes before the probe passes.
-    s.pods.set_running(&name(&k), "10.1.0.7");
+    s.pods.set_running(&s.current(&k), "10.1.0.7");
     next_matching(&mut rx, |e| e.stage == Stage::ContainerRunning as i32).await;
     s.report(&k, "s1", "10.1.0.7", 0).await;
     let rest = drain(rx).await;
@@ -266,7 +370,7 @@ async fn watch_reports_a_hopeless_pod_with_its_reason() {
     let k = key("alice");
     s.get(&k, "s1").await.expect("spawn");
     let rx = s.watch(&k, "s1").await.expect("watch");
-    s.pods.set_waiting(&name(&k), "ErrImageNeverPull");
+    s.pods.set_waiting(&s.current(&k), "ErrImageNeverPull");
     let events = drain(rx).await;
     let failed = events
         .iter()
@@ -344,7 +448,7 @@ async fn store_failures_surface_and_touch_no_pod() {
     let err = s.get(&k, "s1").await.expect_err("store down");
     assert!(matches!(err, EngineError::Store(_)), "{err:?}");
     assert!(
-        s.pods.get(&name(&k)).is_none(),
+        s.pods.get(&s.current(&k)).is_none(),
         "no pod without a committed row"
     );
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 0);
@@ -356,8 +460,8 @@ async fn users_do_not_share_rows_or_pods() {
     let (a, b) = (key("alice"), key("bob"));
     s.get(&a, "s1").await.expect("alice");
     s.get(&b, "s1").await.expect("bob");
-    assert_ne!(name(&a), name(&b));
-    assert!(s.pods.get(&name(&a)).is_some() && s.pods.get(&name(&b)).is_some());
+    assert_ne!(s.current(&a), s.current(&b));
+    assert!(s.pods.get(&s.current(&a)).is_some() && s.pods.get(&s.current(&b)).is_some());
     // Bob's pod reporting makes bob's row READY, never alice's.
     assert!(s.report(&b, "s1", "10.1.0.66", 0).await);
     assert_eq!(s.store.row(&a).map(|r| r.status), Some(Status::Pending));
@@ -371,7 +475,7 @@ async fn a_ready_pod_makes_the_row_ready_without_the_push() {
     let k = key("erin");
     s.get(&k, "s1").await.expect("spawn");
     let rx = s.watch(&k, "s1").await.expect("watch");
-    s.pods.set_ready(&name(&k), "10.1.0.8");
+    s.pods.set_ready(&s.current(&k), "10.1.0.8");
     let events = drain(rx).await;
     let last = events
         .last()
@@ -395,7 +499,7 @@ async fn get_server_answers_ready_when_the_pod_serves_but_the_row_is_pending() {
     let s = setup();
     let k = key("fred");
     s.get(&k, "s1").await.expect("spawn");
-    s.pods.set_ready(&name(&k), "10.1.0.9");
+    s.pods.set_ready(&s.current(&k), "10.1.0.9");
     assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
     let server = s.get(&k, "s1").await.expect("again");
     assert_eq!(server.status, ServerStatus::Ready as i32);
@@ -405,7 +509,7 @@ async fn get_server_answers_ready_when_the_pod_serves_but_the_row_is_pending() {
     let k2 = key("gail");
     s.get(&k2, "s1").await.expect("spawn");
     s.get(&k2, "s2").await.expect("bounce");
-    s.pods.set_ready(&name(&k2), "10.1.0.10");
+    s.pods.set_ready(&s.current(&k2), "10.1.0.10");
     let accepted = s.report(&k2, "s1", "10.1.0.10", 0).await;
     assert!(!accepted, "the old session's report is fenced");
 }

@@ -20,11 +20,15 @@ use crate::session::{PodHealth, SessionKey, SessionRow, Status};
 
 /// Longest a READY write from a Ready pod may take inside a watch.
 const READY_WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the watch looks for the previous generation's pods (a bounce) in the cache.
+const PREVIOUS_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(super) struct Watch<S, P> {
     engine: Arc<Engine<S, P>>,
     key: SessionKey,
     session_id: SessionId,
+    /// The row generation whose pod this watch follows.
+    generation: u64,
     pod_name: String,
     tx: mpsc::Sender<Result<ServerEvent, EngineError>>,
     last: Option<(Stage, String)>,
@@ -35,20 +39,23 @@ pub(super) struct Watch<S, P> {
 enum Next {
     Continue,
     Done,
+    /// The row wants another pod of this session (a lost pod was replaced): follow it.
+    Follow(u64),
 }
 
 impl<S: SessionStore, P: Pods> Watch<S, P> {
     pub(super) fn new(
         engine: Arc<Engine<S, P>>,
         key: SessionKey,
-        session_id: SessionId,
+        row: SessionRow,
         tx: mpsc::Sender<Result<ServerEvent, EngineError>>,
     ) -> Self {
-        let pod_name = pod_name(&key.user_id, &key.repo_hash);
+        let pod_name = pod_name(&key.user_id, &key.repo_hash, row.generation);
         Watch {
             engine,
             key,
-            session_id,
+            session_id: row.session_id,
+            generation: row.generation,
             pod_name,
             tx,
             last: None,
@@ -70,12 +77,15 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
             "session {} is PENDING; pod {} is being created",
             row.session_id, self.pod_name
         );
-        if let Next::Done = self.send(Stage::Session, message, None).await {
+        if let Next::Done = self.send(Stage::Session, message).await {
             return;
         }
         let mut signals = self.engine.pods.watch(&self.pod_name);
+        let mut previous_check = tokio::time::interval(PREVIOUS_CHECK);
+        previous_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
+                _ = previous_check.tick() => self.check_previous().await,
                 _ = tokio::time::sleep_until(deadline) => {
                     let pod = self.pod_name.clone();
                     let _ = self.tx.send(Err(EngineError::NotReady { pod })).await;
@@ -95,31 +105,73 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                     }
                     Some(PodSignal::Deleted) => {
                         self.current_uid = None;
-                        let message = format!("{} was deleted; waiting for a new pod", self.pod_name);
-                        self.send(Stage::PodPending, message, None).await
+                        // Deleted because the row moved on (a bounce), or lost: the row says.
+                        match self.check_row().await {
+                            Next::Continue => {
+                                let message = format!("{} was deleted; waiting for a new pod", self.pod_name);
+                                self.send(Stage::PodPending, message).await
+                            }
+                            other => other,
+                        }
                     }
                     Some(PodSignal::Event(event)) => self.on_event(&event).await,
                     None => Next::Done,
                 },
             };
-            if let Next::Done = next {
-                return;
+            match next {
+                Next::Continue => {}
+                Next::Done => return,
+                Next::Follow(generation) => {
+                    self.generation = generation;
+                    self.pod_name = pod_name(&self.key.user_id, &self.key.repo_hash, generation);
+                    self.current_uid = None;
+                    signals = self.engine.pods.watch(&self.pod_name);
+                }
             }
         }
     }
 
+    /// A bounce: the new pod starts at once, and its server waits until the previous
+    /// generation's server released the output base. Say so while an older pod of the
+    /// key is still there, and go back to the pod's own stage when it is gone.
+    async fn check_previous(&mut self) -> Next {
+        let older: Vec<_> = self
+            .engine
+            .pods
+            .cached_of_key(&self.key)
+            .into_iter()
+            .filter(|p| view::generation_of(p).is_none_or(|g| g < self.generation))
+            .collect();
+        if let Some(old) = older.first() {
+            let session = view::session_of(old)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".to_string());
+            let message = format!(
+                "stopping your previous server (session {session}, pod {})",
+                old.metadata.name.as_deref().unwrap_or("?")
+            );
+            return self.send(Stage::PreviousStopping, message).await;
+        }
+        if self.last.as_ref().map(|(s, _)| *s) == Some(Stage::PreviousStopping) {
+            if let Some(pod) = self.engine.pods.cached(&self.pod_name) {
+                return self.on_pod(&pod).await;
+            }
+        }
+        Next::Continue
+    }
+
     /// Sends a progress stage unless it repeats the previous one exactly.
-    async fn send(&mut self, stage: Stage, message: String, pod: Option<&Pod>) -> Next {
+    async fn send(&mut self, stage: Stage, message: String) -> Next {
         if self.last.as_ref() == Some(&(stage, message.clone())) {
             return Next::Continue;
         }
         self.last = Some((stage, message.clone()));
-        let row = SessionRow::pending(&self.session_id);
+        let row = SessionRow::pending(&self.session_id, self.generation);
         let event = ServerEvent {
             stage: stage as i32,
             message,
             reason: String::new(),
-            server: Some(self.engine.server(&self.key, &row, pod)),
+            server: Some(self.engine.server(&self.key, &row)),
         };
         match self.tx.send(Ok(event)).await {
             Ok(()) => Next::Continue,
@@ -129,15 +181,15 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
 
     /// A failure that will not heal by itself: a FAILED stage with its reason, then the
     /// error that ends the stream.
-    async fn fail(&mut self, reason: String, message: String, pod: Option<&Pod>) -> Next {
+    async fn fail(&mut self, reason: String, message: String) -> Next {
         tracing::info!(user = %self.key.user_id, repo_hash = %self.key.repo_hash, session = %self.session_id,
             pod = %self.pod_name, %reason, %message, "spawn failed");
-        let row = SessionRow::pending(&self.session_id);
+        let row = SessionRow::pending(&self.session_id, self.generation);
         let event = ServerEvent {
             stage: Stage::Failed as i32,
             message: message.clone(),
             reason: reason.clone(),
-            server: Some(self.engine.server(&self.key, &row, pod)),
+            server: Some(self.engine.server(&self.key, &row)),
         };
         if self.tx.send(Ok(event)).await.is_ok() {
             let _ = self
@@ -149,7 +201,6 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
     }
 
     async fn ready(&mut self, row: &SessionRow) {
-        let pod = self.engine.cached_pod(&self.key);
         let event = ServerEvent {
             stage: Stage::Ready as i32,
             message: format!(
@@ -157,14 +208,16 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                 row.pod_ip.as_deref().unwrap_or("?")
             ),
             reason: String::new(),
-            server: Some(self.engine.server(&self.key, row, pod.as_deref())),
+            server: Some(self.engine.server(&self.key, row)),
         };
         let _ = self.tx.send(Ok(event)).await;
     }
 
-    /// Reads the row: superseded and READY end the stream.
+    /// Reads the row: superseded and READY end the stream; a new generation of this
+    /// session is followed.
     async fn check_row(&mut self) -> Next {
-        match self.engine.store.read(&self.key).await {
+        let deadline = Instant::now() + READY_WRITE_DEADLINE;
+        match self.engine.store.read(&self.key, deadline).await {
             Ok(Some(row)) if row.session_id != self.session_id => {
                 let session_id = self.session_id.clone();
                 let _ = self
@@ -173,6 +226,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                     .await;
                 Next::Done
             }
+            Ok(Some(row)) if row.generation != self.generation => Next::Follow(row.generation),
             Ok(Some(row)) if row.status == Status::Ready => {
                 self.ready(&row).await;
                 Next::Done
@@ -187,24 +241,19 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
     }
 
     async fn on_pod(&mut self, pod: &Pod) -> Next {
-        if view::session_of(pod).as_ref() != Some(&self.session_id) {
-            // The previous session's pod is still there (a bounce) or the row moved on.
-            if let Next::Done = self.check_row().await {
-                return Next::Done;
-            }
-            let message = format!(
-                "waiting for the previous session's pod {} to stop",
-                self.pod_name
-            );
-            return self.send(Stage::PodPending, message, Some(pod)).await;
+        let v = view::view(pod);
+        if v.session_id.as_ref() != Some(&self.session_id) || v.generation != Some(self.generation)
+        {
+            // Not ours (names are per generation, so only a foreign object): the row decides.
+            return self.check_row().await;
         }
         match view::progress(pod) {
-            Progress::Failed { reason, message } => self.fail(reason, message, Some(pod)).await,
+            Progress::Failed { reason, message } => self.fail(reason, message).await,
             Progress::Stage { stage, message } => {
                 if view::view(pod).health == PodHealth::Ready {
                     // The probe says the server answers: READY from the pod if the row is
                     // still PENDING (fenced), else whatever the row says now.
-                    let row = SessionRow::pending(&self.session_id);
+                    let row = SessionRow::pending(&self.session_id, self.generation);
                     let deadline = Instant::now() + READY_WRITE_DEADLINE;
                     match self
                         .engine
@@ -219,11 +268,12 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                         Err(e) => tracing::warn!(pod = %self.pod_name, error = %ErrorChain(&e),
                             "WatchServer could not mark the row READY from the pod"),
                     }
-                    if let Next::Done = self.check_row().await {
-                        return Next::Done;
+                    match self.check_row().await {
+                        Next::Continue => {}
+                        other => return other,
                     }
                 }
-                self.send(stage, message, Some(pod)).await
+                self.send(stage, message).await
             }
         }
     }
@@ -234,7 +284,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
             return Next::Continue;
         }
         if let Some(Progress::Failed { reason, message }) = view::event_failure(event) {
-            return self.fail(reason, message, None).await;
+            return self.fail(reason, message).await;
         }
         if view::expected_while_starting(event) {
             return Next::Continue;
@@ -245,6 +295,6 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
             event.reason.as_deref().unwrap_or("Event"),
             event.message.as_deref().unwrap_or("")
         );
-        self.send(stage, text, None).await
+        self.send(stage, text).await
     }
 }

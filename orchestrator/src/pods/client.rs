@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
-use super::manifest::{PodSettings, PodSpecFor, ANNOTATION_COMMAND_PORT, LABEL_SESSION};
+use super::manifest::{PodSettings, PodSpecFor, LABEL_REPO_HASH, LABEL_USER};
 use super::view;
-use crate::session::{pod_step, PodStep};
+use crate::session::{pod_step, PodStep, SessionKey};
 
 /// Errors from pod operations; each names the pod.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,7 @@ impl PodClient {
         for _ in 0..MAX_ROUNDS {
             let current = self.get(&name).await?;
             let current_view = current.as_ref().map(view::view);
-            match pod_step(spec.session_id, current_view.as_ref()) {
+            match pod_step(&spec.fence(), current_view.as_ref()) {
                 PodStep::Keep => {
                     if let Some(pod) = current {
                         return Ok(EnsureOutcome::Existing(Box::new(pod)));
@@ -215,49 +215,35 @@ impl PodClient {
     /// Records the reported command port on the pod, only if the pod still carries
     /// `session_id` (a JSON patch `test` makes the check and the write one operation).
     /// Returns false when the pod is gone or belongs to another session.
-    pub async fn annotate_command_port(
+    /// Deletes every pod of `key` whose generation is older than `generation` (or that
+    /// carries none), each by UID, without waiting. Listed from the API server, not a
+    /// cache: a crash between the row's commit and this call must not leave one behind
+    /// (the reconciler repeats it anyway). Returns the names.
+    pub async fn remove_older(
         &self,
-        name: &str,
-        session_id: &str,
-        port: u32,
-    ) -> Result<bool, PodError> {
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/labels/{}", escape_pointer(LABEL_SESSION)), "value": session_id},
-            {"op": "add", "path": format!("/metadata/annotations/{}", escape_pointer(ANNOTATION_COMMAND_PORT)), "value": port.to_string()},
-        ]))
-        .map_err(|e| PodError::Kube {
-            op: "build patch for",
-            namespace: self.settings.namespace.clone(),
-            pod: name.to_string(),
-            source: kube::Error::SerdeError(e),
-        })?;
-        match self
+        key: &SessionKey,
+        generation: u64,
+    ) -> Result<Vec<String>, PodError> {
+        let selector = format!(
+            "{LABEL_USER}={},{LABEL_REPO_HASH}={}",
+            key.user_id, key.repo_hash
+        );
+        let pods = self
             .api
-            .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .list(&ListParams::default().labels(&selector))
             .await
-        {
-            Ok(_) => Ok(true),
-            // 404: gone. 422 (invalid) / 409: the `test` op failed, another session.
-            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_invalid() || s.is_conflict() => {
-                Ok(false)
+            .map_err(self.err("list", &selector))?;
+        let mut removed = Vec::new();
+        for pod in pods.items {
+            if view::generation_of(&pod).is_some_and(|g| g >= generation) {
+                continue;
             }
-            Err(e) => Err(self.err("annotate", name)(e)),
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_none() {
+                self.delete(&name, pod.metadata.uid.as_deref()).await?;
+            }
+            removed.push(name);
         }
-    }
-}
-
-/// JSON pointer escaping (RFC 6901) of a map key.
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pointer_escaping() {
-        assert_eq!(escape_pointer("jbazel.dev/session"), "jbazel.dev~1session");
-        assert_eq!(escape_pointer("a~b/c"), "a~0b~1c");
+        Ok(removed)
     }
 }

@@ -10,11 +10,11 @@ use kube::runtime::reflector::{ObjectRef, Store as PodCache};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use proto::error_chain::ErrorChain;
-use proto::names::SessionId;
 use tokio::time::Instant;
 
-use super::{EnsureOutcome, PodClient, PodError, PodSpecFor};
+use super::{view, EnsureOutcome, PodClient, PodError, PodSpecFor};
 use crate::engine::{PodSignal, Pods};
+use crate::session::SessionKey;
 
 /// The platform's pods through the Kubernetes API.
 #[derive(Clone)]
@@ -45,6 +45,14 @@ impl Pods for KubePods {
             .get(&ObjectRef::new(name).within(self.namespace()))
     }
 
+    fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>> {
+        self.cache
+            .state()
+            .into_iter()
+            .filter(|p| view::key_of(p).as_ref() == Some(key))
+            .collect()
+    }
+
     async fn ensure(
         &self,
         spec: &PodSpecFor<'_>,
@@ -53,15 +61,12 @@ impl Pods for KubePods {
         self.client.ensure(spec, deadline).await
     }
 
-    async fn annotate_command_port(
+    async fn remove_older(
         &self,
-        name: &str,
-        session_id: &SessionId,
-        port: u32,
-    ) -> Result<bool, PodError> {
-        self.client
-            .annotate_command_port(name, session_id, port)
-            .await
+        key: &SessionKey,
+        generation: u64,
+    ) -> Result<Vec<String>, PodError> {
+        self.client.remove_older(key, generation).await
     }
 
     fn watch(&self, name: &str) -> BoxStream<'static, PodSignal> {

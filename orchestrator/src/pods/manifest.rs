@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Capabilities, Container, ContainerPort, ResourceRequirements, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
     HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, SeccompProfile,
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use md5::{Digest, Md5};
 use proto::names::{RepoHash, SessionId, UserId};
@@ -25,10 +26,10 @@ pub const MANAGED_BY: &str = "jbazel-orchestrator";
 pub const LABEL_USER: &str = "jbazel.dev/user";
 pub const LABEL_REPO_HASH: &str = "jbazel.dev/repo-hash";
 pub const LABEL_SESSION: &str = "jbazel.dev/session";
+/// The row generation the pod was made for (the fencing token; see `session`).
+pub const LABEL_GENERATION: &str = "jbazel.dev/generation";
 /// Annotation: the repository's directory in the filestore (`R/U/H`), for people.
 pub const ANNOTATION_REPO_DIR: &str = "jbazel.dev/repo-dir";
-/// Annotation set on ReportReady: the Bazel command port the supervisor reported.
-pub const ANNOTATION_COMMAND_PORT: &str = "jbazel.dev/command-port";
 /// The label selector of every platform pod.
 pub const APP_SELECTOR: &str = "app.kubernetes.io/name=jbazel-server";
 
@@ -42,10 +43,10 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 /// The supervisor binary in the image (its ENTRYPOINT); `supervisor probe` checks readiness.
 pub const SUPERVISOR_BIN: &str = "/usr/local/bin/supervisor";
 
-const NAME_PREFIX: &str = "bazel-server-";
+const NAME_PREFIX: &str = "bazel-";
 const MAX_NAME: usize = 63;
-const SHORT_HASH: usize = 8;
-const SUFFIX_HASH: usize = 6;
+/// Hex digits of md5(user, repo_hash) in the pod name.
+const KEY_DIGEST: usize = 16;
 
 /// `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +112,40 @@ pub struct PodSettings {
     pub probe: ProbeMode,
     /// nodeSelector of the pods (e.g. a node pool for Bazel servers); empty: any node.
     pub node_selector: BTreeMap<String, String>,
+    /// Seconds without a command after which Bazel (`--max_idle_secs`) and with it the
+    /// pod end; the row becomes IDLE and the output base stays.
+    pub idle_timeout_secs: u64,
+    /// Container requests and limits (Kubernetes quantities); `None`: not set.
+    pub resources: PodResources,
+}
+
+/// The container's requests and limits. The supervisor sizes the JVM heap from the
+/// memory limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodResources {
+    pub cpu_request: Option<String>,
+    pub memory_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+impl PodResources {
+    fn requirements(&self) -> Option<ResourceRequirements> {
+        let map = |pairs: [(&str, &Option<String>); 2]| {
+            let m: BTreeMap<String, Quantity> = pairs
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Quantity(v.clone()))))
+                .collect();
+            (!m.is_empty()).then_some(m)
+        };
+        let requests = map([("cpu", &self.cpu_request), ("memory", &self.memory_request)]);
+        let limits = map([("cpu", &self.cpu_limit), ("memory", &self.memory_limit)]);
+        (requests.is_some() || limits.is_some()).then(|| ResourceRequirements {
+            requests,
+            limits,
+            ..Default::default()
+        })
+    }
 }
 
 impl Default for PodSettings {
@@ -126,36 +161,41 @@ impl Default for PodSettings {
             termination_grace_seconds: 10,
             probe: ProbeMode::Http,
             node_selector: BTreeMap::new(),
+            // Bazel's own default idle time (3 h).
+            idle_timeout_secs: 3 * 3600,
+            resources: PodResources::default(),
         }
     }
 }
 
-/// Deterministic DNS-label pod name for (user, repo): `bazel-server-<user>-<8 hex>`.
-///
-/// Inputs are validated names (`proto::names`), but the function stays safe for anything:
-/// characters outside `[a-z0-9-]` are replaced, and when the name had to be escaped or is
-/// longer than 63, the user part is cut and a short hash of the unmodified name is
-/// appended, so different (user, repo) pairs still get different names.
-pub fn pod_name(user_id: &str, repo_hash: &str) -> String {
-    let short: String = repo_hash.chars().take(SHORT_HASH).collect();
-    let raw = format!("{NAME_PREFIX}{user_id}-{short}");
-    let (user_escaped, short_escaped) = (escape(user_id), escape(&short));
-    if user_escaped == user_id
-        && short_escaped == short
-        && raw.len() <= MAX_NAME
-        && !user_id.is_empty()
-    {
-        return raw;
-    }
-    // The digest is of the unmodified pair, so escaping and cutting never merge two pairs.
+/// The pod name of one generation of (user, repo): `bazel-<user>-<digest>-g<generation>`,
+/// a DNS label. `digest` is 16 hex digits of md5(user NUL repo_hash): it covers the whole
+/// user id and the whole RepoHash, so two repositories of one user never share a name,
+/// whatever their hashes' prefixes, and cutting or escaping the readable user part never
+/// merges two users. The generation makes each pod of the row's life its own name: a new
+/// pod never waits for an old one to leave the name.
+pub fn pod_name(user_id: &str, repo_hash: &str, generation: u64) -> String {
     let digest = hex::encode(Md5::digest(format!("{user_id}\0{repo_hash}").as_bytes()));
-    let room = MAX_NAME - NAME_PREFIX.len() - 1 - short_escaped.len() - 1 - SUFFIX_HASH;
-    let user_part: String = user_escaped.chars().take(room).collect();
-    // Both ends are alphanumeric: the prefix starts with 'b', the digest ends in hex.
-    format!(
-        "{NAME_PREFIX}{user_part}-{short_escaped}-{}",
-        &digest[..SUFFIX_HASH]
-    )
+    let tail = format!("-{}-g{generation}", &digest[..KEY_DIGEST]);
+    let room = MAX_NAME - NAME_PREFIX.len() - tail.len();
+    let user: String = escape(user_id).chars().take(room).collect();
+    let user = user.trim_matches('-');
+    if user.is_empty() {
+        format!("{}{}", NAME_PREFIX.trim_end_matches('-'), tail)
+    } else {
+        format!("{NAME_PREFIX}{user}{tail}")
+    }
+}
+
+/// The generation whose pod name `name` is for (user, repo), if it is one: `name` must be
+/// exactly [`pod_name`] of that generation.
+pub fn generation_in_name(user_id: &str, repo_hash: &str, name: &str) -> Option<u64> {
+    let (_, digits) = name.rsplit_once("-g")?;
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let generation: u64 = digits.parse().ok()?;
+    (pod_name(user_id, repo_hash, generation) == name).then_some(generation)
 }
 
 /// Lower-cases ASCII letters and replaces anything outside `[a-z0-9-]` with `-`.
@@ -175,11 +215,21 @@ pub struct PodSpecFor<'a> {
     pub user_id: &'a UserId,
     pub repo_hash: &'a RepoHash,
     pub session_id: &'a SessionId,
+    /// The row generation this pod serves.
+    pub generation: u64,
 }
 
 impl PodSpecFor<'_> {
     pub fn name(&self) -> String {
-        pod_name(self.user_id, self.repo_hash)
+        pod_name(self.user_id, self.repo_hash, self.generation)
+    }
+
+    /// The fence this pod reports under.
+    pub fn fence(&self) -> crate::session::Fence {
+        crate::session::Fence {
+            session_id: self.session_id.clone(),
+            generation: self.generation,
+        }
     }
 
     /// The labels identifying the pod; the session label is what fencing checks.
@@ -190,6 +240,7 @@ impl PodSpecFor<'_> {
             (LABEL_USER.to_string(), self.user_id.to_string()),
             (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
             (LABEL_SESSION.to_string(), self.session_id.to_string()),
+            (LABEL_GENERATION.to_string(), self.generation.to_string()),
         ])
     }
 
@@ -248,6 +299,7 @@ impl PodSpecFor<'_> {
                     &(settings.termination_grace_seconds - 2).max(1).to_string(),
                 ),
                 env("ORCHESTRATOR_ADDR", &settings.orchestrator_addr),
+                env("IDLE_TIMEOUT_SECS", &settings.idle_timeout_secs.to_string()),
                 field("POD_NAME", "metadata.name"),
                 field("POD_NAMESPACE", "metadata.namespace"),
                 field("POD_IP", "status.podIP"),
@@ -264,6 +316,9 @@ impl PodSpecFor<'_> {
                 ..Default::default()
             }]),
             readiness_probe: Some(readiness),
+            resources: settings.resources.requirements(),
+            // The supervisor writes `idle: ...` here when Bazel idled out.
+            termination_message_path: Some("/dev/termination-log".to_string()),
             // A hung supervisor is restarted; generous, since a busy node is not a hang.
             liveness_probe: (settings.probe == ProbeMode::Http).then(|| Probe {
                 http_get: Some(HTTPGetAction {
@@ -329,10 +384,11 @@ impl PodSpecFor<'_> {
                     }),
                     ..Default::default()
                 }]),
-                // Restart a crashed supervisor in place; the pod (and its name) stay.
-                restart_policy: Some("Always".to_string()),
-                // Short: the supervisor shuts Bazel down on SIGTERM within this, and a
-                // bounce waits for the old pod to be gone before the new one starts.
+                // Restart a crashed supervisor in place; exit 0 (Bazel idled out) ends
+                // the pod, and the reconciler marks the row IDLE.
+                restart_policy: Some("OnFailure".to_string()),
+                // The supervisor shuts Bazel down on SIGTERM within this; a bounce's new
+                // pod starts at once and waits for the old server's output-base lock.
                 termination_grace_period_seconds: Some(settings.termination_grace_seconds),
                 // The pod never calls the Kubernetes API: no token, no service env vars.
                 automount_service_account_token: Some(false),
@@ -378,50 +434,54 @@ mod tests {
 
     #[test]
     fn pod_names() {
-        let cases: Vec<(String, &str, String)> = vec![
-            ("alice".into(), HASH, "bazel-server-alice-01234567".into()),
-            ("a".into(), HASH, "bazel-server-a-01234567".into()),
-            // 41 chars of user: exactly 63, not shortened.
-            (
-                "u".repeat(41),
-                HASH,
-                format!("bazel-server-{}-01234567", "u".repeat(41)),
-            ),
-        ];
-        for (user, hash, expected) in cases {
-            let name = pod_name(&user, hash);
-            assert_eq!(name, expected);
-            assert!(is_dns_label(&name), "{name}");
+        let name = pod_name("alice", HASH, 1);
+        assert!(name.starts_with("bazel-alice-"), "{name}");
+        assert!(name.ends_with("-g1"), "{name}");
+        assert!(is_dns_label(&name), "{name}");
+        // Deterministic, and a new name per generation.
+        assert_eq!(name, pod_name("alice", HASH, 1));
+        assert_ne!(name, pod_name("alice", HASH, 2));
+    }
+
+    #[test]
+    fn generations_are_read_back_from_exact_names_only() {
+        let name = pod_name("alice", HASH, 12);
+        assert_eq!(generation_in_name("alice", HASH, &name), Some(12));
+        assert_eq!(generation_in_name("bob", HASH, &name), None);
+        let other = "fedcba9876543210fedcba9876543210";
+        assert_eq!(generation_in_name("alice", other, &name), None);
+        for bad in ["", "-g", "bazel-alice-g", &format!("{name}0x"), &format!("{name}-g1")] {
+            assert_eq!(generation_in_name("alice", HASH, bad), None, "{bad}");
         }
     }
 
     #[test]
-    fn long_or_odd_names_are_shortened_with_a_hash() {
-        let long42 = "u".repeat(42);
+    fn the_whole_repo_hash_is_in_the_key() {
+        // Same user, hashes sharing 8, 16 and 31 hex digits: distinct names.
+        let other8 = "01234567ffffffffffffffffffffffff";
+        let other16 = "0123456789abcdefffffffffffffffff";
+        let other31 = "0123456789abcdef0123456789abcdee";
+        let names: std::collections::HashSet<_> = [HASH, other8, other16, other31]
+            .iter()
+            .map(|h| pod_name("alice", h, 1))
+            .collect();
+        assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn long_or_odd_users_still_give_distinct_dns_labels() {
         let long63 = "v".repeat(63);
-        for user in [
-            long42.as_str(),
-            long63.as_str(),
-            "Alice",
-            "a.b",
-            "../etc",
-            "ålice",
-            "",
-        ] {
-            let name = pod_name(user, HASH);
-            assert!(is_dns_label(&name), "{user:?} -> {name}");
-            assert!(name.starts_with("bazel-server-"), "{name}");
-            assert!(name.contains("-01234567-"), "{name}");
+        for user in [long63.as_str(), "Alice", "a.b", "../etc", "ålice", "", "-"] {
+            for generation in [1, 42, u64::MAX] {
+                let name = pod_name(user, HASH, generation);
+                assert!(is_dns_label(&name), "{user:?} -> {name}");
+                assert!(name.starts_with("bazel-"), "{name}");
+            }
         }
-        // Distinct users that shorten alike still get distinct names.
-        let a = pod_name(&format!("{}a", "x".repeat(50)), HASH);
-        let b = pod_name(&format!("{}b", "x".repeat(50)), HASH);
+        let a = pod_name(&format!("{}a", "x".repeat(50)), HASH, 1);
+        let b = pod_name(&format!("{}b", "x".repeat(50)), HASH, 1);
         assert_ne!(a, b);
-        assert_eq!(a.len(), 63);
-        // Escaping is not a collision: "Alice" and "alice" differ.
-        assert_ne!(pod_name("Alice", HASH), pod_name("alice", HASH));
-        // Deterministic.
-        assert_eq!(pod_name(&long63, HASH), pod_name(&long63, HASH));
+        assert_ne!(pod_name("Alice", HASH, 1), pod_name("alice", HASH, 1));
     }
 
     #[test]
@@ -435,11 +495,12 @@ mod tests {
             user_id: &UserId::parse("alice").expect("valid"),
             repo_hash: &RepoHash::parse(HASH).expect("valid"),
             session_id: &SessionId::parse("boot-1").expect("valid"),
+            generation: 7,
         };
         let pod = spec.manifest(&settings);
         assert_eq!(
             pod.metadata.name.as_deref(),
-            Some("bazel-server-alice-01234567")
+            Some(pod_name("alice", HASH, 7).as_str())
         );
         assert_eq!(pod.metadata.namespace.as_deref(), Some("jbazel"));
         let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -447,6 +508,7 @@ mod tests {
         assert_eq!(labels[LABEL_USER], "alice");
         assert_eq!(labels[LABEL_REPO_HASH], HASH);
         assert_eq!(labels[LABEL_SESSION], "boot-1");
+        assert_eq!(labels[LABEL_GENERATION], "7");
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
             annotations[ANNOTATION_REPO_DIR],
@@ -458,6 +520,7 @@ mod tests {
         assert_eq!(spec.automount_service_account_token, Some(false));
         assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
         assert_eq!(spec.node_selector, None);
+        assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
         let volume = &spec.volumes.as_ref().expect("volumes")[0];
         let host_path = volume.host_path.as_ref().expect("hostPath");
         assert_eq!(host_path.path, "/srv/fs");
@@ -497,6 +560,7 @@ mod tests {
             "the supervisor finishes before the kubelet kills"
         );
         assert_eq!(env["ORCHESTRATOR_ADDR"], "http://192.0.2.1:50051");
+        assert_eq!(env["IDLE_TIMEOUT_SECS"], "10800");
         assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
         assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
 
@@ -527,12 +591,18 @@ mod tests {
             pull_policy: PullPolicy::IfNotPresent,
             image: "example/img:1".into(),
             node_selector: BTreeMap::from([("pool".to_string(), "bazel".to_string())]),
+            resources: PodResources {
+                cpu_request: Some("500m".into()),
+                memory_limit: Some("2Gi".into()),
+                ..PodResources::default()
+            },
             ..PodSettings::default()
         };
         let pod = PodSpecFor {
             user_id: &UserId::parse("bob").expect("valid"),
             repo_hash: &RepoHash::parse(HASH).expect("valid"),
             session_id: &SessionId::parse("s").expect("valid"),
+            generation: 1,
         }
         .manifest(&settings);
         let spec = pod.spec.expect("spec");
@@ -541,6 +611,14 @@ mod tests {
             Some("bazel".to_string())
         );
         let c = &spec.containers[0];
+        let res = c.resources.as_ref().expect("resources");
+        let get = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
+            m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+        };
+        assert_eq!(get(&res.requests, "cpu").as_deref(), Some("500m"));
+        assert_eq!(get(&res.limits, "memory").as_deref(), Some("2Gi"));
+        assert_eq!(get(&res.requests, "memory"), None);
+        assert_eq!(get(&res.limits, "cpu"), None);
         assert_eq!(c.image.as_deref(), Some("example/img:1"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let probe = c.readiness_probe.as_ref().expect("probe");

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::Stage;
 
-use super::manifest::{ANNOTATION_COMMAND_PORT, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
+use super::manifest::{LABEL_GENERATION, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
 use crate::session::{PodHealth, PodView, SessionKey};
 
 /// Container waiting reasons that mean "this will not start by itself": WatchServer
@@ -36,15 +36,33 @@ pub fn session_of(pod: &Pod) -> Option<SessionId> {
     SessionId::parse(pod.metadata.labels.as_ref()?.get(LABEL_SESSION)?.as_str()).ok()
 }
 
-/// The command port the supervisor reported (annotation set on ReportReady).
-pub fn command_port_of(pod: &Pod) -> Option<u32> {
+/// The generation label, if present and a number.
+pub fn generation_of(pod: &Pod) -> Option<u64> {
     pod.metadata
-        .annotations
+        .labels
         .as_ref()?
-        .get(ANNOTATION_COMMAND_PORT)?
+        .get(LABEL_GENERATION)?
         .parse()
         .ok()
-        .filter(|p| (1..=65535).contains(p))
+}
+
+/// The termination message the supervisor leaves when Bazel idled out.
+pub const IDLE_MESSAGE_PREFIX: &str = "idle:";
+
+/// True when the pod ended because its server idled out: phase Succeeded and the
+/// container's termination message starts with `idle:`.
+fn idled_out(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Succeeded")
+        && status.container_statuses.iter().flatten().any(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.message.as_deref())
+                .is_some_and(|m| m.trim_start().starts_with(IDLE_MESSAGE_PREFIX))
+        })
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -65,6 +83,8 @@ fn phase(pod: &Pod) -> &str {
 pub fn view(pod: &Pod) -> PodView {
     let health = if pod.metadata.deletion_timestamp.is_some() {
         PodHealth::Terminating
+    } else if idled_out(pod) {
+        PodHealth::Idle
     } else if matches!(phase(pod), "Failed" | "Succeeded") {
         PodHealth::Failed {
             reason: pod
@@ -80,6 +100,7 @@ pub fn view(pod: &Pod) -> PodView {
     };
     PodView {
         session_id: session_of(pod),
+        generation: generation_of(pod),
         health,
         pod_ip: pod
             .status
@@ -230,7 +251,7 @@ pub fn expected_while_starting(event: &Event) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
         PodCondition, PodSpec, PodStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -288,6 +309,7 @@ mod tests {
                         "0123456789abcdef0123456789abcdef".to_string(),
                     ),
                     (LABEL_SESSION.to_string(), "s1".to_string()),
+                    (LABEL_GENERATION.to_string(), "3".to_string()),
                 ])),
                 ..Default::default()
             },
@@ -425,6 +447,27 @@ mod tests {
             view(&pod("Succeeded", vec![], vec![], None)).health,
             PodHealth::Failed { .. }
         ));
+        // Succeeded with the supervisor's idle message: idled out, not failed.
+        let ended = |message: &str| {
+            let mut c = container(running());
+            c.state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 0,
+                    message: Some(message.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            pod("Succeeded", vec![], vec![c], None)
+        };
+        assert_eq!(
+            view(&ended("idle: no command for 10800 s")).health,
+            PodHealth::Idle
+        );
+        assert!(matches!(
+            view(&ended("something else")).health,
+            PodHealth::Failed { .. }
+        ));
 
         let mut deleting = ready.clone();
         deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
@@ -443,19 +486,12 @@ mod tests {
             ))
         );
         assert_eq!(session_of(&p), SessionId::parse("s1").ok());
-        assert_eq!(command_port_of(&p), None);
-        for (value, expected) in [
-            ("9001", Some(9001)),
-            ("0", None),
-            ("70000", None),
-            ("x", None),
-        ] {
-            p.metadata.annotations = Some(BTreeMap::from([(
-                ANNOTATION_COMMAND_PORT.to_string(),
-                value.to_string(),
-            )]));
-            assert_eq!(command_port_of(&p), expected, "{value}");
+        assert_eq!(generation_of(&p), Some(3));
+        assert_eq!(view(&p).generation, Some(3));
+        if let Some(l) = p.metadata.labels.as_mut() {
+            l.insert(LABEL_GENERATION.to_string(), "x".to_string());
         }
+        assert_eq!(generation_of(&p), None);
         p.metadata.labels = None;
         assert_eq!(key_of(&p), None);
         assert_eq!(session_of(&p), None);
