@@ -73,6 +73,7 @@ async fn main() {
             kube: cluster.client(),
             pods: settings,
             service: ServiceSettings::default(),
+            resync_interval: Duration::from_secs(30),
         },
         listener,
     )
@@ -94,7 +95,7 @@ async fn main() {
             user_id: "bench".into(),
             repo_hash: HASH.into(),
             session_id: "s1".into(),
-            pod_name: pod_name("bench", HASH),
+            pod_name: pod_name("bench", HASH, 1),
             pod_ip: "10.244.0.200".into(),
             command_port: 9001,
         })

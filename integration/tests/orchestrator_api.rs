@@ -40,6 +40,8 @@ use tonic::transport::Channel;
 
 const HASH: &str = "0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(60);
+/// The reconciler's sweep interval in these tests.
+const RESYNC: Duration = Duration::from_secs(2);
 
 /// One test at a time on the cluster: the single kubelet of this machine slows down badly
 /// (pod kills delayed by a minute) when many pods are created and deleted at once.
@@ -161,6 +163,7 @@ impl Prepared {
                 kube: self.cluster.client(),
                 pods: self.settings.clone(),
                 service: ServiceSettings::default(),
+                resync_interval: RESYNC,
             },
             listener,
         )
@@ -204,14 +207,40 @@ impl Fixture {
             .expect("server")
     }
 
+    /// A report from the row's current pod (generation).
     async fn report_ready(&self, user: &str, session: &str, ip: &str, port: u32) -> bool {
+        let generation = self.row(user).await.map_or(1, |r| r.generation);
+        self.report_ready_from(user, session, generation, ip, port)
+            .await
+    }
+
+    async fn row(&self, user: &str) -> Option<orchestrator::session::SessionRow> {
+        let key = SessionKey::new(
+            UserId::parse(user).expect("valid"),
+            RepoHash::parse(HASH).expect("valid"),
+        );
+        self.store
+            .read(&key, Instant::now() + WAIT)
+            .await
+            .expect("read row")
+    }
+
+    /// A report from the pod of `generation`.
+    async fn report_ready_from(
+        &self,
+        user: &str,
+        session: &str,
+        generation: u64,
+        ip: &str,
+        port: u32,
+    ) -> bool {
         self.client
             .clone()
             .report_ready(ReportReadyRequest {
                 user_id: user.into(),
                 repo_hash: HASH.into(),
                 session_id: session.into(),
-                pod_name: pod_name(user, HASH),
+                pod_name: pod_name(user, HASH, generation),
                 pod_ip: ip.into(),
                 command_port: port,
             })
@@ -285,7 +314,11 @@ impl Fixture {
             RepoHash::parse(HASH).expect("valid"),
         );
         until(WAIT, what, || async {
-            let row = self.store.read(&key).await.expect("read row");
+            let row = self
+                .store
+                .read(&key, Instant::now() + WAIT)
+                .await
+                .expect("read row");
             cond(row.as_ref()).then_some(row)
         })
         .await
@@ -322,7 +355,7 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     let alice = user("alice");
     let server = f.get_server(&alice, "desk-1").await;
     assert_eq!(server.status(), ServerStatus::Pending);
-    assert_eq!(server.pod_name, format!("bazel-server-{alice}-01234567"));
+    assert_eq!(server.pod_name, pod_name(&alice, HASH, 1));
     assert_eq!(server.namespace, f.namespace.name());
     assert_eq!(server.session_id, "desk-1");
     assert_eq!(server.pod_ip, "");
@@ -336,6 +369,7 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     assert_eq!(labels["jbazel.dev/user"], alice);
     assert_eq!(labels["jbazel.dev/repo-hash"], HASH);
     assert_eq!(labels["jbazel.dev/session"], "desk-1");
+    assert_eq!(labels["jbazel.dev/generation"], "1");
 
     let spec = pod.spec.clone().expect("spec");
     let c = &spec.containers[0];
@@ -460,7 +494,7 @@ async fn fifty_concurrent_get_server_on_one_key_make_one_session_and_one_pod() {
 async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     let f = Fixture::start(PAUSE_IMAGE).await;
     let bob = user("bob");
-    let name = pod_name(&bob, HASH);
+    let name = pod_name(&bob, HASH, 1);
     f.get_server(&bob, "boot-1").await;
     let old = f.wait_pod_of(&name, "boot-1", None).await;
     let old_uid = old.metadata.uid.clone().expect("uid");
@@ -479,26 +513,22 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     assert_eq!(server.session_id, "boot-2");
     assert_eq!(server.status(), ServerStatus::Pending);
     assert_eq!(server.pod_ip, "", "PodIP is cleared on a bounce");
+    // The new generation's pod is created at once, under its own name, while the old
+    // one is deleted (its server releases the output base; the new one waits for that).
+    assert_eq!(server.pod_name, pod_name(&bob, HASH, 2));
+    let new = f.wait_pod_of(&server.pod_name, "boot-2", None).await;
+    eprintln!("bounce: new pod created in {:?}", t0.elapsed());
     f.wait_gone(&name, &old_uid).await;
-    let new = f.wait_pod_of(&name, "boot-2", Some(&old_uid)).await;
-    eprintln!(
-        "bounce: old pod gone and new pod created in {:?}",
-        t0.elapsed()
-    );
+    eprintln!("bounce: old pod gone after {:?}", t0.elapsed());
     assert_ne!(new.metadata.uid.as_deref(), Some(old_uid.as_str()));
     assert_eq!(f.platform_pods().await.len(), 1);
 
     // The old pod's late report is fenced off.
-    assert!(!f.report_ready(&bob, "boot-1", "10.244.0.250", 9001).await);
-    let row = f
-        .store
-        .read(&SessionKey::new(
-            UserId::parse(&bob).expect("valid"),
-            RepoHash::parse(HASH).expect("valid"),
-        ))
-        .await
-        .expect("read")
-        .expect("row");
+    assert!(
+        !f.report_ready_from(&bob, "boot-1", 1, "10.244.0.250", 9001)
+            .await
+    );
+    let row = f.row(&bob).await.expect("row");
     assert_eq!(
         (row.session_id.as_str(), row.status),
         ("boot-2", Status::Pending)
@@ -506,10 +536,10 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
 }
 
 #[tokio::test]
-async fn a_pod_deleted_by_hand_demotes_the_row_and_is_recreated_on_the_next_get_server() {
+async fn a_pod_deleted_by_hand_demotes_the_row_and_the_platform_recreates_it() {
     let f = Fixture::start(PAUSE_IMAGE).await;
     let dave = user("dave");
-    let name = pod_name(&dave, HASH);
+    let name = pod_name(&dave, HASH, 1);
     f.get_server(&dave, "s1").await;
     let pod = f.wait_pod_of(&name, "s1", None).await;
     let uid = pod.metadata.uid.clone().expect("uid");
@@ -536,10 +566,12 @@ async fn a_pod_deleted_by_hand_demotes_the_row_and_is_recreated_on_the_next_get_
     })
     .await;
 
-    let server = f.get_server(&dave, "s1").await;
-    assert_eq!(server.status(), ServerStatus::Pending);
+    // ... and makes the pod again by itself, before the user's next command.
     let new = f.wait_pod_of(&name, "s1", Some(&uid)).await;
     assert_ne!(new.metadata.uid.as_deref(), Some(uid.as_str()));
+    let server = f.get_server(&dave, "s1").await;
+    assert_eq!(server.status(), ServerStatus::Pending);
+    assert_eq!(f.platform_pods().await.len(), 1);
 }
 
 #[tokio::test]
@@ -554,28 +586,31 @@ async fn the_reconciler_deletes_orphan_pods() {
                 user_id: &UserId::parse(&erin).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
                 session_id: &sid("ghost"),
+                generation: 1,
             }
             .manifest(&p.settings),
         )
         .await;
+    // Frank bounced (generation 2, "current") but the crash came before anything touched
+    // the cluster: generation 1's pod ("stale") runs, generation 2's was never made.
     let frank = user("frank");
-    p.store
-        .get_server(
-            &SessionKey::new(
-                UserId::parse(&frank).expect("valid"),
-                RepoHash::parse(HASH).expect("valid"),
-            ),
-            &sid("current"),
-            Instant::now() + WAIT,
-        )
-        .await
-        .expect("row");
+    let frank_key = SessionKey::new(
+        UserId::parse(&frank).expect("valid"),
+        RepoHash::parse(HASH).expect("valid"),
+    );
+    for session in ["stale", "current"] {
+        p.store
+            .get_server(&frank_key, &sid(session), Instant::now() + WAIT)
+            .await
+            .expect("row");
+    }
     let other_session = p
         .running_pod(
             &PodSpecFor {
                 user_id: &UserId::parse(&frank).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
                 session_id: &sid("stale"),
+                generation: 1,
             }
             .manifest(&p.settings),
         )
@@ -598,6 +633,7 @@ async fn the_reconciler_deletes_orphan_pods() {
                 user_id: &UserId::parse(&keep_key).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
                 session_id: &sid("s1"),
+                generation: 1,
             }
             .manifest(&p.settings),
         )
@@ -616,25 +652,30 @@ async fn the_reconciler_deletes_orphan_pods() {
         "orphan pods reaped {:?} after the orchestrator started",
         t0.elapsed()
     );
+    // Frank's PENDING row without its pod is repaired by the platform: generation 2 made.
+    let made = f
+        .wait_pod_of(&pod_name(&frank, HASH, 2), "current", None)
+        .await;
+    eprintln!("PENDING row without a pod repaired {:?} after start", t0.elapsed());
     // The pod that matches its row stays; the reconciler wrote no row for the orphans.
-    let left: Vec<_> = f
+    let left: HashSet<_> = f
         .platform_pods()
         .await
         .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| p.metadata.uid)
         .collect();
-    assert_eq!(left, vec![keep.metadata.uid.clone()]);
+    assert_eq!(
+        left,
+        HashSet::from([keep.metadata.uid.clone(), made.metadata.uid.clone()])
+    );
     assert_eq!(f.row_count().await, 2);
-    let row = f
-        .store
-        .read(&SessionKey::new(
-            UserId::parse(&frank).expect("valid"),
-            RepoHash::parse(HASH).expect("valid"),
-        ))
-        .await
-        .expect("read")
-        .expect("row");
-    assert_eq!(row.session_id, "current", "the row is untouched");
+    let row = f.row(&frank).await.expect("row");
+    assert_eq!(
+        (row.session_id.as_str(), row.generation),
+        ("current", 2),
+        "the row is untouched"
+    );
 
     // While it runs, too: a pod of no row appearing now is deleted at once. (It is kept
     // off the node: this 1.20 kubelet can take minutes to finish a pod deleted while its
@@ -644,6 +685,7 @@ async fn the_reconciler_deletes_orphan_pods() {
         user_id: &UserId::parse(&hugo).expect("valid"),
         repo_hash: &RepoHash::parse(HASH).expect("valid"),
         session_id: &sid("ghost"),
+        generation: 1,
     }
     .manifest(&f.settings);
     if let Some(spec) = orphan.spec.as_mut() {
@@ -658,7 +700,7 @@ async fn the_reconciler_deletes_orphan_pods() {
         .await
         .expect("create orphan");
     f.wait_gone(
-        &pod_name(&hugo, HASH),
+        &pod_name(&hugo, HASH, 1),
         created.metadata.uid.as_deref().expect("uid"),
     )
     .await;
@@ -683,6 +725,7 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
         user_id: &UserId::parse(&gina).expect("valid"),
         repo_hash: &RepoHash::parse(HASH).expect("valid"),
         session_id: &sid("s1"),
+        generation: 1,
     }
     .manifest(&f.settings);
     if let Some(spec) = pod.spec.as_mut() {
@@ -698,7 +741,7 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
         })
         .await
         .expect("row");
-    let live = f.pods.get(&pod_name(&gina, HASH)).await.expect("pod");
+    let live = f.pods.get(&pod_name(&gina, HASH, 1)).await.expect("pod");
     let ip = live.status.and_then(|s| s.pod_ip).expect("pod IP");
     assert_eq!(row.pod_ip.as_deref(), Some(ip.as_str()));
     assert_eq!(row.session_id, "s1");
@@ -768,7 +811,7 @@ async fn watch_server_reports_a_missing_image_as_a_failure_within_seconds() {
 async fn watch_server_follows_the_pod_and_ends_with_ready() {
     let f = Fixture::start(PAUSE_IMAGE).await;
     let ivan = user("ivan");
-    let name = pod_name(&ivan, HASH);
+    let name = pod_name(&ivan, HASH, 1);
     f.get_server(&ivan, "s1").await;
     let mut stream = f
         .client
@@ -917,7 +960,7 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
                 user_id: u.clone(),
                 repo_hash: h.clone(),
                 session_id: s.clone(),
-                pod_name: "bazel-server-alice-01234567".into(),
+                pod_name: "bazel-alice-0123456789abcdef-g1".into(),
                 pod_ip: "10.244.0.9".into(),
                 command_port: 9001,
             })
@@ -930,22 +973,23 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         );
     }
     // ReportReady's own fields.
+    let alices = pod_name("alice", HASH, 1);
     for (pod, ip, port) in [
-        ("bazel-server-mallory-01234567", "10.244.0.9", 9001),
-        ("bazel-server-alice-01234567", "not-an-ip", 9001),
-        ("bazel-server-alice-01234567", "10.244.0.9", 70000),
+        (pod_name("mallory", HASH, 1), "10.244.0.9", 9001),
+        (alices.clone(), "not-an-ip", 9001),
+        (alices.clone(), "10.244.0.9", 70000),
     ] {
         let err = client
             .report_ready(ReportReadyRequest {
                 user_id: "alice".into(),
                 repo_hash: HASH.into(),
                 session_id: "s".into(),
-                pod_name: pod.into(),
+                pod_name: pod.clone(),
                 pod_ip: ip.into(),
                 command_port: port,
             })
             .await
-            .expect_err(pod);
+            .expect_err(&pod);
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
     assert_eq!(f.row_count().await, 0, "no row written");
@@ -964,7 +1008,7 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         .collect();
     assert_eq!(
         names,
-        HashSet::from(["bazel-server-alice-01234567".to_string()])
+        HashSet::from([pod_name("alice", HASH, 1)])
     );
 }
 
@@ -1021,16 +1065,8 @@ async fn the_real_readiness_probe_makes_the_row_ready_when_the_push_is_lost() {
         Some(Stage::Ready),
         "{events:#?}"
     );
-    let row = f
-        .store
-        .read(&SessionKey::new(
-            UserId::parse(&kate).expect("valid"),
-            RepoHash::parse(HASH).expect("valid"),
-        ))
-        .await
-        .expect("read")
-        .expect("row");
-    let pod = f.pods.get(&pod_name(&kate, HASH)).await.expect("pod");
+    let row = f.row(&kate).await.expect("row");
+    let pod = f.pods.get(&pod_name(&kate, HASH, 1)).await.expect("pod");
     assert_eq!(row.status, Status::Ready);
     assert_eq!(row.pod_ip, pod.status.and_then(|s| s.pod_ip));
 }

@@ -8,6 +8,7 @@ use gcloud_spanner::key::Key;
 use integration::spanner::SpannerEmulator;
 use orchestrator::engine::SessionStore;
 use orchestrator::session::{
+    Fence,
     GetServerOutcome, ReadyDecision, ReadyRejection, RowWrite, SessionKey, SessionRow, Status,
 };
 use orchestrator::store::Store;
@@ -31,6 +32,13 @@ fn sid(s: &str) -> SessionId {
     SessionId::parse(s).expect("valid session id")
 }
 
+fn fence(session: &str, generation: u64) -> Fence {
+    Fence {
+        session_id: sid(session),
+        generation,
+    }
+}
+
 fn key(user: &str) -> SessionKey {
     SessionKey::new(
         UserId::parse(user).expect("valid"),
@@ -42,7 +50,7 @@ fn key(user: &str) -> SessionKey {
 async fn every_transition_against_the_emulator() {
     let (_emu, store) = store().await;
     let k = key("alice");
-    assert_eq!(store.read(&k).await.expect("read"), None);
+    assert_eq!(store.read(&k, soon()).await.expect("read"), None);
 
     // No row -> insert PENDING.
     let t = store
@@ -51,8 +59,8 @@ async fn every_transition_against_the_emulator() {
         .expect("GetServer");
     assert_eq!(t.outcome, GetServerOutcome::Created);
     assert_eq!(
-        store.read(&k).await.expect("read"),
-        Some(SessionRow::pending(&sid("s1")))
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("s1"), 1))
     );
 
     // Same session while PENDING: as is.
@@ -65,16 +73,18 @@ async fn every_transition_against_the_emulator() {
 
     // The push: READY with the pod IP.
     let d = store
-        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
+        .mark_ready(&k, &fence("s1", 1), "10.244.0.7", Some(9001), soon())
         .await
         .expect("mark ready");
     assert!(matches!(d, ReadyDecision::Accept { .. }), "{d:?}");
     let ready = SessionRow {
         session_id: sid("s1"),
+        generation: 1,
         pod_ip: Some("10.244.0.7".into()),
+        command_port: Some(9001),
         status: Status::Ready,
     };
-    assert_eq!(store.read(&k).await.expect("read"), Some(ready.clone()));
+    assert_eq!(store.read(&k, soon()).await.expect("read"), Some(ready.clone()));
 
     // Same session while READY: reuse, nothing written.
     let t = store
@@ -84,8 +94,8 @@ async fn every_transition_against_the_emulator() {
     assert_eq!(t.outcome, GetServerOutcome::Reused);
     assert_eq!(t.row, ready);
 
-    // The READY row is listed for the reconciler's sweep.
-    let listed = store.ready_rows().await.expect("ready rows");
+    // The active row is listed for the reconciler's sweep.
+    let listed = store.active_rows(soon()).await.expect("active rows");
     assert_eq!(listed, vec![(k.clone(), ready.clone())]);
 
     // Another session (a bounce): overwrite, PodIP cleared, PENDING.
@@ -100,31 +110,60 @@ async fn every_transition_against_the_emulator() {
         }
     );
     assert_eq!(
-        store.read(&k).await.expect("read"),
-        Some(SessionRow::pending(&sid("s2")))
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("s2"), 2))
     );
-    assert!(store.ready_rows().await.expect("ready rows").is_empty());
+    assert_eq!(
+        store.active_rows(soon()).await.expect("active rows").len(),
+        1,
+        "a PENDING row is active too"
+    );
 
     // Leaving READY (pod gone) is fenced too.
     store
-        .mark_ready(&k, &sid("s2"), "10.244.0.8", soon())
+        .mark_ready(&k, &fence("s2", 2), "10.244.0.8", Some(9001), soon())
         .await
         .expect("mark ready");
     assert!(!store
-        .leave_ready(&k, &sid("s1"), soon())
+        .leave_ready(&k, &fence("s1", 1), soon())
         .await
         .expect("leave"));
     assert_eq!(
-        store.read(&k).await.expect("read").map(|r| r.status),
+        store.read(&k, soon()).await.expect("read").map(|r| r.status),
         Some(Status::Ready)
     );
     assert!(store
-        .leave_ready(&k, &sid("s2"), soon())
+        .leave_ready(&k, &fence("s2", 2), soon())
         .await
         .expect("leave"));
     assert_eq!(
-        store.read(&k).await.expect("read"),
-        Some(SessionRow::pending(&sid("s2")))
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("s2"), 2))
+    );
+
+    // Idling out: IDLE (fenced), not listed as active; the next GetServer resumes on a
+    // new generation.
+    assert!(!store
+        .mark_idle(&k, &fence("s2", 1), soon())
+        .await
+        .expect("idle"));
+    assert!(store
+        .mark_idle(&k, &fence("s2", 2), soon())
+        .await
+        .expect("idle"));
+    assert_eq!(
+        store.read(&k, soon()).await.expect("read").map(|r| r.status),
+        Some(Status::Idle)
+    );
+    assert!(store.active_rows(soon()).await.expect("active").is_empty());
+    let t = store
+        .get_server(&k, &sid("s2"), soon())
+        .await
+        .expect("resume");
+    assert_eq!(t.outcome, GetServerOutcome::Resumed);
+    assert_eq!(
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("s2"), 3))
     );
 }
 
@@ -135,11 +174,11 @@ async fn a_stale_report_never_flips_a_newer_session() {
 
     // No row at all: rejected, and no row appears.
     let d = store
-        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
+        .mark_ready(&k, &fence("s1", 1), "10.244.0.7", Some(9001), soon())
         .await
         .expect("mark ready");
     assert_eq!(d, ReadyDecision::Reject(ReadyRejection::NoRow));
-    assert_eq!(store.read(&k).await.expect("read"), None);
+    assert_eq!(store.read(&k, soon()).await.expect("read"), None);
 
     store.get_server(&k, &sid("s1"), soon()).await.expect("s1");
     store
@@ -148,31 +187,26 @@ async fn a_stale_report_never_flips_a_newer_session() {
         .expect("s2 bounce");
     // The old pod's late report.
     let d = store
-        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
+        .mark_ready(&k, &fence("s1", 1), "10.244.0.7", Some(9001), soon())
         .await
         .expect("mark ready");
+    assert_eq!(d, ReadyDecision::Reject(ReadyRejection::OtherSession));
     assert_eq!(
-        d,
-        ReadyDecision::Reject(ReadyRejection::OtherSession {
-            current_session: sid("s2")
-        })
-    );
-    assert_eq!(
-        store.read(&k).await.expect("read"),
-        Some(SessionRow::pending(&sid("s2"))),
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("s2"), 2)),
         "a stale report must write nothing"
     );
     // Also when the newer session is already READY: its IP is not overwritten.
     store
-        .mark_ready(&k, &sid("s2"), "10.244.0.9", soon())
+        .mark_ready(&k, &fence("s2", 2), "10.244.0.9", Some(9001), soon())
         .await
         .expect("s2 ready");
     store
-        .mark_ready(&k, &sid("s1"), "10.244.0.7", soon())
+        .mark_ready(&k, &fence("s1", 1), "10.244.0.7", Some(9001), soon())
         .await
         .expect("stale");
     assert_eq!(
-        store.read(&k).await.expect("read").and_then(|r| r.pod_ip),
+        store.read(&k, soon()).await.expect("read").and_then(|r| r.pod_ip),
         Some("10.244.0.9".into())
     );
 }
@@ -209,8 +243,8 @@ async fn fifty_concurrent_get_server_on_one_key_yield_one_session() {
     );
     assert_eq!((created, in_progress), (1, 49));
     assert_eq!(
-        store.read(&k).await.expect("read"),
-        Some(SessionRow::pending(&sid("desk-1")))
+        store.read(&k, soon()).await.expect("read"),
+        Some(SessionRow::pending(&sid("desk-1"), 1))
     );
 }
 
@@ -249,7 +283,7 @@ async fn fifty_racing_sessions_on_one_key_serialize() {
     assert_eq!(created, 1);
     assert_eq!(previous.len(), 49);
     // The row holds the one session nobody took over: the last committed.
-    let row = store.read(&k).await.expect("read").expect("row");
+    let row = store.read(&k, soon()).await.expect("read").expect("row");
     assert!(!previous.contains(&row.session_id));
     assert_eq!(row.status, Status::Pending);
 }
@@ -273,8 +307,8 @@ async fn concurrent_different_keys_all_succeed() {
         let (k, t) = t.await.expect("task").expect("GetServer");
         assert_eq!(t.outcome, GetServerOutcome::Created);
         assert_eq!(
-            store.read(&k).await.expect("read"),
-            Some(SessionRow::pending(&sid("s")))
+            store.read(&k, soon()).await.expect("read"),
+            Some(SessionRow::pending(&sid("s"), 1))
         );
     }
 }

@@ -113,7 +113,7 @@ pub struct Config {
     pub resync_interval_secs: u64,
 
     /// CPU request of the pods (a Kubernetes quantity, e.g. 500m).
-    #[arg(long, default_value = "250m", value_parser = parse_quantity)]
+    #[arg(long, default_value = "100m", value_parser = parse_quantity)]
     pub pod_cpu_request: String,
 
     /// Memory request of the pods (e.g. 1Gi).
