@@ -109,6 +109,8 @@ pub struct OrchestratorOptions {
     pub kubeconfig: PathBuf,
     /// Keep running after this handle is dropped (the demo leaves it running).
     pub detached: bool,
+    /// More flags (e.g. `--idle-timeout-secs 20`), after the ones above.
+    pub extra_args: Vec<String>,
 }
 
 /// A running orchestrator process (its own process group; killed on drop unless detached).
@@ -145,6 +147,7 @@ impl Orchestrator {
                 crate::kubernetes::POD_GATEWAY,
                 opts.port
             ))
+            .args(&opts.extra_args)
             .env("SPANNER_EMULATOR_HOST", &opts.spanner_host)
             .env("KUBECONFIG", &opts.kubeconfig)
             .env(
@@ -187,6 +190,11 @@ impl Orchestrator {
     /// Process group id (= pid): what a tear-down kills.
     pub fn pgid(&self) -> u32 {
         self.child.pgid()
+    }
+
+    /// SIGKILLs the process group (a crash: no shutdown path runs) and reaps it.
+    pub fn kill(self) {
+        drop(self.child);
     }
 
     /// The orchestrator's log so far.

@@ -64,13 +64,20 @@ impl GroupChild {
     }
 }
 
+impl GroupChild {
+    /// SIGKILLs the whole group and reaps the leader.
+    pub fn kill(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for GroupChild {
     fn drop(&mut self) {
         if self.detached {
             return;
         }
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.kill();
     }
 }

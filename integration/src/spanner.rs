@@ -103,6 +103,24 @@ impl SpannerEmulator {
         Ok(emulator)
     }
 
+    /// Kills the emulator (SIGKILL): its data go with it, as with any emulator restart.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts a fresh emulator on the same address and creates the instance, database
+    /// and schema again (an operator bringing it back).
+    pub async fn restart(&mut self) -> Result<(), EmulatorError> {
+        self.child.kill();
+        let fresh = Self::start_with(EmulatorOptions {
+            addr: Some(self.addr),
+            detached: false,
+        })
+        .await?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Process group id (= pid of the emulator): what a tear-down kills.
     pub fn pgid(&self) -> u32 {
         self.child.pgid()

@@ -32,12 +32,37 @@ pub struct TestPlatform {
     pub cluster: Cluster,
     /// The filestore root R (`<scratch>/filestore`).
     pub filestore: PathBuf,
+    /// How `orchestrator` was started: a test starts replicas or a restart from it.
+    pub options: OrchestratorOptions,
     scratch: tempfile::TempDir,
+}
+
+/// What a test changes about the platform.
+#[derive(Debug, Clone)]
+pub struct PlatformOptions {
+    /// The pods' image.
+    pub image: String,
+    /// More orchestrator flags.
+    pub orchestrator_args: Vec<String>,
+}
+
+impl Default for PlatformOptions {
+    fn default() -> Self {
+        PlatformOptions {
+            image: IMAGE.into(),
+            orchestrator_args: Vec::new(),
+        }
+    }
 }
 
 impl TestPlatform {
     /// Starts everything; `name` prefixes the namespace and the scratch dir.
     pub async fn start(name: &str) -> Result<Self, StackError> {
+        Self::start_with(name, PlatformOptions::default()).await
+    }
+
+    /// Starts everything, with `options`.
+    pub async fn start_with(name: &str, options: PlatformOptions) -> Result<Self, StackError> {
         let cluster = Cluster::connect().await?;
         let namespace = cluster.test_namespace(name).await?;
         let emulator = SpannerEmulator::start().await?;
@@ -47,26 +72,39 @@ impl TestPlatform {
             .map_err(StackError::Scratch)?;
         let filestore = scratch.path().join("filestore");
         std::fs::create_dir_all(&filestore).map_err(StackError::Scratch)?;
-        let orchestrator = Orchestrator::start(&OrchestratorOptions {
+        let options = OrchestratorOptions {
             spanner_host: emulator.host(),
             project: emulator.project().into(),
             instance: emulator.instance().into(),
             database: emulator.database().into(),
             namespace: namespace.name().into(),
             filestore_root: filestore.clone(),
-            image: IMAGE.into(),
+            image: options.image,
             port: testkit::free_port().map_err(StackError::Port)?,
             log_path: scratch.path().join("orchestrator.log"),
             kubeconfig: cluster.kubeconfig().to_path_buf(),
             detached: false,
-        })?;
+            extra_args: options.orchestrator_args,
+        };
+        let orchestrator = Orchestrator::start(&options)?;
         Ok(TestPlatform {
             orchestrator,
             emulator,
             namespace,
             cluster,
             filestore,
+            options,
             scratch,
+        })
+    }
+
+    /// Another orchestrator process on the same emulator, cluster and namespace (a
+    /// replica, or the same one restarted), on `port`, logging to `<scratch>/<log>`.
+    pub fn orchestrator_on(&self, port: u16, log: &str) -> Result<Orchestrator, PlatformError> {
+        Orchestrator::start(&OrchestratorOptions {
+            port,
+            log_path: self.scratch.path().join(log),
+            ..self.options.clone()
         })
     }
 

@@ -129,6 +129,7 @@ async fn demo(args: &Args) -> Result<()> {
         log_path: log_path.clone(),
         kubeconfig: cluster.kubeconfig().to_path_buf(),
         detached: true,
+        extra_args: Vec::new(),
     })
     .context("starting the orchestrator")?;
     write_pgid(&args.state_dir, "orchestrator.pgid", orchestrator.pgid())?;
