@@ -656,7 +656,10 @@ async fn the_reconciler_deletes_orphan_pods() {
     let made = f
         .wait_pod_of(&pod_name(&frank, HASH, 2), "current", None)
         .await;
-    eprintln!("PENDING row without a pod repaired {:?} after start", t0.elapsed());
+    eprintln!(
+        "PENDING row without a pod repaired {:?} after start",
+        t0.elapsed()
+    );
     // The pod that matches its row stays; the reconciler wrote no row for the orphans.
     let left: HashSet<_> = f
         .platform_pods()
@@ -1006,10 +1009,7 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    assert_eq!(
-        names,
-        HashSet::from([pod_name("alice", HASH, 1)])
-    );
+    assert_eq!(names, HashSet::from([pod_name("alice", HASH, 1)]));
 }
 
 /// The real image: the supervisor pivots, starts Bazel, passes /readyz and pushes

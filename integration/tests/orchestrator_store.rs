@@ -8,8 +8,8 @@ use gcloud_spanner::key::Key;
 use integration::spanner::SpannerEmulator;
 use orchestrator::engine::SessionStore;
 use orchestrator::session::{
-    Fence,
-    GetServerOutcome, ReadyDecision, ReadyRejection, RowWrite, SessionKey, SessionRow, Status,
+    Fence, GetServerOutcome, ReadyDecision, ReadyRejection, RowWrite, SessionKey, SessionRow,
+    Status,
 };
 use orchestrator::store::Store;
 use proto::names::{RepoHash, SessionId, UserId};
@@ -84,7 +84,10 @@ async fn every_transition_against_the_emulator() {
         command_port: Some(9001),
         status: Status::Ready,
     };
-    assert_eq!(store.read(&k, soon()).await.expect("read"), Some(ready.clone()));
+    assert_eq!(
+        store.read(&k, soon()).await.expect("read"),
+        Some(ready.clone())
+    );
 
     // Same session while READY: reuse, nothing written.
     let t = store
@@ -129,7 +132,11 @@ async fn every_transition_against_the_emulator() {
         .await
         .expect("leave"));
     assert_eq!(
-        store.read(&k, soon()).await.expect("read").map(|r| r.status),
+        store
+            .read(&k, soon())
+            .await
+            .expect("read")
+            .map(|r| r.status),
         Some(Status::Ready)
     );
     assert!(store
@@ -152,7 +159,11 @@ async fn every_transition_against_the_emulator() {
         .await
         .expect("idle"));
     assert_eq!(
-        store.read(&k, soon()).await.expect("read").map(|r| r.status),
+        store
+            .read(&k, soon())
+            .await
+            .expect("read")
+            .map(|r| r.status),
         Some(Status::Idle)
     );
     assert!(store.active_rows(soon()).await.expect("active").is_empty());
@@ -206,7 +217,11 @@ async fn a_stale_report_never_flips_a_newer_session() {
         .await
         .expect("stale");
     assert_eq!(
-        store.read(&k, soon()).await.expect("read").and_then(|r| r.pod_ip),
+        store
+            .read(&k, soon())
+            .await
+            .expect("read")
+            .and_then(|r| r.pod_ip),
         Some("10.244.0.9".into())
     );
 }

@@ -226,11 +226,7 @@ impl Reconciler {
         let mut missing = 0usize;
         for (key, row) in &rows {
             let name = pod_name(&key.user_id, &key.repo_hash, row.generation);
-            if self
-                .cache
-                .get(&ObjectRef::new(&name).within(&ns))
-                .is_none()
-            {
+            if self.cache.get(&ObjectRef::new(&name).within(&ns)).is_none() {
                 missing += 1;
                 self.missing(key.clone(), row.clone());
             }
@@ -283,11 +279,7 @@ impl Reconciler {
                 }
             }
             ReconcileDecision::LeaveReady { fence } => {
-                match self
-                    .store
-                    .leave_ready(key, &fence, Self::deadline())
-                    .await
-                {
+                match self.store.leave_ready(key, &fence, Self::deadline()).await {
                     Ok(true) => tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash,
                         session = %fence.session_id, pod = %name, "pod failed or going away: row leaves READY"),
                     Ok(false) => {}

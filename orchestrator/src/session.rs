@@ -200,7 +200,10 @@ pub fn get_server(row: Option<&SessionRow>, session_id: &SessionId) -> GetServer
 
 /// GetServer's read-only fast path: the row answers by itself when it is READY for the
 /// caller's session (nothing to write). `None`: take the read-write path.
-pub fn ready_for<'a>(row: Option<&'a SessionRow>, session_id: &SessionId) -> Option<&'a SessionRow> {
+pub fn ready_for<'a>(
+    row: Option<&'a SessionRow>,
+    session_id: &SessionId,
+) -> Option<&'a SessionRow> {
     row.filter(|r| r.session_id == *session_id && r.status == Status::Ready)
 }
 
@@ -448,7 +451,9 @@ pub enum MissingPodDecision {
     /// pod was deleted before it served): create it.
     CreatePod,
     /// A READY row without its pod: PENDING first (then CreatePod).
-    LeaveReady { fence: Fence },
+    LeaveReady {
+        fence: Fence,
+    },
 }
 
 /// The decision for a row whose current pod is missing.
@@ -617,7 +622,12 @@ mod tests {
         let idle = row("s1", 2, Status::Idle, None);
         use ReadyRejection as R;
         let cases: Vec<(Option<&SessionRow>, Fence, &str, ReadyDecision)> = vec![
-            (None, fence("s1", 2), "10.244.0.5", ReadyDecision::Reject(R::NoRow)),
+            (
+                None,
+                fence("s1", 2),
+                "10.244.0.5",
+                ReadyDecision::Reject(R::NoRow),
+            ),
             (
                 Some(&pending),
                 fence("s0", 2),
@@ -631,7 +641,12 @@ mod tests {
                 "10.244.0.7",
                 ReadyDecision::Reject(R::OtherGeneration { current: 2 }),
             ),
-            (Some(&idle), fence("s1", 2), "10.244.0.7", ReadyDecision::Reject(R::Idle)),
+            (
+                Some(&idle),
+                fence("s1", 2),
+                "10.244.0.7",
+                ReadyDecision::Reject(R::Idle),
+            ),
             (
                 Some(&pending),
                 fence("s1", 2),
@@ -835,8 +850,14 @@ mod tests {
         let f = fence("s1", 2);
         let cases: Vec<(Option<PodView>, PodStep)> = vec![
             (None, PodStep::Create),
-            (Some(pod(Some(("s1", 2)), PodHealth::Starting, None)), PodStep::Keep),
-            (Some(pod(Some(("s1", 2)), PodHealth::Ready, None)), PodStep::Keep),
+            (
+                Some(pod(Some(("s1", 2)), PodHealth::Starting, None)),
+                PodStep::Keep,
+            ),
+            (
+                Some(pod(Some(("s1", 2)), PodHealth::Ready, None)),
+                PodStep::Keep,
+            ),
             (
                 Some(pod(Some(("s0", 2)), PodHealth::Ready, None)),
                 replace.clone(),

@@ -204,7 +204,12 @@ async fn a_bounce_starts_the_next_generation_and_fences_the_old_sessions_report(
     assert_eq!(server.pod_ip, "", "the old address is not given out");
     let row = s.store.row(&k).expect("row");
     assert_eq!(
-        (row.session_id.as_str(), row.generation, row.status, row.pod_ip),
+        (
+            row.session_id.as_str(),
+            row.generation,
+            row.status,
+            row.pod_ip
+        ),
         ("s2", 2, Status::Pending, None)
     );
     // The new pod has its own name: it never waits for the old one to free a name.
@@ -213,7 +218,10 @@ async fn a_bounce_starts_the_next_generation_and_fences_the_old_sessions_report(
     assert_eq!(server.pod_name, new);
     let pod = s.pods.get(&new).expect("new pod");
     assert_eq!(view::session_of(&pod), Some(sid("s2")));
-    assert!(s.pods.get(&old).is_none(), "the old generation's pod was deleted");
+    assert!(
+        s.pods.get(&old).is_none(),
+        "the old generation's pod was deleted"
+    );
 
     // A late report of the old session's pod changes nothing.
     assert!(!s.report_from(&k, "s1", 1, "10.6.6.6", 0).await);
@@ -234,7 +242,12 @@ async fn watch_says_the_previous_server_is_stopping_during_a_bounce() {
     s.get(&k, "s2").await.expect("bounce");
     let mut rx = s.watch(&k, "s2").await.expect("watch");
     let ev = next_matching(&mut rx, |e| e.stage == Stage::PreviousStopping as i32).await;
-    assert!(ev.message.contains("stopping your previous server (session s1"), "{}", ev.message);
+    assert!(
+        ev.message
+            .contains("stopping your previous server (session s1"),
+        "{}",
+        ev.message
+    );
     // Once it is gone, the stage is the new pod's own again.
     s.pods.set_running(&s.current(&k), "10.1.0.8");
     s.pods.remove(&old);
@@ -248,11 +261,7 @@ async fn an_idle_row_resumes_on_a_new_pod() {
     s.get(&k, "s1").await.expect("spawn");
     s.report(&k, "s1", "10.1.0.3", 0).await;
     let fence = s.store.row(&k).expect("row").fence();
-    assert!(s
-        .store
-        .mark_idle(&k, &fence, soon())
-        .await
-        .expect("idle"));
+    assert!(s.store.mark_idle(&k, &fence, soon()).await.expect("idle"));
     let server = s.get(&k, "s1").await.expect("resume");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     let row = s.store.row(&k).expect("row");

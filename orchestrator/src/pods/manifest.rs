@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ResourceRequirements, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use md5::{Digest, Md5};
 use proto::names::{RepoHash, SessionId, UserId};
@@ -450,7 +450,13 @@ mod tests {
         assert_eq!(generation_in_name("bob", HASH, &name), None);
         let other = "fedcba9876543210fedcba9876543210";
         assert_eq!(generation_in_name("alice", other, &name), None);
-        for bad in ["", "-g", "bazel-alice-g", &format!("{name}0x"), &format!("{name}-g1")] {
+        for bad in [
+            "",
+            "-g",
+            "bazel-alice-g",
+            &format!("{name}0x"),
+            &format!("{name}-g1"),
+        ] {
             assert_eq!(generation_in_name("alice", HASH, bad), None, "{bad}");
         }
     }
