@@ -193,8 +193,8 @@ impl Orchestrator {
     }
 
     /// SIGKILLs the process group (a crash: no shutdown path runs) and reaps it.
-    pub fn kill(self) {
-        drop(self.child);
+    pub fn kill(&mut self) {
+        self.child.kill();
     }
 
     /// The orchestrator's log so far.

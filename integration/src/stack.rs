@@ -98,6 +98,14 @@ impl TestPlatform {
         })
     }
 
+    /// SIGKILLs the orchestrator (a crash) and starts it again on the same port, logging
+    /// to `<scratch>/<log>`.
+    pub fn crash_and_restart_orchestrator(&mut self, log: &str) -> Result<(), PlatformError> {
+        self.orchestrator.kill();
+        self.orchestrator = self.orchestrator_on(self.options.port, log)?;
+        Ok(())
+    }
+
     /// Another orchestrator process on the same emulator, cluster and namespace (a
     /// replica, or the same one restarted), on `port`, logging to `<scratch>/<log>`.
     pub fn orchestrator_on(&self, port: u16, log: &str) -> Result<Orchestrator, PlatformError> {

@@ -237,7 +237,7 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
         }
         // Partway through, replica B dies (SIGKILL: no shutdown path) and comes back.
         if done >= OPS / 2 && counts.kills == 0 {
-            if let Some(dead) = replica_b.take() {
+            if let Some(mut dead) = replica_b.take() {
                 dead.kill();
                 counts.kills += 1;
             }
