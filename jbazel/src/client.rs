@@ -8,14 +8,18 @@
 //!   the server finishes (exit 8); second Ctrl-C: the client dies by SIGINT at once;
 //! - SIGTERM/SIGHUP: Cancel (waited for briefly), then die by that signal (128+signal);
 //! - a broken stdout/stderr pipe: Cancel, keep draining, exit with the server's code;
-//! - a lost connection: Cancel through a new connection when possible, exit with the
-//!   output base's abrupt-exit code (37 unless Bazel wrote another).
+//! - a Run stream broken before the exit code (the server died, e.g. out of memory, or the
+//!   connection dropped): Cancel through a new connection when possible, then, as Bazel's
+//!   client, print [`abrupt_message`] (or [`no_exit_code_message`] for a stream that ended
+//!   without one) and exit with the code the server left in the output base
+//!   ([`crate::mirror::Mirror::take_abrupt_exit_code`]: 37 unless Bazel wrote another).
 
 use crate::paths::StreamRewriter;
 use proto::command_server::command_server_client::CommandServerClient;
 use proto::command_server::{CancelRequest, ExecRequest, PingRequest, RunRequest, RunResponse};
 use proto::error_chain::ErrorChain;
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tonic::transport::Channel;
@@ -134,26 +138,40 @@ impl Signals {
     }
 }
 
-/// Sends Cancel for a command; true when the server answered.
+/// Sends Cancel for a command; true when the server answered (a failure is logged).
 pub async fn cancel(channel: Channel, cookie: String, command_id: String) -> bool {
+    match try_cancel(channel, cookie, &command_id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(command_id = %command_id, error = %ErrorChain(&e), "cancel failed");
+            false
+        }
+    }
+}
+
+/// Why a Cancel did not reach the server.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no answer to Cancel: {}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    #[error("no answer to Cancel within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends Cancel for a command, waiting at most [`CANCEL_TIMEOUT`].
+async fn try_cancel(channel: Channel, cookie: String, command_id: &str) -> Result<(), CancelError> {
     let mut c = CommandServerClient::new(channel);
     let req = CancelRequest {
         cookie,
-        command_id: command_id.clone(),
+        command_id: command_id.to_string(),
     };
     match tokio::time::timeout(CANCEL_TIMEOUT, c.cancel(req)).await {
         Ok(Ok(_)) => {
             tracing::debug!(command_id = %command_id, "cancel sent");
-            true
+            Ok(())
         }
-        Ok(Err(status)) => {
-            tracing::warn!(command_id = %command_id, error = %ErrorChain(&status), "cancel failed");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(command_id = %command_id, "cancel timed out");
-            false
-        }
+        Ok(Err(status)) => Err(CancelError::Status(status)),
+        Err(_) => Err(CancelError::Timeout(CANCEL_TIMEOUT)),
     }
 }
 
@@ -261,8 +279,16 @@ pub async fn run(
                 Ok(None) => break,
                 Err(status) => {
                     out.finish();
+                    // Usually the server died: a failed Cancel is expected, and the caller
+                    // tells the user what happened.
                     let cancelled = match &command_id {
-                        Some(id) => cancel(channel.clone(), cookies.request.clone(), id.clone()).await,
+                        Some(id) => match try_cancel(channel.clone(), cookies.request.clone(), id).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(command_id = %id, error = %ErrorChain(&e), "no Cancel after the stream broke");
+                                false
+                            }
+                        },
                         None => false,
                     };
                     return Err(ClientError::Lost { status, cancelled });
@@ -305,6 +331,37 @@ pub async fn run(
     }
 }
 
+/// The gRPC code Bazel's client would report for a status: a status made here from a
+/// broken connection (it carries its transport cause; tonic calls it UNKNOWN or CANCELLED)
+/// is 14 (UNAVAILABLE), as gRPC C++ reports a closed socket; one the server sent keeps its
+/// code.
+pub fn reported_code(status: &tonic::Status) -> i32 {
+    if std::error::Error::source(status).is_some() {
+        tonic::Code::Unavailable as i32
+    } else {
+        status.code() as i32
+    }
+}
+
+/// Bazel's client's line (`BlazeServer::Communicate`, Bazel 4.2.3) for a Run stream that
+/// failed before the exit code; `log` is the server's log as the user can open it.
+pub fn abrupt_message(status: &tonic::Status, log: &Path) -> String {
+    format!(
+        "Server terminated abruptly (error code: {}, error message: '{}', log file: '{}')",
+        reported_code(status),
+        status.message(),
+        log.display()
+    )
+}
+
+/// Bazel's client's line for a Run stream that ended without an exit code.
+pub fn no_exit_code_message(log: &Path) -> String {
+    format!(
+        "Server finished RPC without an explicit exit code (log file: '{}')",
+        log.display()
+    )
+}
+
 /// Dies by `sig` (default disposition, re-raised) so the parent sees 128+signal; exits with
 /// that code if the signal does not kill.
 pub fn die_by_signal(sig: i32) -> ! {
@@ -341,4 +398,35 @@ pub fn exec(req: &ExecRequest) -> std::io::Error {
         cmd.env(os(&v.name), os(&v.value));
     }
     cmd.exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abrupt_messages_read_as_bazels() {
+        let log = Path::new("/fs/alice/0123/out/server/jvm.out");
+        // A broken connection (made here, with its cause) reads as gRPC C++ reports it.
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        assert_eq!(
+            abrupt_message(&broken, log),
+            "Server terminated abruptly (error code: 14, error message: 'stream closed because \
+             of a broken pipe', log file: '/fs/alice/0123/out/server/jvm.out')"
+        );
+        // A status the server sent keeps its code.
+        assert_eq!(
+            abrupt_message(&tonic::Status::internal("boom"), log),
+            "Server terminated abruptly (error code: 13, error message: 'boom', log file: \
+             '/fs/alice/0123/out/server/jvm.out')"
+        );
+        assert_eq!(
+            no_exit_code_message(log),
+            "Server finished RPC without an explicit exit code (log file: \
+             '/fs/alice/0123/out/server/jvm.out')"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use jbazel::identity::{self, Identity};
 use jbazel::mirror::{self, Mirror};
 use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
-use jbazel::progress::{PlainLines, Progress, Spinner};
+use jbazel::progress::{PlainLines, Progress, Spinner, TICK};
 use jbazel::rc::{self, DiskFs, RcLocations};
 use jbazel::{endpoint_cache, file_flags, links, terminal, workspace};
 use proto::command_server::RunRequest;
@@ -408,11 +408,8 @@ async fn find_target(plan: &Plan) -> Result<(Target, Option<Channel>), Fail> {
         .clone()
         .map(|e| tokio::spawn(async move { hop::dial_pod_ip(&e.ip, e.port).await }));
     let mut progress = stderr_progress();
-    let mut oc = orchestrator_client::connect(&s.orchestrator)
-        .await
-        .map_err(|e| fail(LOCAL_ENV, e))?;
     let loc = orchestrator_client::await_ready(
-        &mut oc,
+        &s.orchestrator,
         &ids,
         Duration::from_secs(s.deadline_secs),
         progress.as_mut(),
@@ -468,7 +465,7 @@ async fn find_target(plan: &Plan) -> Result<(Target, Option<Channel>), Fail> {
 /// Progress on stderr: a spinner on a terminal, plain lines otherwise.
 fn stderr_progress() -> Box<dyn Progress> {
     if terminal::isatty(&std::io::stderr()) {
-        Box::new(Spinner::new(std::io::stderr()))
+        Box::new(Spinner::new(std::io::stderr(), terminal::stderr_columns()))
     } else {
         Box::new(PlainLines::new(std::io::stderr()))
     }
@@ -478,6 +475,24 @@ fn stderr_progress() -> Box<dyn Progress> {
 /// shared storage, where file notifications do not cross machines).
 const SERVER_RETRY: Duration = Duration::from_millis(250);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// The stage shown while a restarting server is waited for.
+const SERVER_STARTING: &str = "waiting for the Bazel server to start";
+
+/// Awaits `work`, ticking `progress` meanwhile (so a slow hop or Ping never leaves the
+/// user without news).
+async fn ticking<F: std::future::Future>(
+    work: F,
+    progress: &mut dyn Progress,
+    ticker: &mut tokio::time::Interval,
+) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = ticker.tick() => progress.tick(),
+        }
+    }
+}
 
 /// Connects to the server once it serves: its cookies are published and it answers Ping
 /// with them. Used when it is not serving on the first try (after `shutdown`, `clean
@@ -489,11 +504,10 @@ async fn wait_for_server(
     why: &str,
 ) -> Result<(tonic::transport::Channel, Cookies), Fail> {
     let mut progress = stderr_progress();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_reason = why.to_string();
-    progress.stage(
-        "server",
-        &format!("waiting for the Bazel server to start: {why}"),
-    );
+    progress.stage(SERVER_STARTING, why);
     loop {
         let attempt = async {
             let cookies =
@@ -506,7 +520,7 @@ async fn wait_for_server(
                 .map_err(|e| ErrorChain(&e).to_string())?;
             Ok::<_, String>((channel, cookies))
         };
-        match attempt.await {
+        match ticking(attempt, progress.as_mut(), &mut ticker).await {
             Ok(ready) => {
                 progress.finish();
                 tracing::debug!(waited_for = %last_reason, "the Bazel server is serving");
@@ -525,14 +539,15 @@ async fn wait_for_server(
                     ));
                 }
                 if reason != last_reason {
-                    progress.stage(
-                        "server",
-                        &format!("waiting for the Bazel server to start: {reason}"),
-                    );
+                    progress.stage(SERVER_STARTING, &reason);
                     last_reason = reason;
                 }
-                progress.tick();
-                tokio::time::sleep(SERVER_RETRY).await;
+                ticking(
+                    tokio::time::sleep(SERVER_RETRY),
+                    progress.as_mut(),
+                    &mut ticker,
+                )
+                .await;
             }
         }
     }
@@ -643,9 +658,28 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             Err(fail(client::INTERNAL_ERROR, e))
         }
         Err(e @ client::ClientError::Signals(_)) => Err(fail(client::INTERNAL_ERROR, e)),
-        Err(e) => {
-            let code = plan.mirror.abrupt_exit_code();
-            Err(fail(code, anyhow!(e).context(format!("server {target}"))))
+        // The stream broke before the exit code: as Bazel's client, say so and exit with
+        // the code the server left (the message goes after all the output, on its own line).
+        Err(client::ClientError::Lost { status, cancelled }) => {
+            let log = plan.mirror.server_log();
+            eprint!("\n{}\n", client::abrupt_message(&status, &log));
+            if cancelled {
+                eprintln!(
+                    "jbazel: lost the connection to the Bazel server at {target}, which is \
+                     still up; the command was cancelled there"
+                );
+            }
+            tracing::debug!(error = %ErrorChain(&status), %target, cancelled, "Run stream broken");
+            Ok(Done::Exit(plan.mirror.take_abrupt_exit_code()))
         }
+        Err(client::ClientError::NoExitCode) => {
+            let log = plan.mirror.server_log();
+            eprint!("\n{}\n", client::no_exit_code_message(&log));
+            Ok(Done::Exit(plan.mirror.take_abrupt_exit_code()))
+        }
+        Err(e @ client::ClientError::NotTaken { .. }) => Err(fail(
+            client::INTERNAL_ERROR,
+            anyhow!(e).context(format!("server {target}")),
+        )),
     }
 }

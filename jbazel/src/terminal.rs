@@ -8,6 +8,23 @@ pub fn isatty(fd: &impl AsRawFd) -> bool {
     unsafe { libc::isatty(fd.as_raw_fd()) == 1 }
 }
 
+/// The width of stderr's terminal (where progress is drawn); 0 when unknown.
+pub fn stderr_columns() -> usize {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we own.
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } != -1;
+    if ok {
+        usize::from(ws.ws_col)
+    } else {
+        0
+    }
+}
+
 /// Bazel's `GetTerminalColumns()`: the width of stdout's terminal, else `$COLUMNS`, else 80.
 pub fn columns() -> u32 {
     let mut ws = libc::winsize {

@@ -485,6 +485,111 @@ fn interrupts_and_lost_connections_cancel_and_free_the_lock() {
     assert_next_command_is_not_blocked(&srv, "after a lost connection");
 }
 
+/// A server that dies mid-command (SIGKILL, as the kernel's OOM killer would): jbazel says
+/// and exits what the real Bazel client says and exits on the same server, with and without
+/// an exit code left by the server in the output base.
+#[test]
+fn a_server_killed_mid_command_exits_like_the_real_client() {
+    let _g = serial();
+    let extra = vec![(
+        "slow/BUILD".to_string(),
+        // Unsandboxed so it can tell the test it started and which process to end; the
+        // sleep is the shell itself (exec), so its pid is the one written.
+        "genrule(name = \"slow\", outs = [\"slow.txt\"], tags = [\"no-sandbox\", \"no-cache\"],\n\
+         cmd = \"echo $$$$ > {T}/action.pid; touch {T}/started; exec sleep 300\")\n"
+            .to_string(),
+    )];
+    let mut srv = BazelServer::start(Options {
+        files: extra,
+        ..Default::default()
+    })
+    .expect("bazel server");
+    let jb = jbazel_bin();
+    let marker = srv.tmp.path().join("started");
+    let action_pid = srv.tmp.path().join("action.pid");
+    // Where Bazel 4.2.3's server leaves it (CustomExitCodePublisher) and its client reads it.
+    let left_file = srv.out.join("exit_code_to_use_on_abrupt_exit");
+    let mut fresh = true;
+    // Nothing left: 37. What the server writes (`33` after an OutOfMemoryError): that code.
+    // With a trailing newline the real client ignores it, and so does jbazel.
+    for (left, want) in [(None, 37), (Some("33"), 33), (Some("33\n"), 37)] {
+        let mut seen = Vec::new();
+        for client in ["bazel", "jbazel"] {
+            if !fresh {
+                srv.restart().expect("restart the server");
+            }
+            fresh = false;
+            if let Some(code) = left {
+                std::fs::write(&left_file, code).expect("write the abrupt-exit code");
+            }
+            let _ = std::fs::remove_file(&marker);
+            let mut c = if client == "bazel" {
+                srv.real_bazel(&["build", "//slow:slow"])
+            } else {
+                srv.jbazel(&jb, "", &["build", "//slow:slow"])
+            };
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = c.spawn().expect("spawn the client");
+            support::wait_for("the slow action to start", Duration::from_secs(120), || {
+                marker.exists()
+            })
+            .expect("slow action");
+            let server = nix::unistd::Pid::from_raw(srv.server_pid);
+            nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGKILL)
+                .expect("SIGKILL the server");
+            let st = wait_child(&mut child, Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("{client} must exit when its server dies"));
+            let err = read_stderr(&mut child);
+            // The orphaned action, so the next server finds the output base free.
+            if let Some(pid) = std::fs::read_to_string(&action_pid)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            support::wait_for("the server to be gone", Duration::from_secs(20), || {
+                !srv.server_alive()
+            })
+            .expect("server gone");
+            eprintln!(
+                "{client}, {left:?} left: exit {:?}\n{}",
+                st.code(),
+                err.trim_end()
+            );
+            assert!(
+                !left_file.exists(),
+                "{client} takes the abrupt-exit code, as Bazel's client does"
+            );
+            seen.push((client, st, err));
+        }
+        let [(_, real, real_err), (_, ours, ours_err)] = &seen[..] else {
+            unreachable!()
+        };
+        assert_eq!(
+            ours.code(),
+            real.code(),
+            "jbazel vs bazel with {left:?} left\n--- bazel\n{real_err}\n--- jbazel\n{ours_err}"
+        );
+        assert_eq!(ours.code(), Some(want), "{ours_err}");
+        for err in [real_err, ours_err] {
+            assert!(
+                err.contains("Server terminated abruptly (error code: 14, error message: '"),
+                "{err}"
+            );
+        }
+        // jbazel names the server's log where the user can open it: the mirror.
+        let log = format!("log file: '{}')", srv.out.join("server/jvm.out").display());
+        assert!(ours_err.contains(&log), "{ours_err}");
+        assert!(
+            real_err.contains("log file: '/work/out/server/jvm.out')"),
+            "{real_err}"
+        );
+    }
+}
+
 /// The next (blocking) command finishes quickly: the slow action was cancelled.
 fn assert_next_command_is_not_blocked(srv: &BazelServer, when: &str) {
     let t = Instant::now();

@@ -141,42 +141,7 @@ impl BazelServer {
         let port = testkit::free_port().context("a free loopback port")?;
 
         let started = Instant::now();
-        let script = r#"set -e
-mount -t tmpfs tmpfs /work
-mkdir -p /work/src /work/out
-mount --bind "$1" /work/src
-mount --bind "$2" /work/out
-cd /work/src
-shift 2
-exec "$@""#;
-        let st = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
-            .arg(&src)
-            .arg(&out)
-            .arg("bazel")
-            .args(server_startup_args(port, &system_rc))
-            .args(["info", "release"])
-            .env_clear()
-            .env("PATH", POD_PATH)
-            .env("HOME", &home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .context("run unshare + bazel info (needs root, util-linux and bazel-bootstrap)")?;
-        if !st.status.success() {
-            bail!(
-                "starting the Bazel server failed ({}): {}",
-                st.status,
-                String::from_utf8_lossy(&st.stderr)
-            );
-        }
-        let pid_file = out.join("server/server.pid.txt");
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .with_context(|| format!("read {}", pid_file.display()))?
-            .trim()
-            .parse()
-            .with_context(|| format!("parse {}", pid_file.display()))?;
+        let pid = launch(&src, &out, port, &system_rc, &home)?;
         let startup = started.elapsed();
 
         // What the supervisor publishes.
@@ -203,6 +168,21 @@ exec "$@""#;
             server_pid: pid,
             startup,
         })
+    }
+
+    /// Starts the server again after it died (e.g. killed by a test), on a new port (the
+    /// old one may linger in TIME_WAIT); the same output base, workspace and rc.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let port = testkit::free_port().context("a free loopback port")?;
+        self.server_pid = launch(&self.src, &self.out, port, &self.system_rc, &self.home)?;
+        self.port = port;
+        Ok(())
+    }
+
+    /// The pid in `out/server/server.pid.txt` is alive.
+    pub fn server_alive(&self) -> bool {
+        self.server_pid > 0 && pid_alive(self.server_pid)
     }
 
     /// `XDG_RUNTIME_DIR` of every jbazel here.
@@ -344,6 +324,47 @@ impl Drop for BazelServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts a Bazel server on `out` for the workspace `src` in its own mount namespace (as
+/// the pod has them: `/work/src`, `/work/out`) and returns its pid.
+fn launch(src: &Path, out: &Path, port: u16, system_rc: &Path, home: &Path) -> Result<i32> {
+    let script = r#"set -e
+mount -t tmpfs tmpfs /work
+mkdir -p /work/src /work/out
+mount --bind "$1" /work/src
+mount --bind "$2" /work/out
+cd /work/src
+shift 2
+exec "$@""#;
+    let st = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(src)
+        .arg(out)
+        .arg("bazel")
+        .args(server_startup_args(port, system_rc))
+        .args(["info", "release"])
+        .env_clear()
+        .env("PATH", POD_PATH)
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("run unshare + bazel info (needs root, util-linux and bazel-bootstrap)")?;
+    if !st.status.success() {
+        bail!(
+            "starting the Bazel server failed ({}): {}",
+            st.status,
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    let pid_file = out.join("server/server.pid.txt");
+    std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("read {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parse {}", pid_file.display()))
 }
 
 /// The platform's server startup options (supervisor's, with a free port and a finite idle
