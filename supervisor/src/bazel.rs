@@ -1,6 +1,17 @@
 //! Talking to the Bazel server: its files in the output base (`server/server.pid.txt`,
 //! `command_port`, cookies), Ping with the request cookie (the response cookie must match),
-//! the protocol `shutdown`, and the process checks (procfs) and signals around it.
+//! the liveness probe that does not count as activity, the protocol `shutdown`, and the
+//! process checks (procfs) and signals around it.
+//!
+//! Ping is a command to Bazel: the server registers it like any command (java.log: "Starting
+//! command ... on thread grpc-nio-worker"), and every command restarts the `--max_idle_secs`
+//! countdown (measured with 4.2.3: an idle timeout of 5 s never fired while Ping came every
+//! second; without it, the server exited 5.000 s after the last Ping). A supervisor that Pings
+//! periodically therefore keeps an idle server alive forever. So Ping proves a fresh server
+//! (the cookie) once, at start; afterwards [`Client::probe`] checks it: a call of a method the
+//! server does not have. grpc-java answers UNIMPLEMENTED on the same event-loop thread that
+//! runs Ping (Bazel's server uses the direct executor), without reaching Bazel's command
+//! manager: the server is shown to serve gRPC, and its idle countdown runs on.
 
 use proto::error_chain::ErrorChain;
 use std::path::{Path, PathBuf};
@@ -34,6 +45,10 @@ pub enum BazelError {
     PingTimeout { addr: String, after: Duration },
     #[error("Ping to {addr}: the response cookie does not match {path:?}")]
     Cookie { addr: String, path: PathBuf },
+    #[error("liveness probe of {addr} failed: {status}")]
+    Probe { addr: String, status: tonic::Status },
+    #[error("liveness probe of {addr} timed out after {after:?}")]
+    ProbeTimeout { addr: String, after: Duration },
     #[error("shutdown via {addr} failed: {reason}")]
     Shutdown { addr: String, reason: String },
 }
@@ -156,6 +171,37 @@ impl Client {
         Ok(())
     }
 
+    /// Checks that the server serves gRPC without counting as a command (so without
+    /// resetting its idle countdown): calls [`PROBE_METHOD`], which the server does not have.
+    /// Ok when the answer is UNIMPLEMENTED (or, should a server ever have it, a reply).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), BazelError> {
+        let addr = &self.files.addr;
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            grpc.unary(
+                tonic::Request::new(()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(PROBE_METHOD),
+                EmptyCodec,
+            )
+            .await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(BazelError::ProbeTimeout {
+                addr: addr.clone(),
+                after: timeout,
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
+            Ok(Err(status)) => Err(BazelError::Probe {
+                addr: addr.clone(),
+                status,
+            }),
+        }
+    }
+
     /// Runs Bazel's own `shutdown` command over the protocol (waits for the command lock, as
     /// the real client does). Ok once the server acknowledged it.
     pub async fn shutdown(&self, timeout: Duration) -> Result<i32, BazelError> {
@@ -209,6 +255,55 @@ impl Client {
         tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+    }
+}
+
+/// The method [`Client::probe`] calls: in Bazel's service, so the server's own gRPC dispatch
+/// answers it, but not one of its methods (Run, Cancel, Ping).
+pub const PROBE_METHOD: &str = "/command_server.CommandServer/JbazelSupervisorLivenessProbe";
+
+/// A codec for the probe: sends an empty message and expects none back (only a status).
+#[derive(Debug, Clone, Copy, Default)]
+struct EmptyCodec;
+
+impl tonic::codec::Codec for EmptyCodec {
+    type Encode = ();
+    type Decode = ();
+    type Encoder = EmptyCodec;
+    type Decoder = EmptyCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EmptyCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EmptyCodec
+    }
+}
+
+impl tonic::codec::Encoder for EmptyCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        _item: (),
+        _dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EmptyCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        _src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        // Unreachable in practice: the method does not exist, so no reply message comes.
+        Ok(Some(()))
     }
 }
 

@@ -17,13 +17,16 @@ pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_SYSTEM_BAZELRC: &str = "/etc/jbazel/system.bazelrc";
 /// Default filestore root (the contracts' `MOCK_FILESTORE_PATH`).
 pub const DEFAULT_FILESTORE_ROOT: &str = "/tmp/mock-filestore";
+/// Kubernetes' default `terminationMessagePath`.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// PID 1 of a jbazel Bazel-server pod.
 ///
 /// Pivots the mount namespace so the user's source and output dirs from the filestore appear
-/// at /work/src and /work/out, starts the Bazel server there, health-checks it (Ping with the
-/// request cookie), serves /readyz and /healthz, reports readiness to the orchestrator, reaps
-/// zombies and shuts Bazel down cleanly on SIGTERM.
+/// at /work/src and /work/out, takes the output-base lock, starts the Bazel server there
+/// (Ping with the request cookie), health-checks it, serves /readyz and /healthz, reports
+/// readiness to the orchestrator, restarts a crashed server, ends the pod when the server
+/// idles out, reaps zombies and shuts Bazel down cleanly on SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "supervisor", version, about, long_about)]
 pub struct Cli {
@@ -114,9 +117,20 @@ pub struct Opts {
     #[arg(long, env = "BAZEL_COMMAND_PORT", default_value_t = DEFAULT_COMMAND_PORT, global = true)]
     pub command_port: u16,
 
-    /// Bazel's --max_idle_secs (0: the server never idles out).
-    #[arg(long, env = "BAZEL_MAX_IDLE_SECS", default_value_t = 0, global = true)]
-    pub max_idle_secs: u64,
+    /// Seconds without a command after which the Bazel server exits and the supervisor ends
+    /// the pod (exit 0, termination message `idle: no command for N s`). Passed to Bazel as
+    /// --max_idle_secs. A positive whole number; default 10800 (3 h, Bazel's own default).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", global = true)]
+    pub idle_timeout_secs: Option<String>,
+
+    /// Where the idle exit's termination message goes (Kubernetes reads it into the
+    /// container's status). Written only when the file exists and is writable.
+    #[arg(long, env = "TERMINATION_LOG_PATH", default_value = DEFAULT_TERMINATION_LOG, global = true)]
+    pub termination_log: PathBuf,
+
+    /// The cgroup filesystem: the memory limit (sizes the Java heap) and the OOM-kill counter.
+    #[arg(long, env = "CGROUP_ROOT", default_value = crate::cgroup::DEFAULT_CGROUP_ROOT, global = true)]
+    pub cgroup_root: PathBuf,
 
     /// The Bazel client used to start the server.
     #[arg(long, env = "BAZEL", default_value = "bazel", global = true)]
@@ -131,11 +145,12 @@ pub struct Opts {
     #[arg(long, env = "BWRAP", default_value = "bwrap", global = true)]
     pub bwrap: PathBuf,
 
-    /// Health endpoint: GET /readyz (200 when Bazel answers Ping) and /healthz.
+    /// Health endpoint: GET /readyz (200 while the Bazel server answers) and /healthz.
     #[arg(long, env = "HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR, global = true)]
     pub health_addr: SocketAddr,
 
-    /// Seconds between health Pings of the Bazel server.
+    /// Seconds between health checks of the Bazel server (process, files, a gRPC probe that
+    /// does not count as a command, so it does not keep an idle server alive).
     #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 2, global = true)]
     pub health_interval_secs: u64,
 

@@ -6,15 +6,20 @@
 //! It creates nothing and mounts nothing, so a refused input leaves no trace.
 
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use proto::names::{InvalidName, RepoHash, SessionId, UserId};
 
+use crate::cgroup::{self, MemoryLimit};
 use crate::cli::{Command, Opts};
 
 /// Largest system rc accepted (it is copied into the output base and sent with every command).
 pub const MAX_SYSTEM_RC_BYTES: u64 = 1 << 20;
+
+/// The idle timeout without IDLE_TIMEOUT_SECS: 3 h, Bazel's own `--max_idle_secs` default.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 10_800;
+/// Bazel's `--max_idle_secs` is a Java int.
+pub const MAX_IDLE_TIMEOUT_SECS: u32 = i32::MAX as u32;
 
 /// Why the configuration was refused. Messages name the variable or the path.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +64,11 @@ pub enum ConfigError {
     /// The orchestrator address is not an http(s) URL.
     #[error("ORCHESTRATOR_ADDR {0:?} must be an http:// or https:// URL")]
     OrchestratorAddr(String),
-    /// POD_IP is not an IP address.
-    #[error("POD_IP {0:?} is not an IP address")]
-    PodIp(String),
+    /// IDLE_TIMEOUT_SECS is not a positive whole number of seconds Bazel accepts.
+    #[error(
+        "IDLE_TIMEOUT_SECS {0} must be a whole number of seconds from 1 to {MAX_IDLE_TIMEOUT_SECS}"
+    )]
+    IdleTimeout(String),
 }
 
 /// What the supervisor runs in the pivoted view.
@@ -97,10 +104,15 @@ pub struct RepoDirs {
 pub struct BazelSettings {
     pub client: PathBuf,
     pub command_port: u16,
-    pub max_idle_secs: u64,
+    /// Bazel's `--max_idle_secs`: the server exits after this long without a command.
+    pub idle_timeout_secs: u32,
     pub system_bazelrc: PathBuf,
     /// The system rc's text, read at validation (published into the output base).
     pub system_bazelrc_text: String,
+    /// The cgroup filesystem (memory limit, OOM-kill counter).
+    pub cgroup_root: PathBuf,
+    /// The container's memory limit, read at validation (sizes the Java heap).
+    pub memory_limit: MemoryLimit,
 }
 
 /// Where readiness is reported.
@@ -220,7 +232,32 @@ pub fn read_system_rc(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
 }
 
-/// Checks the orchestrator address and the pod IP; the pod name defaults to the hostname.
+/// Parses IDLE_TIMEOUT_SECS: unset or empty -> [`DEFAULT_IDLE_TIMEOUT_SECS`]; otherwise
+/// whole seconds, 1 to [`MAX_IDLE_TIMEOUT_SECS`] (0 would mean "never" to Bazel, which is
+/// not an idle timeout). Pure.
+pub fn parse_idle_timeout(value: Option<&str>) -> Result<u32, ConfigError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_IDLE_TIMEOUT_SECS);
+    };
+    let refuse = || {
+        ConfigError::IdleTimeout(if v.len() <= 32 {
+            format!("{v:?}")
+        } else {
+            format!("({} bytes)", v.len())
+        })
+    };
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    match v.parse::<u32>() {
+        Ok(n) if (1..=MAX_IDLE_TIMEOUT_SECS).contains(&n) => Ok(n),
+        _ => Err(refuse()),
+    }
+}
+
+/// Checks the orchestrator address; the pod name defaults to the hostname. POD_IP is kept as
+/// given: without a usable one the supervisor still serves and only skips ReportReady
+/// ([`crate::report::pod_ip`]), since the pod watch makes the row READY anyway.
 pub fn validate_report(
     orchestrator_addr: Option<&str>,
     pod_name: Option<&str>,
@@ -238,9 +275,6 @@ pub fn validate_report(
         None => None,
     };
     let pod_ip = pod_ip.unwrap_or_default();
-    if !pod_ip.is_empty() && pod_ip.parse::<IpAddr>().is_err() {
-        return Err(ConfigError::PodIp(pod_ip.to_owned()));
-    }
     // Kubernetes sets the hostname to the pod name; POD_NAME (downward API) wins.
     let pod_name = match pod_name.filter(|n| !n.is_empty()) {
         Some(n) => n.to_owned(),
@@ -269,6 +303,7 @@ impl Config {
             opts.pod_name.as_deref(),
             opts.pod_ip.as_deref(),
         )?;
+        let idle_timeout_secs = parse_idle_timeout(opts.idle_timeout_secs.as_deref())?;
         let job = match command {
             Some(Command::Run { cmd }) => Job::Run(cmd.clone()),
             Some(Command::Probe) | None => Job::Serve,
@@ -286,6 +321,12 @@ impl Config {
             Job::Serve => read_system_rc(&opts.system_bazelrc)?,
             Job::Run(_) => String::new(),
         };
+        let memory_limit = match job {
+            Job::Serve => cgroup::read_memory_limit(&opts.cgroup_root),
+            Job::Run(_) => MemoryLimit::Unknown {
+                reason: "not read for `run`".into(),
+            },
+        };
         Ok(Config {
             identity,
             dirs,
@@ -293,9 +334,11 @@ impl Config {
             bazel: BazelSettings {
                 client: opts.bazel.clone(),
                 command_port: opts.command_port,
-                max_idle_secs: opts.max_idle_secs,
+                idle_timeout_secs,
                 system_bazelrc: opts.system_bazelrc.clone(),
                 system_bazelrc_text,
+                cgroup_root: opts.cgroup_root.clone(),
+                memory_limit,
             },
             report,
         })
@@ -357,12 +400,46 @@ mod tests {
             validate_report(Some("10.244.0.1:50051"), None, None),
             Err(ConfigError::OrchestratorAddr(_))
         ));
-        assert!(matches!(
-            validate_report(None, None, Some("not-an-ip")),
-            Err(ConfigError::PodIp(_))
-        ));
+        // POD_IP is ReportReady's business (it skips the report), not a reason to refuse.
+        let bad_ip = validate_report(None, None, Some("not-an-ip")).expect("kept");
+        assert_eq!(bad_ip.pod_ip, "not-an-ip");
         let none = validate_report(Some(""), None, None).expect("empty addr = unset");
         assert_eq!(none.orchestrator_addr, None);
+    }
+
+    #[test]
+    fn idle_timeout_table() {
+        // (IDLE_TIMEOUT_SECS, Ok(seconds) or Err(fragment))
+        let long = "9".repeat(1000);
+        let cases: &[(Option<&str>, Result<u32, &str>)] = &[
+            (None, Ok(10_800)),
+            (Some(""), Ok(10_800)),
+            (Some(" 3 "), Ok(3)),
+            (Some("1"), Ok(1)),
+            (Some("2147483647"), Ok(2_147_483_647)),
+            (
+                Some("0"),
+                Err("\"0\" must be a whole number of seconds from 1"),
+            ),
+            (Some("2147483648"), Err("IDLE_TIMEOUT_SECS")),
+            (Some("-5"), Err("\"-5\"")),
+            (Some("+5"), Err("\"+5\"")),
+            (Some("3s"), Err("\"3s\"")),
+            (Some("1.5"), Err("\"1.5\"")),
+            (Some(&long), Err("(1000 bytes)")),
+        ];
+        for (value, want) in cases {
+            match (parse_idle_timeout(*value), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, *w, "{value:?}"),
+                (Err(e), Err(frag)) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with("IDLE_TIMEOUT_SECS "), "{msg}");
+                    assert!(msg.contains(frag), "{msg:?} should contain {frag:?}");
+                    assert!(msg.len() < 200, "{msg}");
+                }
+                (got, want) => panic!("{value:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     fn tree() -> (tempfile::TempDir, PathBuf) {

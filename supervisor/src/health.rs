@@ -1,9 +1,9 @@
 //! Readiness for Kubernetes: a tiny HTTP/1.0 responder (`GET /readyz`, `GET /healthz`) and
 //! the `supervisor probe` client.
 //!
-//! `/readyz` is 200 only while the last Ping of the Bazel server came back with the right
-//! response cookie (the supervising loop keeps [`Readiness`] current); `/healthz` is 200 while
-//! the supervisor runs. Hand-rolled on purpose: two fixed routes do not need an HTTP stack.
+//! `/readyz` is 200 only while the Bazel server answers: its start Ping came back with the
+//! right response cookie and the last health check passed (the supervising loop keeps
+//! [`Readiness`] current); `/healthz` is 200 while the supervisor runs. Hand-rolled on purpose: two fixed routes do not need an HTTP stack.
 
 use proto::error_chain::ErrorChain;
 use std::io::{Read as _, Write as _};

@@ -1,10 +1,14 @@
-//! The Bazel job, run inside the (current-thread) tokio runtime after the pivot: publish the
-//! jbazel files, start the server through the client, Ping it, serve readiness, report it,
-//! restart the server with backoff when it dies, and shut it down cleanly on SIGTERM/SIGINT.
-//! (`supervisor run` needs no runtime: see [`crate::run`].)
+//! The Bazel job, run inside the (current-thread) tokio runtime after the pivot: take the
+//! output-base lock ([`crate::lock`]), publish the jbazel files, start the server through the
+//! client, Ping it once, then watch it without keeping it busy ([`Client::probe`]), serve
+//! readiness, report it, and when the server ends on its own: after its idle timeout, end
+//! the pod (exit 0, termination message); otherwise name the reason ([`server_end`]) and
+//! restart it with backoff. SIGTERM/SIGINT shut it down cleanly; the lock is released only
+//! once the server is gone. (`supervisor run` needs no runtime: see [`crate::run`].)
 
 use proto::error_chain::ErrorChain;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,14 +18,17 @@ use tracing::Instrument as _;
 
 use crate::backoff::backoff;
 use crate::bazel::{self, Client};
+use crate::cgroup;
 use crate::config::Config;
 use crate::health::{self, Readiness};
+use crate::lock::{self, OutputBaseLock};
 use crate::pivot;
 use crate::plan::MountPlan;
 use crate::publish;
 use crate::reaper::{ExitInfo, Reaper};
 use crate::relay;
 use crate::report;
+use crate::server_end::{self, EndFacts, ServerEnd};
 use crate::signals::Shutdown;
 
 /// Settings of the Bazel job besides the config and the plan.
@@ -31,6 +38,8 @@ pub struct ServeSettings {
     pub health_interval: Duration,
     pub grace: Duration,
     pub startup_deadline: Duration,
+    /// Where the idle exit writes its termination message (only into an existing file).
+    pub termination_log: PathBuf,
 }
 
 /// First restart delay after the server died or failed to start; doubles up to 30 s.
@@ -38,15 +47,27 @@ const RESTART_FIRST: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A server that ran this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// Consecutive failed Pings of a live server before it counts as hung and is replaced.
-const HUNG_AFTER_PINGS: u32 = 15;
+/// Consecutive failed health checks of a live server before it counts as hung and is replaced.
+const HUNG_AFTER_CHECKS: u32 = 15;
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A server whose process is gone, or whose files vanished, or that stopped answering, is
+/// given this long to deliver its exit status before the supervisor decides without it (a
+/// server deletes its files and closes its port while it exits, 0.3 s before the exit).
+const EXIT_SETTLE: Duration = Duration::from_secs(3);
+/// How often a supervisor waiting for the output-base lock tries it again, and how often it
+/// says that it still waits.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+const LOCK_LOG_EVERY: Duration = Duration::from_secs(5);
+/// The readiness detail (and log message) while another server holds the output base.
+pub const WAITING_FOR_LOCK: &str = "waiting for the previous server to release the output base";
 
 /// A started, answering server.
 struct Running {
     client: Client,
     pid: i32,
     exited: Option<oneshot::Receiver<ExitInfo>>,
+    /// The cgroup's OOM-kill counter at the last health check.
+    oom_kills: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +92,10 @@ enum StartError {
 /// How monitoring ended.
 enum End {
     Shutdown,
-    Died(String),
+    /// The process is gone; its exit status when the reaper delivered one.
+    Exited(Option<ExitInfo>),
+    /// Alive but of no use (hung, or its output base emptied): replace it.
+    Replace(String),
 }
 
 /// The Bazel job. Returns the process exit code (0 after a clean shutdown).
@@ -114,13 +138,43 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
 
     let out = &plan.out_seen_by_supervisor;
     let env = publish::client_env_text(|k| std::env::var(k).ok());
+    let heap = cgroup::heap_for(&cfg.bazel.memory_limit);
+    tracing::info!(
+        xmx_mib = heap.xmx_mib,
+        reason = %heap.reason,
+        idle_timeout_secs = cfg.bazel.idle_timeout_secs,
+        "Bazel server settings"
+    );
+    if let Some(w) = &heap.warning {
+        tracing::warn!(warning = %w, "small memory limit");
+    }
+    let holder = format!("pod={} pid={}", cfg.report.pod_name, nix::unistd::getpid());
 
+    let mut lock: Option<OutputBaseLock> = None;
     let mut failures = 0u32;
     // The client of the start under way, to stop it when shutdown interrupts a start.
     let client_pid = std::cell::Cell::new(None);
     let code = loop {
         if shutdown.requested() {
             break stop_leftovers(out, None, s.grace).await;
+        }
+        // Before every start, before the output base is touched: this supervisor's server must
+        // be the only one on it. Held across restarts; taken again if `clean --expunge`
+        // deleted the file under it.
+        if !lock.as_ref().is_some_and(OutputBaseLock::still_held) {
+            if let Some(old) = lock.take() {
+                tracing::warn!(lock = %old.path().display(),
+                    "the output-base lock file was removed or replaced (clean --expunge?); taking the lock again");
+            }
+            match acquire_lock(out, &holder, &readiness, &mut shutdown).await {
+                Ok(Some(l)) => lock = Some(l),
+                Ok(None) => break stop_leftovers(out, None, s.grace).await,
+                Err(e) => {
+                    tracing::error!(error = %ErrorChain(&e), "cannot take the output-base lock");
+                    eprintln!("supervisor: {}", ErrorChain(&e));
+                    break 1;
+                }
+            }
         }
         // Before every start: an expunge may have removed them with everything else.
         if let Err(e) = publish::publish(out, &cfg.bazel.system_bazelrc_text, &env) {
@@ -132,7 +186,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
         let began = Instant::now();
         readiness.set(false, "starting the Bazel server");
         let started = tokio::select! {
-            r = start(plan, s, reaper, &client_pid) => r,
+            r = start(plan, s, reaper, &client_pid, &cfg.bazel.cgroup_root) => r,
             _ = shutdown.wait() => break stop_leftovers(out, client_pid.take(), s.grace).await,
         };
         let mut server = match started {
@@ -154,7 +208,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             }
         };
         let pid = server.pid;
-        readiness.set(true, format!("Bazel server pid {pid} answers Ping"));
+        readiness.set(true, format!("Bazel server pid {pid} answers"));
         tracing::info!(pid, addr = %server.client.files().addr, startup_ms = began.elapsed().as_millis() as u64, "Bazel server ready");
         let reporter = tokio::spawn(
             report::report_ready(
@@ -164,9 +218,9 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             )
             .in_current_span(),
         );
-        let end = monitor(&mut server, s, &readiness, &mut shutdown, out).await;
+        let end = monitor(&mut server, s, &readiness, &mut shutdown, out, cfg).await;
         reporter.abort();
-        match end {
+        let why = match end {
             End::Shutdown => {
                 readiness.set(false, "shutting down");
                 let how =
@@ -174,16 +228,12 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
                 tracing::info!(pid, ?how, "Bazel server stopped");
                 break if how == bazel::Stopped::Failed { 1 } else { 0 };
             }
-            End::Died(why) => {
-                readiness.set(false, why.clone());
-                failures = if began.elapsed() > STABLE_AFTER {
-                    1
-                } else {
-                    failures + 1
-                };
+            End::Replace(why) => {
+                // Hung or stale, not dead: replace it (Shutdown first; signals if hung).
+                failures = next_failures(failures, began.elapsed());
                 tracing::warn!(pid, reason = %why, failures, "Bazel server gone; restarting");
+                readiness.set(false, why);
                 if bazel::alive(pid) && bazel::is_our_server(pid) {
-                    // Hung or stale, not dead: replace it (Shutdown first; signals if hung).
                     let _ = bazel::stop(
                         Some(&server.client),
                         pid,
@@ -194,14 +244,58 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
                 }
                 reaper.unwatch(pid);
                 if !pause_unless_shutdown(failures, &mut shutdown).await {
-                    break 0;
+                    break stop_leftovers(out, None, s.grace).await;
+                }
+                continue;
+            }
+            End::Exited(status) => classify_end(out, pid, status, server.oom_kills, cfg),
+        };
+        reaper.unwatch(pid);
+        let reason = format!("Bazel server pid {pid} {}", why.describe());
+        readiness.set(false, reason.clone());
+        if why == ServerEnd::Idle {
+            tracing::info!(
+                pid,
+                idle_timeout_secs = cfg.bazel.idle_timeout_secs,
+                "Bazel server exited after its idle timeout; ending the pod"
+            );
+            write_idle_message(&s.termination_log, cfg.bazel.idle_timeout_secs);
+            break 0;
+        }
+        if let ServerEnd::OomKilled { .. } = why {
+            match server_end::write_abrupt_exit_code(out, server_end::BAZEL_OOM_EXIT) {
+                Ok(files) => tracing::info!(
+                    pid,
+                    ?files,
+                    code = server_end::BAZEL_OOM_EXIT,
+                    "wrote the abrupt-exit code for the client of the interrupted command"
+                ),
+                Err(e) => {
+                    tracing::warn!(pid, error = %ErrorChain(&e), "cannot write the abrupt-exit code")
                 }
             }
+        }
+        if why.is_failure() {
+            failures = next_failures(failures, began.elapsed());
+            tracing::error!(pid, reason = %why.describe(), exit = ?why.status(), failures,
+                uptime_secs = began.elapsed().as_secs(), "Bazel server gone; restarting");
+        } else {
+            failures = 0;
+            tracing::info!(pid, reason = %why.describe(), "Bazel server gone; restarting");
+        }
+        if !pause_unless_shutdown(failures, &mut shutdown).await {
+            break stop_leftovers(out, None, s.grace).await;
         }
     };
     // Whatever else still runs under us (a client killed mid-start leaves its half-started
     // server behind; an orphan of a build action) goes too: the pod's job is over.
     stop_children(reaper, Duration::from_secs(3)).await;
+    // Only now, with no server of ours left, may the next supervisor start one.
+    if let Some(l) = lock {
+        let path = l.path().to_owned();
+        drop(l);
+        tracing::info!(lock = %path.display(), "released the output-base lock");
+    }
     health.abort();
     if let Some(r) = relay {
         r.abort();
@@ -212,6 +306,87 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
         "supervisor exiting"
     );
     code
+}
+
+/// The failure count after another failure: back to 1 after a server that ran long enough.
+fn next_failures(failures: u32, uptime: Duration) -> u32 {
+    if uptime > STABLE_AFTER {
+        1
+    } else {
+        failures.saturating_add(1)
+    }
+}
+
+/// Gathers what [`server_end::classify`] needs about a server that is gone, and classifies.
+fn classify_end(
+    out: &Path,
+    pid: i32,
+    exit: Option<ExitInfo>,
+    oom_kills_before: Option<u64>,
+    cfg: &Config,
+) -> ServerEnd {
+    let facts = EndFacts {
+        exit,
+        log: server_end::read_log_end(out, pid),
+        oom_kills_before,
+        oom_kills_after: cgroup::read_oom_kills(&cfg.bazel.cgroup_root),
+    };
+    let why = server_end::classify(&facts);
+    tracing::debug!(pid, ?facts, ?why, "Bazel server ended");
+    why
+}
+
+/// The idle exit's termination message, for Kubernetes (and the orchestrator) to read.
+fn write_idle_message(path: &Path, idle_timeout_secs: u32) {
+    let message = server_end::idle_message(idle_timeout_secs);
+    match server_end::write_termination_message(path, &message) {
+        Ok(true) => {
+            tracing::info!(path = %path.display(), message = %message, "wrote the termination message")
+        }
+        Ok(false) => tracing::info!(path = %path.display(), message = %message,
+            "no termination-message file (not in Kubernetes?); not writing one"),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot write the termination message"),
+    }
+}
+
+/// Waits for the output-base lock: tries it every [`LOCK_POLL`], says so at once and then every
+/// [`LOCK_LOG_EVERY`], readiness false meanwhile. Ok(None) when shutdown was requested first.
+async fn acquire_lock(
+    out: &Path,
+    holder: &str,
+    readiness: &Readiness,
+    shutdown: &mut Shutdown,
+) -> Result<Option<OutputBaseLock>, lock::LockError> {
+    let began = Instant::now();
+    let mut said_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(LOCK_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => {
+                tracing::info!(waited_ms = began.elapsed().as_millis() as u64,
+                    "shutdown while waiting for the output-base lock");
+                return Ok(None);
+            }
+            _ = tick.tick() => {}
+        }
+        if let Some(l) = OutputBaseLock::try_acquire(out, holder)? {
+            tracing::info!(lock = %l.path().display(), waited_ms = began.elapsed().as_millis() as u64,
+                "took the output-base lock");
+            return Ok(Some(l));
+        }
+        if said_at.is_none_or(|t| t.elapsed() >= LOCK_LOG_EVERY) {
+            readiness.set(false, WAITING_FOR_LOCK);
+            tracing::info!(
+                lock = %OutputBaseLock::path_in(out).display(),
+                holder = %lock::holder_note(out),
+                waited_secs = began.elapsed().as_secs(),
+                "{WAITING_FOR_LOCK}"
+            );
+            said_at = Some(Instant::now());
+        }
+    }
 }
 
 /// Waits the restart backoff; false when shutdown was requested meanwhile.
@@ -233,6 +408,7 @@ async fn start(
     s: &ServeSettings,
     reaper: &Reaper,
     client_pid_slot: &std::cell::Cell<Option<i32>>,
+    cgroup_root: &Path,
 ) -> Result<Running, (StartError, Option<i32>)> {
     let deadline = Instant::now() + s.startup_deadline;
     let mut cmd = pivot::command_in_view(plan, &plan.command);
@@ -271,12 +447,14 @@ async fn start(
     // The client returns once the server is up; Ping proves it (and the cookie).
     let mut last = String::new();
     while Instant::now() < deadline {
+        let oom_kills = cgroup::read_oom_kills(cgroup_root);
         match client.ping(PING_TIMEOUT).await {
             Ok(()) => {
                 return Ok(Running {
                     client,
                     pid,
                     exited: Some(exited),
+                    oom_kills,
                 })
             }
             Err(e) => last = e.to_string(),
@@ -289,14 +467,17 @@ async fn start(
     Err((StartError::NoPing(last), None))
 }
 
-/// Pings the server every interval until it dies, hangs, has its output base emptied under
-/// it, or shutdown is requested.
+/// Watches the server every interval until it exits, hangs, has its output base emptied
+/// under it, or shutdown is requested. The check is the process (procfs), its files, and
+/// [`Client::probe`]: not Ping, which would count as a command and keep an idle server from
+/// ever reaching its idle timeout.
 async fn monitor(
     server: &mut Running,
     s: &ServeSettings,
     readiness: &Readiness,
     shutdown: &mut Shutdown,
-    out: &std::path::Path,
+    out: &Path,
+    cfg: &Config,
 ) -> End {
     let mut tick = tokio::time::interval(s.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,31 +494,45 @@ async fn monitor(
             _ = shutdown.wait() => return End::Shutdown,
             status = exited => {
                 server.exited = None;
-                return End::Died(format!("Bazel server pid {pid} exited: {status:?}"));
+                return End::Exited(status);
             }
             _ = tick.tick() => {
                 if !bazel::alive(pid) {
-                    return End::Died(format!("Bazel server pid {pid} is gone"));
+                    return End::Exited(exit_within(server, EXIT_SETTLE).await.flatten());
                 }
-                match server.client.ping(PING_TIMEOUT).await {
+                // Read before the probe, kept only if the probe then succeeds: a server the
+                // kernel has OOM-killed cannot answer, so a kept value predates its kill.
+                let oom_kills = cgroup::read_oom_kills(&cfg.bazel.cgroup_root);
+                match server.client.probe(PING_TIMEOUT).await {
                     Ok(()) if !publish::server_files_intact(out, &server.client.files().request_cookie) => {
-                        // `clean --expunge` on the mounted output base: Bazel's own client
+                        // A server deletes its files as it exits (idle, `shutdown`): let the
+                        // exit arrive. If it does not, `clean --expunge` or a user's `rm -rf`
+                        // emptied the output base under a live server: Bazel's own client
                         // would have a shut-down server here; a stale one fails the next
                         // build, and jbazel cannot find it. Start a fresh one.
-                        return End::Died(format!(
+                        if let Some(status) = exit_within(server, EXIT_SETTLE).await {
+                            return End::Exited(status);
+                        }
+                        return End::Replace(format!(
                             "the output base was emptied under Bazel server pid {pid} (clean --expunge?)"
                         ));
                     }
                     Ok(()) => {
                         failed = 0;
-                        readiness.set(true, format!("Bazel server pid {pid} answers Ping"));
+                        server.oom_kills = oom_kills;
+                        tracing::debug!(pid, "health check: the server serves gRPC");
+                        readiness.set(true, format!("Bazel server pid {pid} answers"));
                     }
                     Err(e) => {
+                        // Exiting (it closes its port first)? Then it is an exit, not a hang.
+                        if let Some(status) = exit_within(server, Duration::from_millis(500)).await {
+                            return End::Exited(status);
+                        }
                         failed += 1;
-                        tracing::warn!(pid, failed, error = %ErrorChain(&e), "Ping failed");
+                        tracing::warn!(pid, failed, error = %ErrorChain(&e), "health check failed");
                         readiness.set(false, e.to_string());
-                        if failed >= HUNG_AFTER_PINGS {
-                            return End::Died(format!("Bazel server pid {pid} did not answer {failed} Pings"));
+                        if failed >= HUNG_AFTER_CHECKS {
+                            return End::Replace(format!("Bazel server pid {pid} did not answer {failed} health checks"));
                         }
                     }
                 }
@@ -346,8 +541,24 @@ async fn monitor(
     }
 }
 
+/// Waits up to `within` for the server's exit status. None: still running. Some(None): it
+/// is gone but the status never came (the reaper had no registration for it).
+async fn exit_within(server: &mut Running, within: Duration) -> Option<Option<ExitInfo>> {
+    let pid = server.pid;
+    let Some(rx) = server.exited.as_mut() else {
+        return (!bazel::alive(pid)).then_some(None);
+    };
+    match tokio::time::timeout(within, rx).await {
+        Ok(status) => {
+            server.exited = None;
+            Some(status.ok())
+        }
+        Err(_) => (!bazel::alive(pid)).then_some(None),
+    }
+}
+
 /// Shutdown while no server was known to be running: stop whatever the pid file names.
-async fn stop_leftovers(out: &std::path::Path, client_pid: Option<i32>, grace: Duration) -> i32 {
+async fn stop_leftovers(out: &Path, client_pid: Option<i32>, grace: Duration) -> i32 {
     if let Some(p) = client_pid.filter(|p| bazel::alive(*p)) {
         tracing::info!(pid = p, "stopping the Bazel client");
         let _ = nix::sys::signal::kill(

@@ -4,15 +4,17 @@
 //!
 //! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (pure) ->
 //! [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a synchronous init loop)
-//! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`bazel`], [`health`],
-//! [`report`], [`publish`], [`reaper`], [`signals`]).
+//! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`lock`], [`bazel`],
+//! [`server_end`], [`cgroup`], [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
 
 pub mod backoff;
 pub mod bazel;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod health;
 pub mod jobs;
+pub mod lock;
 pub mod pivot;
 pub mod plan;
 pub mod publish;
@@ -20,4 +22,5 @@ pub mod reaper;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod server_end;
 pub mod signals;

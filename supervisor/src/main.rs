@@ -162,6 +162,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
         health_interval: Duration::from_secs(opts.health_interval_secs.max(1)),
         grace: Duration::from_secs(opts.grace_period_secs.max(1)),
         startup_deadline: Duration::from_secs(opts.startup_deadline_secs.max(1)),
+        termination_log: opts.termination_log.clone(),
     };
     rt.block_on(
         async {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use proto::names::{RepoHash, SessionId, UserId};
 use serde::Serialize;
 
+use crate::cgroup::{self, HeapChoice};
 use crate::cli::ModeRequest;
 use crate::config::{BazelSettings, Config, Job};
 
@@ -177,8 +178,13 @@ pub struct ServerPlan {
     pub output_base: &'static str,
     pub workspace: &'static str,
     pub command_port: u16,
-    pub max_idle_secs: u64,
+    /// `--max_idle_secs`: after this long without a command the server exits, and so does
+    /// the supervisor (the pod ends).
+    pub idle_timeout_secs: u32,
     pub system_bazelrc: PathBuf,
+    /// The container's memory limit as read at validation, and the heap it gives.
+    pub memory_limit: cgroup::MemoryLimit,
+    pub heap: HeapChoice,
 }
 
 /// The whole plan, as `--dry-run --format json` prints it.
@@ -212,18 +218,27 @@ pub struct MountPlan {
 ///
 /// `--bazelrc=<system rc>` gives the client the image's rc (Bazel reads it as the user rc, in
 /// addition to `/etc/bazel.bazelrc` and the workspace's `.bazelrc`); `info release` makes the
-/// client start the server, wait for it and exit, leaving it running (`--max_idle_secs`).
+/// client start the server, wait for it and exit, leaving it running until it has been idle
+/// for `--max_idle_secs`. `-Xmx` comes from the container's memory limit ([`cgroup::heap_for`]).
 pub fn server_start_argv(b: &BazelSettings) -> Vec<String> {
-    vec![
+    let mut argv = vec![
         b.client.display().to_string(),
         format!("--output_base={WORK_OUT}"),
         format!("--bazelrc={}", b.system_bazelrc.display()),
         format!("--command_port={}", b.command_port),
         "--host_jvm_args=-Djava.net.preferIPv4Stack=true".to_owned(),
-        format!("--max_idle_secs={}", b.max_idle_secs),
+        // Bazel's client asks the JVM for a heap dump on OutOfMemoryError, into the output
+        // base: on the filestore, ~150 MB per crash that nothing removes. The crash itself
+        // is reported (exit 33) and the server restarted; no dumps.
+        "--host_jvm_args=-XX:-HeapDumpOnOutOfMemoryError".to_owned(),
+    ];
+    argv.extend(cgroup::heap_for(&b.memory_limit).startup_option());
+    argv.extend([
+        format!("--max_idle_secs={}", b.idle_timeout_secs),
         "info".to_owned(),
         "release".to_owned(),
-    ]
+    ]);
+    argv
 }
 
 /// The bwrap argv for the same binds, ending with `--` and `command`.
@@ -271,8 +286,10 @@ pub fn plan(
                 output_base: WORK_OUT,
                 workspace: WORK_SRC,
                 command_port: cfg.bazel.command_port,
-                max_idle_secs: cfg.bazel.max_idle_secs,
+                idle_timeout_secs: cfg.bazel.idle_timeout_secs,
                 system_bazelrc: cfg.bazel.system_bazelrc.clone(),
+                memory_limit: cfg.bazel.memory_limit.clone(),
+                heap: cgroup::heap_for(&cfg.bazel.memory_limit),
             }),
         ),
         Job::Run(cmd) => (cmd.clone(), None),
@@ -397,12 +414,20 @@ impl MountPlan {
         if let Some(server) = &self.server {
             let _ = writeln!(
                 s,
-                "server:   output base {}, command port 127.0.0.1:{}, max idle {} s, system rc {}",
+                "server:   output base {}, command port 127.0.0.1:{}, idle timeout {} s, system rc {}",
                 server.output_base,
                 server.command_port,
-                server.max_idle_secs,
+                server.idle_timeout_secs,
                 server.system_bazelrc.display()
             );
+            let heap = match server.heap.xmx_mib {
+                Some(n) => format!("-Xmx{n}m"),
+                None => "no -Xmx".to_owned(),
+            };
+            let _ = writeln!(s, "heap:     {heap}: {}", server.heap.reason);
+            if let Some(w) = &server.heap.warning {
+                let _ = writeln!(s, "          warning: {w}");
+            }
         }
         let _ = writeln!(s, "bwrap:    {}", join_argv(&self.bwrap_argv));
         s
@@ -576,9 +601,14 @@ mod tests {
             bazel: BazelSettings {
                 client: PathBuf::from("bazel"),
                 command_port: 9001,
-                max_idle_secs: 0,
+                idle_timeout_secs: 10_800,
                 system_bazelrc: PathBuf::from("/etc/jbazel/system.bazelrc"),
                 system_bazelrc_text: String::new(),
+                cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+                memory_limit: cgroup::MemoryLimit::Limited {
+                    bytes: 4 << 30,
+                    source: PathBuf::from("/sys/fs/cgroup/memory.max"),
+                },
             },
             report: ReportSettings::default(),
         }
@@ -706,7 +736,9 @@ mod tests {
             "--output_base=/work/out",
             "--command_port=9001",
             "--host_jvm_args=-Djava.net.preferIPv4Stack=true",
-            "--max_idle_secs=0",
+            "--host_jvm_args=-XX:-HeapDumpOnOutOfMemoryError",
+            "--host_jvm_args=-Xmx3072m",
+            "--max_idle_secs=10800",
             "--bazelrc=/etc/jbazel/system.bazelrc",
         ] {
             assert!(
@@ -714,6 +746,13 @@ mod tests {
                 "{want} missing from {argv:?}"
             );
         }
+        // No limit: no -Xmx, the JVM's default.
+        let mut unlimited = config(Job::Serve).bazel;
+        unlimited.memory_limit = cgroup::MemoryLimit::Unlimited {
+            source: PathBuf::from("/sys/fs/cgroup/memory.max"),
+        };
+        let argv2 = server_start_argv(&unlimited);
+        assert!(!argv2.iter().any(|a| a.contains("-Xmx")), "{argv2:?}");
         // Startup options come before the command.
         let info = argv.iter().position(|a| a == "info").expect("info");
         assert!(argv[..info].iter().skip(1).all(|a| a.starts_with("--")));
@@ -746,11 +785,19 @@ mod tests {
         assert!(h.contains("mode:     direct (new mount namespace)"), "{h}");
         assert!(h.contains("-> /work/src"), "{h}");
         assert!(h.contains("bwrap:    /usr/bin/bwrap"), "{h}");
+        assert!(h.contains("idle timeout 10800 s"), "{h}");
+        assert!(
+            h.contains("heap:     -Xmx3072m: 75% of the container's memory limit of 4096 MiB"),
+            "{h}"
+        );
         let v: serde_json::Value = serde_json::to_value(&p).expect("json");
         assert_eq!(v["mode"], "direct");
         assert_eq!(v["user_namespace"], false);
         assert_eq!(v["mounts"][1]["kind"], "tmpfs");
         assert_eq!(v["server"]["command_port"], 9001);
+        assert_eq!(v["server"]["idle_timeout_secs"], 10_800);
+        assert_eq!(v["server"]["heap"]["xmx_mib"], 3072);
+        assert_eq!(v["server"]["memory_limit"]["kind"], "limited");
     }
 
     #[test]

@@ -1,22 +1,105 @@
-//! The push half of readiness: `ReportReady` to the orchestrator once Ping works.
+//! The push half of readiness: `ReportReady` to the orchestrator once the server answers.
 //!
-//! Runs as its own task with retry and backoff; the Bazel server never waits for it, and a
-//! lost report is repaired by the orchestrator's pod watch (design: "two paths, one truth").
+//! Runs as its own task; the Bazel server never waits for it. A failed call is retried with
+//! jittered exponential backoff ([`after_failure`]) within a bounded budget, then given up
+//! with one error: the push is only the fast path. The orchestrator also marks the row READY
+//! from the pod's Ready condition (the readiness probe on `/readyz`), so a lost push delays
+//! readiness by a probe period and a watch event, nothing more (design: "two paths, one
+//! truth"). Without a usable `POD_IP` nothing is sent at all: a report without the pod's
+//! address would only be refused or, worse, point jbazel nowhere.
 
 use proto::error_chain::ErrorChain;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::ReportReadyRequest;
+use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
+use crate::backoff::backoff;
 use crate::config::{Identity, ReportSettings};
 
-/// First retry delay; doubles up to [`MAX_BACKOFF`].
+/// First retry delay (before jitter); doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts (before jitter).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// At most this many calls per readiness transition. With the delays above (each between
+/// half and all of 0.5, 1, 2, 4, 8, 10, 10, ... s) ten attempts span about 28-56 s of
+/// pauses: long enough to ride out an orchestrator restart, short enough that a pod does
+/// not keep calling an orchestrator that is gone.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// And never past this much time since the first attempt began (a slow or black-holed
+/// orchestrator costs up to the connect and request timeouts on every attempt).
+pub const BUDGET: Duration = Duration::from_secs(120);
+/// Per attempt: connecting, then the call itself.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub use crate::backoff::backoff;
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// Wait this long, then try again.
+    Retry(Duration),
+    /// Stop: the attempts or the time budget are used up.
+    GiveUp,
+}
+
+/// After failed attempt number `attempt` (1-based), begun `elapsed` after the first one:
+/// retry after the backoff scaled by `jitter` (in [0, 1]: between half and all of it, so
+/// the pods of a restarted orchestrator do not call back in step), or give up after
+/// [`MAX_ATTEMPTS`] or when the pause would end past [`BUDGET`]. Pure.
+pub fn after_failure(attempt: u32, elapsed: Duration, jitter: f64) -> Next {
+    if attempt >= MAX_ATTEMPTS {
+        return Next::GiveUp;
+    }
+    let full = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let delay = full.mul_f64(0.5 + 0.5 * jitter);
+    if elapsed.saturating_add(delay) >= BUDGET {
+        Next::GiveUp
+    } else {
+        Next::Retry(delay)
+    }
+}
+
+/// A number in [0, 1) that differs between processes and calls (std's per-process random
+/// hash keys; jitter needs no better randomness).
+fn jitter() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Why no report can be sent for this POD_IP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodIpProblem {
+    #[error("POD_IP is not set")]
+    Empty,
+    #[error("POD_IP {0:?} is not an IP address")]
+    Unparsable(String),
+}
+
+/// The pod IP a report carries, or why there is none. Pure.
+pub fn pod_ip(text: &str) -> Result<IpAddr, PodIpProblem> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(PodIpProblem::Empty);
+    }
+    t.parse().map_err(|_| {
+        // Downward-API values are short; keep a log line short whatever was set.
+        PodIpProblem::Unparsable(t.chars().take(64).collect())
+    })
+}
 
 /// The request this pod sends. Pure.
 pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportReadyRequest {
@@ -39,13 +122,17 @@ pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportRe
 pub enum ReportOutcome {
     /// No ORCHESTRATOR_ADDR: nothing to do.
     Disabled,
+    /// No usable POD_IP: nothing was sent.
+    NoPodIp,
     Accepted,
     /// The orchestrator answered `accepted=false`: this pod's session is stale.
     Rejected,
+    /// Every attempt failed; the readiness probe carries readiness instead.
+    GaveUp,
 }
 
-/// Reports readiness until the orchestrator answers (retrying transport errors forever, with
-/// backoff). Cancel by aborting the task.
+/// Reports readiness until the orchestrator answers or the retry budget is spent. Cancel by
+/// aborting the task.
 pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) -> ReportOutcome {
     let Some(addr) = r.orchestrator_addr.clone() else {
         tracing::info!(
@@ -53,20 +140,21 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
         );
         return ReportOutcome::Disabled;
     };
-    if r.pod_ip.is_empty() {
-        tracing::warn!("POD_IP not set: reporting readiness without a pod IP");
+    if let Err(problem) = pod_ip(&r.pod_ip) {
+        tracing::error!(orchestrator = %addr, problem = %problem,
+            "not reporting readiness: ReportReady needs this pod's IP (set POD_IP from the downward API, status.podIP); readiness is still visible through the readiness probe");
+        return ReportOutcome::NoPodIp;
     }
     let req = request(&id, &r, command_port);
     let endpoint = match Endpoint::from_shared(addr.clone()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10)),
+        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT),
         Err(e) => {
             // Validated at start-up; kept as a log rather than a panic.
             tracing::error!(orchestrator = %addr, error = %ErrorChain(&e), "bad orchestrator address");
             return ReportOutcome::Disabled;
         }
     };
+    let began = Instant::now();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -77,7 +165,7 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
             )
         }
         .await;
-        match result {
+        let e = match result {
             Ok(resp) if resp.accepted => {
                 tracing::info!(orchestrator = %addr, attempt, pod_ip = %req.pod_ip, "ReportReady accepted");
                 return ReportOutcome::Accepted;
@@ -87,11 +175,19 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
                     "ReportReady rejected: the session no longer matches (a newer desktop session owns the row)");
                 return ReportOutcome::Rejected;
             }
-            Err(e) => {
-                let delay = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
-                tracing::warn!(orchestrator = %addr, attempt, error = %ErrorChain(e.as_ref()), retry_in_ms = delay.as_millis() as u64,
-                    "ReportReady failed; retrying");
+            Err(e) => e,
+        };
+        match after_failure(attempt, began.elapsed(), jitter()) {
+            Next::Retry(delay) => {
+                tracing::warn!(orchestrator = %addr, attempt, error = %ErrorChain(e.as_ref()),
+                    retry_in_ms = delay.as_millis() as u64, "ReportReady failed; retrying");
                 tokio::time::sleep(delay).await;
+            }
+            Next::GiveUp => {
+                tracing::error!(orchestrator = %addr, attempts = attempt,
+                    elapsed_secs = began.elapsed().as_secs(), last_error = %ErrorChain(e.as_ref()),
+                    "ReportReady gave up; readiness is still visible through the readiness probe (the orchestrator also marks READY from the pod's Ready condition)");
+                return ReportOutcome::GaveUp;
             }
         }
     }
@@ -121,5 +217,88 @@ mod tests {
         assert_eq!(req.pod_name, "bazel-server-alice-01234567");
         assert_eq!(req.pod_ip, "10.244.0.9");
         assert_eq!(req.command_port, 9001);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backs_off_with_jitter_and_caps() {
+        let zero = Duration::ZERO;
+        // (attempt, jitter) -> delay: full backoff at jitter 1, half at jitter 0.
+        let cases = [
+            (1, 1.0, ms(500)),
+            (1, 0.0, ms(250)),
+            (2, 1.0, ms(1000)),
+            (3, 0.5, ms(1500)),
+            (4, 1.0, ms(4000)),
+            (5, 1.0, ms(8000)),
+            (6, 1.0, ms(10_000)),
+            (9, 0.0, ms(5000)),
+            (9, 1.0, ms(10_000)),
+            // Out-of-range jitter is clamped, never negative or above the cap.
+            (6, 7.0, ms(10_000)),
+            (6, -3.0, ms(5000)),
+            (6, f64::NAN, ms(10_000)),
+        ];
+        for (attempt, j, want) in cases {
+            assert_eq!(
+                after_failure(attempt, zero, j),
+                Next::Retry(want),
+                "attempt {attempt}, jitter {j}"
+            );
+        }
+    }
+
+    #[test]
+    fn gives_up_after_the_attempts_or_the_budget() {
+        assert_eq!(
+            after_failure(MAX_ATTEMPTS, Duration::ZERO, 0.0),
+            Next::GiveUp
+        );
+        assert_eq!(after_failure(u32::MAX, Duration::ZERO, 0.0), Next::GiveUp);
+        assert!(matches!(
+            after_failure(MAX_ATTEMPTS - 1, Duration::ZERO, 0.0),
+            Next::Retry(_)
+        ));
+        // The pause would end past the budget.
+        assert_eq!(after_failure(3, BUDGET - ms(500), 1.0), Next::GiveUp);
+        assert_eq!(after_failure(1, BUDGET, 0.0), Next::GiveUp);
+        assert!(matches!(
+            after_failure(3, BUDGET - ms(5000), 1.0),
+            Next::Retry(_)
+        ));
+        // Ten attempts at the longest jitter stay well inside the budget when calls fail fast.
+        let mut elapsed = Duration::ZERO;
+        let mut attempts = 1;
+        while let Next::Retry(d) = after_failure(attempts, elapsed, 1.0) {
+            elapsed += d;
+            attempts += 1;
+        }
+        assert_eq!(attempts, MAX_ATTEMPTS);
+        assert!(elapsed < BUDGET, "{elapsed:?}");
+    }
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn pod_ips() {
+        assert_eq!(pod_ip("10.244.0.9"), Ok("10.244.0.9".parse().expect("ip")));
+        assert_eq!(pod_ip(" fd00::9 "), Ok("fd00::9".parse().expect("ip")));
+        assert_eq!(pod_ip(""), Err(PodIpProblem::Empty));
+        assert_eq!(pod_ip("  "), Err(PodIpProblem::Empty));
+        assert_eq!(
+            pod_ip("pod-ip"),
+            Err(PodIpProblem::Unparsable("pod-ip".into()))
+        );
+        let long = pod_ip(&"x".repeat(10_000)).expect_err("garbage");
+        assert!(long.to_string().len() < 100, "{long}");
     }
 }

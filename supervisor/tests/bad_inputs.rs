@@ -206,3 +206,23 @@ fn missing_user_id_is_named() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("USER_ID is not set"), "{stderr}");
 }
+
+#[test]
+fn invalid_idle_timeout_is_refused_before_anything_happens() {
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    let before = fs.snapshot();
+    for bad in ["0", "-1", "3h", "99999999999"] {
+        let mut c = fs.supervisor();
+        c.env("IDLE_TIMEOUT_SECS", bad)
+            .env("SYSTEM_BAZELRC", &rc)
+            .env("HEALTH_ADDR", format!("127.0.0.1:{}", free_port()));
+        let (status, _, stderr) = run_to_end(c, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("IDLE_TIMEOUT_SECS {bad:?} must be a whole number")),
+            "{bad}: {stderr}"
+        );
+    }
+    assert_eq!(fs.snapshot(), before, "no lock, no jbazel/ dir, no server");
+}

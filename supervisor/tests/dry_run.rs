@@ -244,3 +244,59 @@ fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
         "a dry run mounts nothing"
     );
 }
+
+/// The server's settings from the environment: the heap from the container's memory limit
+/// (a cgroup v2 layout under CGROUP_ROOT), the idle timeout, for a person and for a program.
+#[test]
+fn dry_run_prints_the_heap_and_idle_decisions() {
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    let cgroup = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        cgroup.path().join("memory.max"),
+        format!("{}\n", 4u64 << 30),
+    )
+    .expect("limit");
+    let unlimited = tempfile::tempdir().expect("tempdir");
+    std::fs::write(unlimited.path().join("memory.max"), "max\n").expect("limit");
+    let before = fs.snapshot();
+    // (cgroup root, human line, JSON xmx)
+    let cases = [
+        (
+            cgroup.path(),
+            "heap:     -Xmx3072m: 75% of the container's memory limit of 4096 MiB",
+            serde_json::json!(3072),
+        ),
+        (
+            unlimited.path(),
+            "heap:     no -Xmx: the JVM's default: no container memory limit",
+            serde_json::Value::Null,
+        ),
+    ];
+    for (root, line, xmx) in cases {
+        for format in ["human", "json"] {
+            let mut cmd = fs.supervisor();
+            cmd.args(["--dry-run", "--format", format])
+                .env("SYSTEM_BAZELRC", &rc)
+                .env("CGROUP_ROOT", root)
+                .env("IDLE_TIMEOUT_SECS", "600");
+            let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
+            assert!(status.success(), "{format}: {status:?}\n{stderr}");
+            if format == "human" {
+                assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+                assert!(stdout.contains("idle timeout 600 s"), "{stdout}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+                assert_eq!(v["server"]["heap"]["xmx_mib"], xmx, "{v}");
+                assert_eq!(v["server"]["idle_timeout_secs"], 600, "{v}");
+                let has_flag = v["command"]
+                    .as_array()
+                    .expect("command")
+                    .iter()
+                    .any(|a| a.as_str().is_some_and(|a| a.contains("-Xmx")));
+                assert_eq!(has_flag, !xmx.is_null(), "{v}");
+            }
+        }
+    }
+    assert_eq!(fs.snapshot(), before, "a dry run creates nothing");
+}

@@ -129,6 +129,37 @@ impl Filestore {
         c
     }
 
+    /// The supervisor's Bazel job on this filestore (direct mode): the system rc `rc`, fresh
+    /// health and command ports, health checks every second, the log in `<root>/<log_name>`,
+    /// and `env` on top. Started in the background.
+    pub fn start_bazel_job(&self, rc: &Path, log_name: &str, env: &[(&str, &str)]) -> Running {
+        let health_port = free_port();
+        let command_port = free_port();
+        let mut cmd = self.supervisor();
+        cmd.env("SESSION_ID", "session-1")
+            .env(
+                "POD_NAME",
+                format!("bazel-server-{}", log_name.trim_end_matches(".log")),
+            )
+            .env("POD_IP", "127.0.0.1")
+            .env("SYSTEM_BAZELRC", rc)
+            .env("BAZEL_COMMAND_PORT", command_port.to_string())
+            .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+            .env("HEALTH_INTERVAL_SECS", "1")
+            .env("GRACE_PERIOD_SECS", "20")
+            .args(["--mode", "direct"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Running::start(
+            cmd,
+            self.root().join(log_name),
+            self.out(),
+            health_port,
+            command_port,
+        )
+    }
+
     /// Every path under the root with its kind and size: "nothing was created" checks.
     pub fn snapshot(&self) -> Vec<String> {
         tree_snapshot(self.root())
@@ -288,8 +319,9 @@ pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
 }
 
-/// A supervisor running in the background, its logs in a file. On drop it is killed, and any
-/// Bazel server its output base names is killed too (by pid; never by name).
+/// A supervisor running in the background, its logs in a file. On drop it is killed, and so
+/// are its Bazel servers: its children and the one its output base names (by pid; never by
+/// name).
 pub struct Running {
     pub child: Child,
     pub log: PathBuf,
@@ -340,15 +372,42 @@ impl Running {
     pub fn readyz(&self) -> Option<(u16, String)> {
         http_get(self.health_port, "/readyz")
     }
+
+    /// Waits until /readyz says 200.
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        wait_until(within, || matches!(self.readyz(), Some((200, _))))
+    }
+
+    /// The timestamp (RFC 3339, UTC: ordered as text) of the first log line containing
+    /// `what`.
+    pub fn logged_at(&self, what: &str) -> Option<String> {
+        self.logs()
+            .lines()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // The servers re-parented to the supervisor (a subreaper here, not PID 1: they
+        // outlive it), found before it goes; the pid file may be gone (`clean --expunge`).
+        let mut servers: Vec<i32> = procfs::process::all_processes()
+            .map(|ps| {
+                ps.flatten()
+                    .filter_map(|p| p.stat().ok())
+                    .filter(|s| s.ppid == self.pid() && is_bazel_server(s.pid))
+                    .map(|s| s.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if let Some(pid) = self.server_pid() {
+        servers.extend(self.server_pid());
+        for pid in servers {
             if is_bazel_server(pid) {
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
@@ -371,4 +430,45 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = resp.split(' ').nth(1)?.parse().ok()?;
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((code, body))
+}
+
+/// Runs `bazel <args>` on the supervisor's server over the protocol (as jbazel does); returns
+/// the exit code the server sent and what the command wrote to stderr, or the transport error
+/// when the server died mid-command.
+pub fn run_command(out: &Path, port: u16, args: &[&str]) -> Result<(i32, String), String> {
+    let cookie =
+        std::fs::read_to_string(out.join("server/request_cookie")).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = proto::command_server::command_server_client::CommandServerClient::connect(
+            format!("http://127.0.0.1:{port}"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut arg: Vec<Vec<u8>> = vec![args[0].as_bytes().to_vec()];
+        arg.push(b"--client_cwd=/work/src".to_vec());
+        arg.extend(args[1..].iter().map(|a| a.as_bytes().to_vec()));
+        let mut stream = c
+            .run(proto::command_server::RunRequest {
+                cookie: cookie.trim().to_owned(),
+                arg,
+                block_for_lock: true,
+                client_description: "pid=1 (supervisor test)".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let mut stderr = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) if m.finished => {
+                    return Ok((m.exit_code, String::from_utf8_lossy(&stderr).into_owned()))
+                }
+                Ok(Some(m)) => stderr.extend_from_slice(&m.standard_error),
+                Ok(None) => return Err("stream ended without an exit code".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
 }
