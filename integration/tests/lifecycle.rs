@@ -48,18 +48,15 @@ impl Timed {
         )
     }
 
-    /// The longest time without a new stderr line before `until` (a line containing it).
-    fn longest_silence_before(&self, until: &str) -> Duration {
+    /// The longest time without a new stderr line, from the start to the exit.
+    fn longest_silence(&self) -> Duration {
         let mut last = Duration::ZERO;
         let mut worst = Duration::ZERO;
-        for (at, line) in &self.lines {
+        for (at, _) in &self.lines {
             worst = worst.max(at.saturating_sub(last));
             last = *at;
-            if line.contains(until) {
-                break;
-            }
         }
-        worst
+        worst.max(self.took.saturating_sub(last))
     }
 }
 
@@ -144,12 +141,12 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
         let bounce = info("boot-2");
         assert_eq!(bounce.code, Some(0), "{}", bounce.explain("bounce"));
         assert!(
-            bounce.stdout.contains("release"),
+            !bounce.stdout.trim().is_empty(),
             "{}",
             bounce.explain("bounce")
         );
         // Never silent for long while it waits for the server.
-        let silence = bounce.longest_silence_before("release");
+        let silence = bounce.longest_silence();
         assert!(
             silence <= Duration::from_millis(1500),
             "silent for {silence:?}: {}",
@@ -180,8 +177,7 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_leaves_no_orphan(
-) {
+async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_leaves_no_orphan() {
     let mut stack = TestPlatform::start_with("crash", options(&["--resync-interval-secs", "2"]))
         .await
         .expect("the platform must start");
@@ -309,7 +305,9 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
     };
     let first = build();
     assert_eq!(first.code, Some(0), "{}", first.explain("first build"));
-    let stamp = desktop.out_dir().join("execroot/__main__/bazel-out/k8-fastbuild/bin/stamp/stamp.txt");
+    let stamp = desktop
+        .out_dir()
+        .join("execroot/__main__/bazel-out/k8-fastbuild/bin/stamp/stamp.txt");
     let stamped = fs::read_to_string(&stamp).expect("stamp output");
 
     // Idle: the pod goes by itself and the row says IDLE.
@@ -376,7 +374,12 @@ async fn a_server_out_of_memory_exits_33_like_bazel_and_is_restarted() {
     // A small container: the supervisor sizes the JVM heap from the limit.
     let stack = TestPlatform::start_with(
         "oom",
-        options(&["--pod-memory-limit", "768Mi", "--pod-memory-request", "256Mi"]),
+        options(&[
+            "--pod-memory-limit",
+            "768Mi",
+            "--pod-memory-request",
+            "256Mi",
+        ]),
     )
     .await
     .expect("the platform must start");
@@ -394,7 +397,12 @@ async fn a_server_out_of_memory_exits_33_like_bazel_and_is_restarted() {
         (out, t.elapsed())
     };
     let (out, took) = jbazel(&["build", "//app:hello"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show("first build", &out, took));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        show("first build", &out, took)
+    );
 
     // A package whose loading fills the heap: Bazel runs out of memory.
     let hog = desktop.desktop_path.join("hog");

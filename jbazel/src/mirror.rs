@@ -141,6 +141,23 @@ impl Mirror {
         code
     }
 
+    /// Waits (up to `limit`) for the abrupt-exit code to appear: when the kernel's OOM
+    /// killer ends the server, Bazel writes nothing and the pod's supervisor leaves 33 a
+    /// moment after the connection broke. True when the file is there.
+    pub fn wait_for_abrupt_exit_code(&self, limit: std::time::Duration) -> bool {
+        let path = self.abrupt_exit_code_path();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The pod image's system rc, as published by the supervisor.
     pub fn system_rc(&self) -> PathBuf {
         self.out.join("jbazel/system.bazelrc")

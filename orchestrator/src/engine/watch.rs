@@ -34,6 +34,8 @@ pub(super) struct Watch<S, P> {
     last: Option<(Stage, String)>,
     /// UID of the pod currently under the name (events of older pods do not count).
     current_uid: Option<String>,
+    /// The "previous server is stopping" message last sent, while older pods are there.
+    previous: Option<String>,
 }
 
 enum Next {
@@ -60,6 +62,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
             tx,
             last: None,
             current_uid: None,
+            previous: None,
         }
     }
 
@@ -150,9 +153,25 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                 "stopping your previous server (session {session}, pod {})",
                 old.metadata.name.as_deref().unwrap_or("?")
             );
-            return self.send(Stage::PreviousStopping, message).await;
+            // Said once when seen; the new pod's own stages go on in between. Once the new
+            // pod runs, its supervisor waits for the old server's output-base lock: that
+            // is what the user waits for, so it is the stage until the old pod is gone.
+            if self.previous.as_ref() != Some(&message) {
+                self.previous = Some(message.clone());
+                return self.send(Stage::PreviousStopping, message).await;
+            }
+            let running = self.last.as_ref().map(|(s, _)| *s) == Some(Stage::ContainerRunning);
+            if running {
+                let message = format!(
+                    "your previous server (session {session}) still holds the output base; \
+                     waiting for it to stop"
+                );
+                return self.send(Stage::PreviousStopping, message).await;
+            }
+            return Next::Continue;
         }
-        if self.last.as_ref().map(|(s, _)| *s) == Some(Stage::PreviousStopping) {
+        if self.previous.take().is_some() {
+            self.last = None;
             if let Some(pod) = self.engine.pods.cached(&self.pod_name) {
                 return self.on_pod(&pod).await;
             }
