@@ -150,7 +150,8 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    assert_eq!(names, ["bazel-server-zoe-01234567"]);
+    assert_eq!(names, [orchestrator::pods::pod_name("zoe", HASH, 1)]);
+    assert_eq!(server.pod_name, names[0]);
 
     // SIGTERM: a clean stop.
     nix::sys::signal::kill(
@@ -179,11 +180,11 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
         "user=zoe",
         &format!("repo_hash={HASH}"),
         "session=s1",
-        "pod=bazel-server-zoe-01234567",
+        &format!("pod={}", server.pod_name),
     ] {
         assert!(line.contains(field), "{field} missing in {line}");
     }
     let _ = pods
-        .delete("bazel-server-zoe-01234567", &DeleteParams::default())
+        .delete(&server.pod_name, &DeleteParams::default())
         .await;
 }

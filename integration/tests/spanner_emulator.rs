@@ -36,7 +36,8 @@ async fn build_sessions_table_exists_and_a_row_round_trips() {
     assert_eq!(row.column_by_name::<String>("PodIP").unwrap(), "10.244.0.7");
     assert_eq!(row.column_by_name::<String>("Status").unwrap(), "PENDING");
 
-    // The table has exactly the seed's columns.
+    // The table has the seed's columns, then the two added with a reason (schema.sql):
+    // Generation (the fencing token) and CommandPort (what the hop needs, for every replica).
     let mut tx = client.single().await.expect("read-only tx");
     let mut rows = tx
         .query(Statement::new(
@@ -51,7 +52,15 @@ async fn build_sessions_table_exists_and_a_row_round_trips() {
     }
     assert_eq!(
         columns,
-        ["UserId", "RepoHash", "SessionId", "PodIP", "Status"]
+        [
+            "UserId",
+            "RepoHash",
+            "SessionId",
+            "PodIP",
+            "Status",
+            "Generation",
+            "CommandPort"
+        ]
     );
     client.close().await;
 }

@@ -22,7 +22,7 @@
 //! there is no command (the server then prints its help).
 
 use crate::rc::RcSelection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Bazel 4.2.3's nullary startup options (`--name` / `--noname`).
 const NULLARY: &[&str] = &[
@@ -302,56 +302,96 @@ pub fn is_emacs(emacs_var: Option<&str>, inside_emacs_set: bool) -> bool {
     emacs_var == Some("t") || inside_emacs_set
 }
 
-/// Desktop variables never sent: they describe the desktop, not the pod (paths, sockets,
-/// the desktop session), or are jbazel's own configuration.
-const DESKTOP_ONLY: &[&str] = &[
-    "PATH",
-    "HOME",
-    "PWD",
-    "OLDPWD",
-    "SHLVL",
-    "_",
-    "TMPDIR",
-    "TMP",
-    "TEMP",
-    "LD_LIBRARY_PATH",
-    "LD_PRELOAD",
-    "DISPLAY",
-    "WAYLAND_DISPLAY",
-    "DBUS_SESSION_BUS_ADDRESS",
-    "KUBECONFIG",
-    "BAZEL_REAL",
-    "MAIL",
-    "SHELL",
-    "SSH_AUTH_SOCK",
-    "SSH_AGENT_PID",
-    "SSH_CLIENT",
-    "SSH_CONNECTION",
-    "SSH_TTY",
-    "GPG_AGENT_INFO",
-    "XAUTHORITY",
-    "WINDOWID",
-    "OPENBLAS_CORETYPE",
+/// Desktop variables sent to the pod's Bazel: an allow-list. The pod runs the user's
+/// untrusted build, so the desktop's secrets (`AWS_*`, `*_TOKEN`, agent sockets, ...)
+/// never leave the desktop unless the command names them (see [`named_env_vars`]).
+const DESKTOP_ALLOWED: &[&str] = &[
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TERM",
+    "COLORTERM",
+    "USER",
+    "LOGNAME",
+    "CC",
+    "CXX",
+    "CFLAGS",
+    "CXXFLAGS",
+    "CPPFLAGS",
+    "LDFLAGS",
+    "BAZEL_SH",
+    "BAZEL_LINKOPTS",
+    "BAZEL_LINKLIBS",
+    "BAZEL_CXXOPTS",
+    "BAZEL_COMPILER",
+    "BAZEL_USE_CPP_ONLY_TOOLCHAIN",
 ];
-const DESKTOP_ONLY_PREFIXES: &[&str] = &["XDG_", "JBAZEL_", "BAZELISK_", "CARGO_", "RUST"];
+const DESKTOP_ALLOWED_PREFIXES: &[&str] = &["LC_"];
 
-/// Whether a desktop variable is sent to the pod's Bazel.
+/// The pod-side variables jbazel takes from `out/jbazel/client-env` (written by the
+/// pod's supervisor, so on a tree the build can write): only these keys, nothing else.
+pub const POD_ENV_KEYS: &[&str] = &["PATH"];
+
+/// Whether a desktop variable is sent to the pod's Bazel without being named.
 pub fn forwards_desktop_var(name: &str) -> bool {
-    !name.is_empty()
-        && !DESKTOP_ONLY.contains(&name)
-        && !DESKTOP_ONLY_PREFIXES.iter().any(|p| name.starts_with(p))
+    DESKTOP_ALLOWED.contains(&name) || DESKTOP_ALLOWED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// `--client_env` entries: the pod's variables (from `out/jbazel/client-env`, PATH at
-/// least) win; desktop variables are added unless they describe the desktop. Sorted by name.
-pub fn client_env(pod: &[(String, String)], desktop: &[(String, String)]) -> Vec<(String, String)> {
+/// Variables the command names for Bazel to read from the client env
+/// (`--action_env=NAME`, `--test_env NAME`, `--repo_env`, `--host_action_env`, without a
+/// value): the user asked for them, so their desktop values are sent.
+pub fn named_env_vars<'a>(args: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    const FLAGS: &[&str] = &[
+        "--action_env",
+        "--test_env",
+        "--repo_env",
+        "--host_action_env",
+    ];
+    let mut named = BTreeSet::new();
+    let mut pending = false;
+    for arg in args {
+        if std::mem::take(&mut pending) {
+            if !arg.contains('=') && !arg.is_empty() {
+                named.insert(arg.to_string());
+            }
+            continue;
+        }
+        if FLAGS.contains(&arg) {
+            pending = true;
+        } else if let Some((flag, value)) = arg.split_once('=') {
+            if FLAGS.contains(&flag) && !value.contains('=') && !value.is_empty() {
+                named.insert(value.to_string());
+            }
+        }
+    }
+    named
+}
+
+/// The option inside an rc argument as the client sends it
+/// (`--default_override=0:build=--action_env=X` -> `--action_env=X`); anything else as is.
+pub fn rc_option(arg: &str) -> &str {
+    arg.strip_prefix("--default_override=")
+        .and_then(|rest| rest.split_once('=').map(|(_, option)| option))
+        .unwrap_or(arg)
+}
+
+/// `--client_env` entries: the pod's [`POD_ENV_KEYS`] (PATH: the pod's, not the desktop's),
+/// then the allowed and the named desktop variables. Sorted by name.
+pub fn client_env(
+    pod: &[(String, String)],
+    desktop: &[(String, String)],
+    named: &BTreeSet<String>,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = desktop
         .iter()
-        .filter(|(k, _)| forwards_desktop_var(k))
+        .filter(|(k, _)| forwards_desktop_var(k) || named.contains(k))
+        .filter(|(k, _)| !POD_ENV_KEYS.contains(&k.as_str()))
         .cloned()
         .collect();
     for (k, v) in pod {
-        env.insert(k.clone(), v.clone());
+        if POD_ENV_KEYS.contains(&k.as_str()) {
+            env.insert(k.clone(), v.clone());
+        }
     }
     env.into_iter().collect()
 }
@@ -577,9 +617,11 @@ mod tests {
 
     #[test]
     fn client_env_table() {
-        let pod = parse_env_file("# pod\nPATH=/usr/local/bin:/usr/bin:/bin\n\nHOME=/root\nBAD\n");
+        let pod = parse_env_file(
+            "# pod\nPATH=/usr/local/bin:/usr/bin:/bin\n\nHOME=/root\nLD_PRELOAD=/x.so\nBAD\n",
+        );
         assert_eq!(
-            pod,
+            pod[..2],
             [
                 ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
                 ("HOME".into(), "/root".into())
@@ -590,27 +632,68 @@ mod tests {
             ("HOME", "/home/u"),
             ("TERM", "xterm"),
             ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
             ("CC", "clang"),
             ("XDG_RUNTIME_DIR", "/run/user/1"),
             ("JBAZEL_SERVER", "x"),
             ("SSH_AUTH_SOCK", "/tmp/s"),
             ("PWD", "/home/u/p"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("GITHUB_TOKEN", "ghp_x"),
+            ("MY_FLAG", "1"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let got = client_env(&pod, &desktop);
+        let named = named_env_vars(["build", "--action_env=MY_FLAG", "--test_env=X=1", "//..."]);
+        let got = client_env(&pod, &desktop, &named);
         let want: Vec<(String, String)> = [
             ("CC", "clang"),
-            ("HOME", "/root"),
             ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("MY_FLAG", "1"),
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("TERM", "xterm"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(got, want);
+        assert_eq!(got, want, "secrets stay home; the pod sets only PATH");
+    }
+
+    #[test]
+    fn rc_options_are_read_inside_overrides() {
+        assert_eq!(
+            rc_option("--default_override=0:build=--action_env=X"),
+            "--action_env=X"
+        );
+        assert_eq!(rc_option("--rc_source=/a"), "--rc_source=/a");
+        let rc = [
+            "--default_override=0:build=--action_env",
+            "--default_override=0:build=FOO",
+        ];
+        assert!(named_env_vars(rc.iter().map(|a| rc_option(a))).contains("FOO"));
+    }
+
+    #[test]
+    fn named_variables() {
+        let named = named_env_vars([
+            "--action_env=A",
+            "--action_env",
+            "B",
+            "--test_env=C=set",
+            "--repo_env",
+            "D=1",
+            "--host_action_env=E",
+            "--action_env=",
+            "--copt=F",
+            "G",
+        ]);
+        assert_eq!(
+            named.into_iter().collect::<Vec<_>>(),
+            ["A", "B", "E"],
+            "only names without a value"
+        );
     }
 
     #[test]

@@ -276,7 +276,13 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
             )
         })
         .collect();
-    let client_env = args::client_env(&pod_env, &desktop_env);
+    let named = args::named_env_vars(
+        rc_args
+            .iter()
+            .map(|a| args::rc_option(a))
+            .chain(plan.cl.args.iter().map(String::as_str)),
+    );
+    let client_env = args::client_env(&pod_env, &desktop_env, &named);
 
     let stdout_tty = terminal::isatty(&std::io::stdout());
     let stderr_tty = terminal::isatty(&std::io::stderr());

@@ -96,6 +96,14 @@ pub enum RcError {
     /// A `--bazelrc=` file that cannot be read.
     #[error("Unable to read .bazelrc file '{}'.", path.display())]
     CommandLineRcUnreadable { path: PathBuf },
+    /// The pod-published system rc imports a file outside the workspace. That file is
+    /// written by the pod (where untrusted builds run): the desktop reads nothing else
+    /// because of it.
+    #[error(
+        "the platform's system rc '{}' imports '{target}', outside the workspace: refused",
+        file.display()
+    )]
+    ImportOutsideWorkspace { file: PathBuf, target: String },
 }
 
 impl RcError {
@@ -167,16 +175,46 @@ pub fn tokenize(line: &str) -> Vec<String> {
 
 /// Parses one top-level rc file and its imports (`RcFile::Parse`).
 pub fn parse_file(fs: &dyn RcFs, filename: &Path, workspace: &Path) -> Result<RcFile, RcError> {
+    parse_file_confined(fs, filename, workspace, false)
+}
+
+/// [`parse_file`]; with `confined`, every import must resolve inside the workspace (the
+/// pod-published system rc: the pod may have written it).
+pub fn parse_file_confined(
+    fs: &dyn RcFs,
+    filename: &Path,
+    workspace: &Path,
+    confined: bool,
+) -> Result<RcFile, RcError> {
     let mut rc = RcFile::default();
     let mut stack = vec![filename.to_string_lossy().into_owned()];
-    parse_into(fs, filename, workspace, &mut stack, &mut rc)?;
+    let confine = confined.then_some(workspace);
+    parse_into(fs, filename, workspace, confine, &mut stack, &mut rc)?;
     Ok(rc)
+}
+
+/// Whether `target` is inside `root`: both resolved (symlinks included) when they exist,
+/// and never through `..`.
+fn inside(fs: &dyn RcFs, root: &Path, target: &str) -> bool {
+    let target = Path::new(target);
+    if target
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return false;
+    }
+    let root = fs.canonicalize(root).unwrap_or_else(|| root.to_path_buf());
+    match fs.canonicalize(target) {
+        Some(real) => real.starts_with(&root),
+        None => target.starts_with(&root),
+    }
 }
 
 fn parse_into(
     fs: &dyn RcFs,
     filename: &Path,
     workspace: &Path,
+    confine: Option<&Path>,
     import_stack: &mut Vec<String>,
     rc: &mut RcFile,
 ) -> Result<(), RcError> {
@@ -210,13 +248,21 @@ fn parse_into(
                 Some(rest) => join_path(&workspace.to_string_lossy(), rest),
                 None => words[1].clone(),
             };
+            if let Some(root) = confine {
+                if !inside(fs, root, &target) {
+                    return Err(RcError::ImportOutsideWorkspace {
+                        file: canonical,
+                        target,
+                    });
+                }
+            }
             if import_stack.contains(&target) {
                 let mut chain = import_stack.clone();
                 chain.push(target);
                 return Err(RcError::ImportLoop { chain });
             }
             import_stack.push(target.clone());
-            match parse_into(fs, Path::new(&target), workspace, import_stack, rc) {
+            match parse_into(fs, Path::new(&target), workspace, confine, import_stack, rc) {
                 Ok(()) => {}
                 Err(RcError::Unreadable { .. }) if command == "try-import" => {
                     tracing::debug!(file = %target, "skipped optional import");
@@ -357,7 +403,7 @@ pub fn read_all(
 ) -> Result<Vec<RcFile>, RcError> {
     top_level_files(fs, sel, loc)?
         .iter()
-        .map(|f| parse_file(fs, f, loc.workspace))
+        .map(|f| parse_file_confined(fs, f, loc.workspace, f == loc.system_rc))
         .collect()
 }
 
@@ -723,5 +769,45 @@ mod tests {
                 "--max_idle_secs=0".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn the_system_rc_imports_nothing_outside_the_workspace() {
+        let fs = MemFs::with(&[
+            ("/out/jbazel/system.bazelrc", "import /etc/passwd\n"),
+            ("/etc/passwd", "root:x:0:0\n"),
+            ("/ws/tools/ok.rc", "build --x\n"),
+        ]);
+        let err = parse_file_confined(
+            &fs,
+            Path::new("/out/jbazel/system.bazelrc"),
+            Path::new("/ws"),
+            true,
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(err, RcError::ImportOutsideWorkspace { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 2);
+        for target in ["/ws/../etc/passwd", "%workspace%/../etc/passwd"] {
+            let content = format!("try-import {target}\n");
+            let fs = MemFs::with(&[("/sys.rc", content.as_str())]);
+            assert!(
+                parse_file_confined(&fs, Path::new("/sys.rc"), Path::new("/ws"), true).is_err(),
+                "{target}"
+            );
+        }
+        let fs = MemFs::with(&[
+            ("/sys.rc", "import %workspace%/tools/ok.rc\n"),
+            ("/ws/tools/ok.rc", "build --x\n"),
+        ]);
+        assert!(parse_file_confined(&fs, Path::new("/sys.rc"), Path::new("/ws"), true).is_ok());
+        // The user's own rc files are not confined.
+        let fs = MemFs::with(&[
+            ("/home/u/.bazelrc", "import /etc/shared.rc\n"),
+            ("/etc/shared.rc", ""),
+        ]);
+        assert!(parse_file(&fs, Path::new("/home/u/.bazelrc"), Path::new("/ws")).is_ok());
     }
 }
