@@ -133,15 +133,14 @@ fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
         "{}",
         sup.logs()
     );
-    for file in ["exit_code_to_use_on_abrupt_exit"] {
-        // The restarted server keeps the file: its reader (the client of the command that
-        // died) deletes it, as Bazel's own client does.
-        assert_eq!(
-            std::fs::read_to_string(sup.out.join(file)).ok().as_deref(),
-            Some("33"),
-            "{file}"
-        );
-    }
+    // The restarted server keeps the file: its reader (the client of the command that
+    // died) deletes it, as Bazel's own client does.
+    assert_eq!(
+        std::fs::read_to_string(sup.out.join("exit_code_to_use_on_abrupt_exit"))
+            .ok()
+            .as_deref(),
+        Some("33")
+    );
 
     // Bazel's own out-of-memory exit: the heap fills while the package loads.
     std::fs::remove_file(sup.out.join("exit_code_to_use_on_abrupt_exit")).expect("rm");
