@@ -498,10 +498,13 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     f.get_server(&bob, "boot-1").await;
     let old = f.wait_pod_of(&name, "boot-1", None).await;
     let old_uid = old.metadata.uid.clone().expect("uid");
-    wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
+    let running = wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
         .await
         .expect("the first session's pod runs");
-    assert!(f.report_ready(&bob, "boot-1", "10.244.0.250", 9001).await);
+    let ip = running.status.and_then(|s| s.pod_ip).expect("pod IP");
+    // A report naming another address than the pod's is not believed.
+    assert!(!f.report_ready(&bob, "boot-1", "10.244.0.250", 9001).await);
+    assert!(f.report_ready(&bob, "boot-1", &ip, 9001).await);
     assert_eq!(
         f.get_server(&bob, "boot-1").await.status(),
         ServerStatus::Ready
@@ -524,10 +527,7 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     assert_eq!(f.platform_pods().await.len(), 1);
 
     // The old pod's late report is fenced off.
-    assert!(
-        !f.report_ready_from(&bob, "boot-1", 1, "10.244.0.250", 9001)
-            .await
-    );
+    assert!(!f.report_ready_from(&bob, "boot-1", 1, &ip, 9001).await);
     let row = f.row(&bob).await.expect("row");
     assert_eq!(
         (row.session_id.as_str(), row.status),
@@ -543,13 +543,14 @@ async fn a_pod_deleted_by_hand_demotes_the_row_and_the_platform_recreates_it() {
     f.get_server(&dave, "s1").await;
     let pod = f.wait_pod_of(&name, "s1", None).await;
     let uid = pod.metadata.uid.clone().expect("uid");
-    wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
+    let running = wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
         .await
         .expect("the pod runs");
-    assert!(f.report_ready(&dave, "s1", "10.244.0.251", 9002).await);
+    let ip = running.status.and_then(|s| s.pod_ip).expect("pod IP");
+    assert!(f.report_ready(&dave, "s1", &ip, 9002).await);
     let ready = f.get_server(&dave, "s1").await;
     assert_eq!(ready.status(), ServerStatus::Ready);
-    assert_eq!(ready.pod_ip, "10.244.0.251");
+    assert_eq!(ready.pod_ip, ip);
     assert_eq!(
         ready.command_port, 9002,
         "the reported command port is served back"

@@ -192,22 +192,46 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
                     .map(|_| false)
                 }));
             } else if roll < 85 {
-                // A report from some pod of the key: the current one, an older generation
-                // or another session; only the current one may be accepted.
+                // A report: half the time a real pod's (the current one, or an older
+                // generation still there: a supervisor's genuine report, maybe stale), half
+                // a forged one (any session and generation, an address that is no pod's).
+                // Only the current pod at its own address may be believed.
                 let session = SESSIONS[rng.random_range(0..SESSIONS.len())];
                 let generation = rng.random_range(1..=4);
+                let genuine = rng.random_bool(0.5);
                 counts.reports += 1;
+                let pods = pods.clone();
                 batch.push(tokio::spawn(async move {
-                    c.report_ready(ReportReadyRequest {
+                    let mut request = ReportReadyRequest {
                         user_id: k.user_id.to_string(),
                         repo_hash: k.repo_hash.to_string(),
                         session_id: session.into(),
                         pod_name: pod_name(&k.user_id, &k.repo_hash, generation),
-                        pod_ip: format!("10.244.9.{}", generation),
+                        pod_ip: format!("10.244.9.{generation}"),
                         command_port: 9001,
-                    })
-                    .await
-                    .map(|r| r.into_inner().accepted)
+                    };
+                    if genuine {
+                        let selector = format!(
+                            "jbazel.dev/user={},jbazel.dev/repo-hash={}",
+                            k.user_id, k.repo_hash
+                        );
+                        let list = pods.list(&ListParams::default().labels(&selector)).await;
+                        let real = list.ok().and_then(|l| {
+                            l.items.into_iter().find_map(|p| {
+                                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                                let v = view::view(&p);
+                                Some((p.metadata.name?, v.session_id?, ip))
+                            })
+                        });
+                        if let Some((name, session, ip)) = real {
+                            request.pod_name = name;
+                            request.session_id = session.to_string();
+                            request.pod_ip = ip;
+                        }
+                    }
+                    c.report_ready(request)
+                        .await
+                        .map(|r| r.into_inner().accepted)
                 }));
             } else {
                 counts.pod_deletes += 1;

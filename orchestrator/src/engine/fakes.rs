@@ -171,7 +171,7 @@ impl Default for FakePods {
 }
 
 impl FakePods {
-    pub fn get(&self, name: &str) -> Option<Pod> {
+    pub fn pod(&self, name: &str) -> Option<Pod> {
         lock(&self.pods).get(name).cloned()
     }
 
@@ -280,7 +280,7 @@ impl Pods for Arc<FakePods> {
     }
 
     fn cached(&self, name: &str) -> Option<Arc<Pod>> {
-        self.get(name).map(Arc::new)
+        self.pod(name).map(Arc::new)
     }
 
     async fn ensure(
@@ -289,7 +289,7 @@ impl Pods for Arc<FakePods> {
         _deadline: Instant,
     ) -> Result<EnsureOutcome, PodError> {
         let name = spec.name();
-        let current = self.get(&name);
+        let current = self.pod(&name);
         let current_view = current.as_ref().map(view::view);
         match session::pod_step(&spec.fence(), current_view.as_ref()) {
             PodStep::Keep => match current {
@@ -302,6 +302,10 @@ impl Pods for Arc<FakePods> {
                 Ok(EnsureOutcome::Created(Box::new(self.create(spec))))
             }
         }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Pod>, PodError> {
+        Ok(self.pod(name))
     }
 
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>> {
@@ -345,7 +349,7 @@ impl Pods for Arc<FakePods> {
         // Subscribe first, then read: a change in between is seen (maybe twice; harmless).
         let changes = BroadcastStream::new(self.changes.subscribe());
         let initial = self
-            .get(name)
+            .pod(name)
             .map(|p| PodSignal::Applied(Box::new(p)))
             .into_iter();
         let name = name.to_string();

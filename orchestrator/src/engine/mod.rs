@@ -283,13 +283,28 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
     }
 
     /// ReportReady: the fenced READY write; true when accepted. A rejected report (another
-    /// session or generation owns the row, or there is none) changes nothing.
+    /// session or generation owns the row, there is none, or the cluster does not have
+    /// the reporter's pod at the reported IP) changes nothing.
     pub async fn report_ready(
         self: Arc<Self>,
         key: SessionKey,
         report: Report,
         deadline: Instant,
     ) -> Result<bool, EngineError> {
+        let pod = self
+            .pods
+            .get(&report.pod_name)
+            .await
+            .map_err(|source| EngineError::Pods {
+                pod: report.pod_name.clone(),
+                source,
+            })?;
+        if let Err(why) = view::report_matches(pod.as_ref(), &key, &report.fence, &report.pod_ip) {
+            tracing::warn!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.fence.session_id,
+                pod = %report.pod_name, pod_ip = %report.pod_ip, reason = %why,
+                "ReportReady does not match the cluster: nothing written");
+            return Ok(false);
+        }
         let port = (report.command_port != 0).then_some(report.command_port);
         let decision = self
             .store

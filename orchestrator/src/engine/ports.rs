@@ -78,6 +78,10 @@ pub trait Pods: Send + Sync + 'static {
     /// The pod under `name` as the cache last saw it (no API call).
     fn cached(&self, name: &str) -> Option<Arc<Pod>>;
 
+    /// The pod under `name` as the API server has it now (not a cache: what a report is
+    /// checked against).
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<Pod>, PodError>> + Send;
+
     /// Every pod of `key` (any generation) as the cache last saw it.
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>>;
 

@@ -155,14 +155,14 @@ async fn first_get_server_inserts_pending_and_creates_the_pod() {
         (row.session_id.as_str(), row.status),
         ("s1", Status::Pending)
     );
-    let pod = s.pods.get(&s.current(&k)).expect("pod created");
+    let pod = s.pods.pod(&s.current(&k)).expect("pod created");
     assert_eq!(view::session_of(&pod), Some(sid("s1")));
 
     // The same session again: the same pod, nothing recreated.
     s.get(&k, "s1").await.expect("again");
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 1);
     assert_eq!(
-        s.pods.get(&s.current(&k)).and_then(|p| p.metadata.uid),
+        s.pods.pod(&s.current(&k)).and_then(|p| p.metadata.uid),
         pod.metadata.uid
     );
 }
@@ -216,10 +216,10 @@ async fn a_bounce_starts_the_next_generation_and_fences_the_old_sessions_report(
     let new = s.current(&k);
     assert_ne!(new, old);
     assert_eq!(server.pod_name, new);
-    let pod = s.pods.get(&new).expect("new pod");
+    let pod = s.pods.pod(&new).expect("new pod");
     assert_eq!(view::session_of(&pod), Some(sid("s2")));
     assert!(
-        s.pods.get(&old).is_none(),
+        s.pods.pod(&old).is_none(),
         "the old generation's pod was deleted"
     );
 
@@ -259,14 +259,15 @@ async fn an_idle_row_resumes_on_a_new_pod() {
     let s = setup();
     let k = key("ivy");
     s.get(&k, "s1").await.expect("spawn");
-    s.report(&k, "s1", "10.1.0.3", 0).await;
+    s.pods.set_running(&s.current(&k), "10.1.0.3");
+    assert!(s.report(&k, "s1", "10.1.0.3", 0).await);
     let fence = s.store.row(&k).expect("row").fence();
     assert!(s.store.mark_idle(&k, &fence, soon()).await.expect("idle"));
     let server = s.get(&k, "s1").await.expect("resume");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     let row = s.store.row(&k).expect("row");
     assert_eq!((row.status, row.generation), (Status::Pending, 2));
-    assert!(s.pods.get(&s.current(&k)).is_some());
+    assert!(s.pods.pod(&s.current(&k)).is_some());
 }
 
 #[tokio::test]
@@ -300,7 +301,7 @@ async fn a_stale_replica_does_not_touch_the_current_pod() {
         .await
         .expect("s2 on replica B");
     let current = s.current(&k);
-    let uid = s.pods.get(&current).and_then(|p| p.metadata.uid);
+    let uid = s.pods.pod(&current).and_then(|p| p.metadata.uid);
     // Replica A converges for s1 late (its request was slow): nothing happens.
     let outcome = s
         .engine
@@ -308,8 +309,28 @@ async fn a_stale_replica_does_not_touch_the_current_pod() {
         .await
         .expect("converge");
     assert!(outcome.is_none());
-    assert_eq!(s.pods.get(&current).and_then(|p| p.metadata.uid), uid);
+    assert_eq!(s.pods.pod(&current).and_then(|p| p.metadata.uid), uid);
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_forged_report_is_checked_against_the_cluster_and_writes_nothing() {
+    let s = setup();
+    let k = key("alice");
+    s.get(&k, "s1").await.expect("spawn");
+    // The right session and pod name, but the attacker's address: the pod has another.
+    s.pods.set_running(&s.current(&k), "10.1.0.7");
+    assert!(!s.report(&k, "s1", "10.6.6.6", 0).await);
+    // Before the pod has an address at all.
+    let k2 = key("bob");
+    s.get(&k2, "s1").await.expect("spawn");
+    assert!(!s.report(&k2, "s1", "10.1.0.8", 0).await);
+    for k in [&k, &k2] {
+        let row = s.store.row(k).expect("row");
+        assert_eq!((row.status, row.pod_ip), (Status::Pending, None));
+    }
+    // The pod's own address is believed.
+    assert!(s.report(&k, "s1", "10.1.0.7", 0).await);
 }
 
 #[tokio::test]
@@ -319,7 +340,7 @@ async fn a_report_without_a_row_writes_nothing() {
     let accepted = s.report(&k, "s1", "10.1.0.9", 0).await;
     assert!(!accepted);
     assert_eq!(s.store.row(&k), None);
-    assert!(s.pods.get(&s.current(&k)).is_none());
+    assert!(s.pods.pod(&s.current(&k)).is_none());
 }
 
 #[tokio::test]
@@ -327,12 +348,13 @@ async fn a_ready_row_whose_pod_vanished_gets_a_new_pod_and_leaves_ready() {
     let s = setup();
     let k = key("carol");
     s.get(&k, "s1").await.expect("spawn");
-    s.report(&k, "s1", "10.1.0.3", 0).await;
+    s.pods.set_running(&s.current(&k), "10.1.0.3");
+    assert!(s.report(&k, "s1", "10.1.0.3", 0).await);
     s.pods.remove(&s.current(&k));
     let server = s.get(&k, "s1").await.expect("respawn");
     assert_eq!(server.status, ServerStatus::Pending as i32);
     assert_eq!(s.store.row(&k).map(|r| r.status), Some(Status::Pending));
-    assert!(s.pods.get(&s.current(&k)).is_some());
+    assert!(s.pods.pod(&s.current(&k)).is_some());
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 2);
 }
 
@@ -365,7 +387,8 @@ async fn watch_of_a_ready_row_answers_at_once() {
     let s = setup();
     let k = key("alice");
     s.get(&k, "s1").await.expect("spawn");
-    s.report(&k, "s1", "10.1.0.7", 0).await;
+    s.pods.set_running(&s.current(&k), "10.1.0.7");
+    assert!(s.report(&k, "s1", "10.1.0.7", 0).await);
     let rx = s.watch(&k, "s1").await.expect("watch");
     let events = drain(rx).await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -457,7 +480,7 @@ async fn store_failures_surface_and_touch_no_pod() {
     let err = s.get(&k, "s1").await.expect_err("store down");
     assert!(matches!(err, EngineError::Store(_)), "{err:?}");
     assert!(
-        s.pods.get(&s.current(&k)).is_none(),
+        s.pods.pod(&s.current(&k)).is_none(),
         "no pod without a committed row"
     );
     assert_eq!(s.pods.created.load(Ordering::SeqCst), 0);
@@ -470,8 +493,9 @@ async fn users_do_not_share_rows_or_pods() {
     s.get(&a, "s1").await.expect("alice");
     s.get(&b, "s1").await.expect("bob");
     assert_ne!(s.current(&a), s.current(&b));
-    assert!(s.pods.get(&s.current(&a)).is_some() && s.pods.get(&s.current(&b)).is_some());
+    assert!(s.pods.pod(&s.current(&a)).is_some() && s.pods.pod(&s.current(&b)).is_some());
     // Bob's pod reporting makes bob's row READY, never alice's.
+    s.pods.set_running(&s.current(&b), "10.1.0.66");
     assert!(s.report(&b, "s1", "10.1.0.66", 0).await);
     assert_eq!(s.store.row(&a).map(|r| r.status), Some(Status::Pending));
     assert_eq!(s.store.row(&b).map(|r| r.status), Some(Status::Ready));

@@ -45,6 +45,10 @@ impl Pods for KubePods {
             .get(&ObjectRef::new(name).within(self.namespace()))
     }
 
+    async fn get(&self, name: &str) -> Result<Option<Pod>, PodError> {
+        self.client.get(name).await
+    }
+
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>> {
         self.cache
             .state()

@@ -46,6 +46,54 @@ pub fn generation_of(pod: &Pod) -> Option<u64> {
         .ok()
 }
 
+/// Why a readiness report does not match the pod the cluster has under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportMismatch {
+    /// No pod of that name.
+    NoPod,
+    /// The pod is another key's, session's or generation's.
+    NotThatPod,
+    /// The pod is going away.
+    Terminating,
+    /// The reported IP is not the pod's (as the API server says).
+    OtherAddress,
+}
+
+impl std::fmt::Display for ReportMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReportMismatch::NoPod => "no pod of that name",
+            ReportMismatch::NotThatPod => "the pod of that name is not the reporter's",
+            ReportMismatch::Terminating => "the pod is terminating",
+            ReportMismatch::OtherAddress => "the reported IP is not the pod's",
+        })
+    }
+}
+
+/// A ReportReady is believed only as far as the cluster agrees: the pod under the
+/// reported name exists, carries the key and the fence, is not going away, and has the
+/// reported IP. A report from anywhere else (a forged one: it needs no credential to
+/// reach the API) can then at most say early what the readiness probe would say anyway.
+pub fn report_matches(
+    pod: Option<&Pod>,
+    key: &SessionKey,
+    fence: &crate::session::Fence,
+    pod_ip: &str,
+) -> Result<(), ReportMismatch> {
+    let pod = pod.ok_or(ReportMismatch::NoPod)?;
+    let v = view(pod);
+    if key_of(pod).as_ref() != Some(key) || v.fence().as_ref() != Some(fence) {
+        return Err(ReportMismatch::NotThatPod);
+    }
+    if v.health == PodHealth::Terminating {
+        return Err(ReportMismatch::Terminating);
+    }
+    if v.pod_ip.as_deref() != Some(pod_ip) {
+        return Err(ReportMismatch::OtherAddress);
+    }
+    Ok(())
+}
+
 /// The termination message the supervisor leaves when Bazel idled out.
 pub const IDLE_MESSAGE_PREFIX: &str = "idle:";
 
@@ -495,6 +543,52 @@ mod tests {
         p.metadata.labels = None;
         assert_eq!(key_of(&p), None);
         assert_eq!(session_of(&p), None);
+    }
+
+    #[test]
+    fn reports_are_checked_against_the_pod() {
+        let key = key_of(&pod("Running", vec![], vec![], None)).expect("key");
+        let fence = crate::session::Fence {
+            session_id: SessionId::parse("s1").expect("valid"),
+            generation: 3,
+        };
+        let running = pod(
+            "Running",
+            vec![],
+            vec![container(running())],
+            Some("10.244.0.5"),
+        );
+        assert_eq!(
+            report_matches(Some(&running), &key, &fence, "10.244.0.5"),
+            Ok(())
+        );
+        assert_eq!(
+            report_matches(Some(&running), &key, &fence, "10.6.6.6"),
+            Err(ReportMismatch::OtherAddress)
+        );
+        assert_eq!(
+            report_matches(None, &key, &fence, "10.244.0.5"),
+            Err(ReportMismatch::NoPod)
+        );
+        let other = crate::session::Fence {
+            generation: 2,
+            ..fence.clone()
+        };
+        assert_eq!(
+            report_matches(Some(&running), &key, &other, "10.244.0.5"),
+            Err(ReportMismatch::NotThatPod)
+        );
+        let bob = SessionKey::new(UserId::parse("bob").expect("valid"), key.repo_hash.clone());
+        assert_eq!(
+            report_matches(Some(&running), &bob, &fence, "10.244.0.5"),
+            Err(ReportMismatch::NotThatPod)
+        );
+        let mut going = running.clone();
+        going.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(
+            report_matches(Some(&going), &key, &fence, "10.244.0.5"),
+            Err(ReportMismatch::Terminating)
+        );
     }
 
     #[test]
