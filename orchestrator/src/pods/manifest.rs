@@ -371,6 +371,13 @@ impl PodSpecFor<'_> {
                         ANNOTATION_REPO_DIR.to_string(),
                         repo_dir.to_string_lossy().into_owned(),
                     ),
+                    // A bare pod with a hostPath volume keeps the cluster autoscaler from
+                    // removing its node; the server's state is on the filestore, so an
+                    // eviction only costs a respawn on the kept output base.
+                    (
+                        "cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(),
+                        "true".to_string(),
+                    ),
                 ])),
                 ..Default::default()
             },
@@ -519,6 +526,10 @@ mod tests {
         assert_eq!(
             annotations[ANNOTATION_REPO_DIR],
             format!("/srv/fs/alice/{HASH}")
+        );
+        assert_eq!(
+            annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+            "true"
         );
 
         let spec = pod.spec.expect("spec");
