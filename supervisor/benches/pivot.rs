@@ -84,6 +84,7 @@ fn pivot_bench(n: usize) {
         std::path::Path::new("bwrap"),
         &src,
         &out,
+        &[fs.root()],
         &["true".to_owned()],
     );
     let mut direct = || {

@@ -286,6 +286,20 @@ pub fn enter_direct(plan: &MountPlan) -> Result<PivotReport, PivotError> {
         )?;
     }
     drop((src_fd, out_fd));
+    // The rest of the filestore (other users' trees) leaves this namespace: an empty,
+    // read-only tmpfs over R. The command runs without CAP_SYS_ADMIN (see
+    // `command_in_view`), so it cannot take it off again.
+    for hidden in &plan.hidden {
+        let target = hidden.to_string_lossy();
+        mount_step(
+            "hide filestore root",
+            Some(Path::new("tmpfs")),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0555,size=4k"),
+        )?;
+    }
     let report = verify_mounts(
         &read_mountinfo()?,
         &Expected {
@@ -317,8 +331,81 @@ pub fn command_in_view(plan: &MountPlan, argv: &[String]) -> Command {
     cmd.args(&full[1..]);
     if plan.mode.mode == Mode::Direct {
         cmd.current_dir(WORK_SRC);
+        let last_cap = last_capability();
+        // SAFETY: only async-signal-safe syscalls (prctl, capset) on stack data; no
+        // allocation after the fork.
+        unsafe {
+            cmd.pre_exec(move || drop_all_capabilities(last_cap));
+        }
     }
     cmd
+}
+
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
+fn last_capability() -> libc::c_int {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// In the child, before exec: no_new_privs, every capability out of the bounding set,
+/// the ambient set cleared, then effective, permitted and inheritable emptied. Bazel and
+/// every build action it starts run with no capability at all: no mount, no unshare of
+/// the mount namespace that hides the filestore, no ptrace of the supervisor.
+fn drop_all_capabilities(last_cap: libc::c_int) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain syscalls with integer arguments or pointers to locals.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        for cap in 0..=last_cap {
+            // EINVAL: a number the kernel does not have. EPERM: no CAP_SETPCAP (not root);
+            // then no_new_privs and the empty permitted set below still keep every exec
+            // from gaining a capability.
+            let r = libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if r == -1 && errno != Some(libc::EINVAL) && errno != Some(libc::EPERM) {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ))?;
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let header = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
+    }
+    Ok(())
 }
 
 /// Fd number bwrap gets for `--info-fd` (it writes `{"child-pid": N}` there).

@@ -170,6 +170,9 @@ pub enum MountKind {
     MakeRprivate,
     Tmpfs,
     Bind,
+    /// A read-only, empty tmpfs over the filestore root R: the rest of R (other users'
+    /// trees) is gone from this namespace once src and out are bound.
+    Hide,
 }
 
 /// Bazel server parameters the plan derived (absent for `run`).
@@ -203,6 +206,9 @@ pub struct MountPlan {
     pub src: PathBuf,
     pub out: PathBuf,
     pub mounts: Vec<MountStep>,
+    /// Paths covered by an empty read-only tmpfs after the binds (the filestore root):
+    /// the command sees its own src and out, nothing else of R.
+    pub hidden: Vec<PathBuf>,
     pub cwd: &'static str,
     /// What runs in the pivoted view (the Bazel client starting the server, or `run`'s CMD).
     pub command: Vec<String>,
@@ -245,30 +251,62 @@ pub fn server_start_argv(b: &BazelSettings) -> Vec<String> {
 ///
 /// `--dev-bind / /` keeps the host's `/dev` and `/proc`: a fresh `--proc` fails in pods that
 /// are not privileged (environment.md), and Bazel needs neither fresh.
-pub fn bwrap_argv(bwrap: &Path, src: &Path, out: &Path, command: &[String]) -> Vec<String> {
+pub fn bwrap_argv(
+    bwrap: &Path,
+    src: &Path,
+    out: &Path,
+    hidden: &[PathBuf],
+    command: &[String],
+) -> Vec<String> {
     let mut argv: Vec<String> = [
         &bwrap.display().to_string(),
         "--die-with-parent",
+        // Bazel and its actions get no capability (bwrap keeps root's otherwise).
+        "--cap-drop",
+        "ALL",
         "--dev-bind",
         "/",
         "/",
-        "--tmpfs",
-        WORK,
-        "--bind",
-        &src.display().to_string(),
-        WORK_SRC,
-        "--bind",
-        &out.display().to_string(),
-        WORK_OUT,
-        "--chdir",
-        WORK_SRC,
-        "--",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    for h in hidden {
+        // Sources of the binds below are resolved outside the new root: hiding R first
+        // does not hide src and out.
+        argv.extend(["--tmpfs".to_owned(), h.display().to_string()]);
+        argv.extend(["--remount-ro".to_owned(), h.display().to_string()]);
+    }
+    argv.extend(
+        [
+            "--tmpfs",
+            WORK,
+            "--bind",
+            &src.display().to_string(),
+            WORK_SRC,
+            "--bind",
+            &out.display().to_string(),
+            WORK_OUT,
+            "--chdir",
+            WORK_SRC,
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     argv.extend(command.iter().cloned());
     argv
+}
+
+/// What of the filestore root the command must not see: R itself, unless hiding it would
+/// hide the view (R is `/`, holds `/work`, or lies under it, where the tmpfs on /work
+/// hides it already). Pure.
+pub fn hidden_paths(root: &Path) -> Vec<PathBuf> {
+    let work = Path::new(WORK);
+    if root == Path::new("/") || work.starts_with(root) || root.starts_with(work) {
+        return Vec::new();
+    }
+    vec![root.to_path_buf()]
 }
 
 /// Config + host facts -> the plan. Pure.
@@ -320,6 +358,14 @@ pub fn plan(
             flags: vec!["rec"],
         },
     ];
+    let hidden = hidden_paths(&cfg.dirs.root);
+    let mut mounts = mounts;
+    mounts.extend(hidden.iter().map(|h| MountStep {
+        kind: MountKind::Hide,
+        source: None,
+        target: h.clone(),
+        flags: vec!["ro", "nosuid", "nodev", "noexec", "empty"],
+    }));
     let bwrap_path = facts.bwrap.as_deref().unwrap_or(bwrap);
     let (namespaces, uid_map, gid_map) = match (choice.mode, choice.user_namespace) {
         (Mode::Direct, true) => (
@@ -344,7 +390,8 @@ pub fn plan(
         gid_map,
         src: cfg.dirs.src.clone(),
         out: cfg.dirs.out.clone(),
-        bwrap_argv: bwrap_argv(bwrap_path, &cfg.dirs.src, &cfg.dirs.out, &command),
+        bwrap_argv: bwrap_argv(bwrap_path, &cfg.dirs.src, &cfg.dirs.out, &hidden, &command),
+        hidden,
         mounts,
         cwd: WORK_SRC,
         command,
@@ -402,6 +449,7 @@ impl MountPlan {
                 MountKind::MakeRprivate => "make-rprivate",
                 MountKind::Tmpfs => "tmpfs",
                 MountKind::Bind => "bind",
+                MountKind::Hide => "hide",
             };
             let what = match &m.source {
                 Some(src) => format!("{} -> {}", src.display(), m.target.display()),
@@ -410,7 +458,11 @@ impl MountPlan {
             let _ = writeln!(s, "  {}. {kind:<13} {what}  ({})", i + 1, m.flags.join(","));
         }
         let _ = writeln!(s, "cwd:      {}", self.cwd);
-        let _ = writeln!(s, "command:  {}", join_argv(&self.command));
+        let _ = writeln!(
+            s,
+            "command:  {}\n          (no capabilities: all dropped, bounding set too, no_new_privs)",
+            join_argv(&self.command)
+        );
         if let Some(server) = &self.server {
             let _ = writeln!(
                 s,
@@ -712,9 +764,11 @@ mod tests {
             let targets: Vec<_> = p.mounts.iter().map(|m| m.target.clone()).collect();
             assert_eq!(
                 targets,
-                ["/", WORK, WORK_SRC, WORK_OUT].map(PathBuf::from),
-                "case {i}: order matters: private first, tmpfs before binds"
+                ["/", WORK, WORK_SRC, WORK_OUT, "/fs"].map(PathBuf::from),
+                "case {i}: order matters: private first, tmpfs before binds, R hidden last"
             );
+            assert_eq!(p.mounts[4].kind, MountKind::Hide, "case {i}");
+            assert_eq!(p.hidden, [PathBuf::from("/fs")], "case {i}");
             assert_eq!(p.mounts[2].source.as_deref(), Some(p.src.as_path()));
             assert_eq!(p.mounts[3].source.as_deref(), Some(p.out.as_path()));
             // The bwrap form ends with the same command.
@@ -759,15 +813,33 @@ mod tests {
     }
 
     #[test]
+    fn the_filestore_root_is_hidden_unless_that_hides_the_view() {
+        assert_eq!(
+            hidden_paths(Path::new("/srv/fs")),
+            [PathBuf::from("/srv/fs")]
+        );
+        for root in ["/", "/work", "/work/fs"] {
+            assert!(hidden_paths(Path::new(root)).is_empty(), "{root}");
+        }
+    }
+
+    #[test]
     fn bwrap_argv_binds_like_direct_mode() {
         let argv = bwrap_argv(
             Path::new("/usr/bin/bwrap"),
             Path::new("/fs/a/src"),
             Path::new("/fs/a/out"),
+            &[PathBuf::from("/fs")],
             &["true".to_owned()],
         );
         let s = argv.join(" ");
-        assert!(s.starts_with("/usr/bin/bwrap --die-with-parent --dev-bind / / --tmpfs /work"));
+        assert!(
+            s.starts_with(
+                "/usr/bin/bwrap --die-with-parent --cap-drop ALL --dev-bind / / \
+                 --tmpfs /fs --remount-ro /fs --tmpfs /work"
+            ),
+            "{s}"
+        );
         assert!(s.contains("--bind /fs/a/src /work/src --bind /fs/a/out /work/out"));
         assert!(s.ends_with("--chdir /work/src -- true"));
     }

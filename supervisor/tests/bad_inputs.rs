@@ -127,7 +127,7 @@ fn bad_inputs_are_refused_without_side_effects() {
         let fs = Filestore::new();
         (c.setup)(&fs);
         let tree_before = fs.snapshot();
-        let mounts_before = relevant_mounts(fs.root());
+        let mounts_before = relevant_mounts(fs.scratch());
         let work_before = work_mounts();
         for args in [
             &["run", "--", "cat", "/work/src/MARKER"][..],
@@ -161,7 +161,7 @@ fn bad_inputs_are_refused_without_side_effects() {
             c.name
         );
         assert_eq!(
-            relevant_mounts(fs.root()),
+            relevant_mounts(fs.scratch()),
             mounts_before,
             "{}: nothing mounted",
             c.name

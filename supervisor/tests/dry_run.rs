@@ -83,7 +83,7 @@ fn dry_run_json_table() {
     std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod rc");
     let before_tree = fs.snapshot();
-    let before_mounts = relevant_mounts(fs.root());
+    let before_mounts = relevant_mounts(fs.scratch());
     for c in cases {
         let mut cmd = if c.unprivileged {
             let mut s = std::process::Command::new("setpriv");
@@ -164,7 +164,7 @@ fn dry_run_json_table() {
         "dry runs must not create anything"
     );
     assert_eq!(
-        relevant_mounts(fs.root()),
+        relevant_mounts(fs.scratch()),
         before_mounts,
         "dry runs must not mount anything"
     );
@@ -200,7 +200,7 @@ fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
     fs.open_up();
     let missing_rc = fs.root().join("no-such-dir/system.bazelrc");
     let before = fs.snapshot();
-    let before_mounts = relevant_mounts(fs.root());
+    let before_mounts = relevant_mounts(fs.scratch());
     for format in ["human", "json"] {
         let mut cmd = std::process::Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -239,7 +239,7 @@ fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
     assert!(!missing_rc.exists() && !missing_rc.parent().expect("parent").exists());
     assert_eq!(fs.snapshot(), before, "a dry run creates nothing");
     assert_eq!(
-        relevant_mounts(fs.root()),
+        relevant_mounts(fs.scratch()),
         before_mounts,
         "a dry run mounts nothing"
     );

@@ -10,7 +10,7 @@ use common::*;
 
 fn pivot_round_trip(mode: &str) {
     let fs = Filestore::new();
-    let mounts_before = relevant_mounts(fs.root());
+    let mounts_before = relevant_mounts(fs.scratch());
     let work_before = work_mounts();
     let work_listing_before = work_listing();
 
@@ -48,7 +48,7 @@ fn pivot_round_trip(mode: &str) {
     assert!(stderr.contains("pivot mode chosen"), "{stderr}");
 
     assert_eq!(
-        relevant_mounts(fs.root()),
+        relevant_mounts(fs.scratch()),
         mounts_before,
         "{mode}: host mount table changed"
     );
@@ -108,7 +108,7 @@ fn direct_mode_logs_verification() {
 fn user_namespace_mode_as_unprivileged_user() {
     let fs = Filestore::new();
     fs.open_up();
-    let mounts_before = relevant_mounts(fs.root());
+    let mounts_before = relevant_mounts(fs.scratch());
     let mut c = std::process::Command::new("setpriv");
     c.args([
         "--reuid=65534",
@@ -143,7 +143,7 @@ fn user_namespace_mode_as_unprivileged_user() {
         65534,
         "files belong to the real uid"
     );
-    assert_eq!(relevant_mounts(fs.root()), mounts_before);
+    assert_eq!(relevant_mounts(fs.scratch()), mounts_before);
 }
 
 #[test]
@@ -168,4 +168,52 @@ fn exit_codes_pass_through() {
     let (status, _, stderr) = run_to_end(missing, Duration::from_secs(30));
     assert_eq!(status.code(), Some(127), "{stderr}");
     assert!(stderr.contains("/nonexistent/cmd"), "{stderr}");
+}
+
+/// What a hostile build sees from inside the view, in both modes: the filestore root is
+/// empty (another user's tree next to ours is gone), no capability is left, and mount,
+/// unshare and a way back through /proc/1/root all fail.
+fn hostile_build_is_contained(mode: &str) {
+    let fs = Filestore::new();
+    let bob = fs.root().join("bob").join(HASH).join("src");
+    std::fs::create_dir_all(&bob).expect("bob's tree");
+    std::fs::write(bob.join("secret"), "bob's").expect("bob's file");
+    let root = fs.root();
+    let script = format!(
+        "echo caps=$(grep CapEff /proc/self/status | tr -s ' \\t' ' ' | cut -d' ' -f2); \
+         echo root=$(ls -A {root} | wc -l); \
+         cat {root}/bob/{HASH}/src/secret 2>/dev/null && echo LEAK-read; \
+         echo x > {root}/planted 2>/dev/null && echo LEAK-write; \
+         mount -t tmpfs none /work/out 2>/dev/null && echo LEAK-mount; \
+         umount {root} 2>/dev/null && echo LEAK-umount; \
+         unshare -m true 2>/dev/null && echo LEAK-unshare; \
+         ls /proc/1/root{root}/bob 2>/dev/null && echo LEAK-proc1; \
+         cat /work/src/MARKER",
+        root = root.display()
+    );
+    let mut cmd = fs.supervisor();
+    cmd.args(["--mode", mode, "run", "--", "sh", "-c", &script]);
+    let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+    assert!(stdout.contains("caps=0000000000000000"), "{mode}: {stdout}");
+    assert!(
+        stdout.contains("root=0"),
+        "{mode}: R must look empty: {stdout}"
+    );
+    assert!(!stdout.contains("LEAK"), "{mode}: {stdout}");
+    assert!(
+        stdout.ends_with(MARKER),
+        "{mode}: its own tree stays: {stdout}"
+    );
+    assert!(!fs.root().join("planted").exists());
+}
+
+#[test]
+fn a_hostile_build_sees_only_its_tree_and_has_no_capabilities_direct() {
+    hostile_build_is_contained("direct");
+}
+
+#[test]
+fn a_hostile_build_sees_only_its_tree_and_has_no_capabilities_bwrap() {
+    hostile_build_is_contained("bwrap");
 }

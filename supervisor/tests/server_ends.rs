@@ -28,7 +28,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 fn an_idle_server_ends_the_pod_despite_health_checks() {
     let fs = Filestore::new();
     let rc = fs.with_sample_workspace();
-    let termination_log = fs.root().join("termination-log");
+    let termination_log = fs.scratch().join("termination-log");
     std::fs::write(&termination_log, "").expect("termination log");
     let idle = 3;
     let mut sup = fs.start_bazel_job(
@@ -94,7 +94,7 @@ fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
     )
     .expect("BUILD");
     // A cgroup v2 layout: a 192 MiB limit (-> -Xmx144m), no OOM kill yet.
-    let cgroup = fs.root().join("cgroup");
+    let cgroup = fs.scratch().join("cgroup");
     std::fs::create_dir(&cgroup).expect("mkdir");
     std::fs::write(cgroup.join("memory.max"), format!("{}\n", 192u64 << 20)).expect("limit");
     let events = cgroup.join("memory.events");
@@ -242,7 +242,7 @@ fn a_real_oom_kill_by_the_kernel_is_named_and_restarted() {
     .expect("BUILD");
     let cg = MemoryCgroup::new(1 << 30);
     // The supervisor reads this cgroup as its own: `<root>/memory` -> the cgroup's dir.
-    let root = fs.root().join("cgroup-root");
+    let root = fs.scratch().join("cgroup-root");
     std::fs::create_dir(&root).expect("mkdir");
     std::os::unix::fs::symlink(&cg.dir, root.join("memory")).expect("link");
 
@@ -268,7 +268,7 @@ fn a_real_oom_kill_by_the_kernel_is_named_and_restarted() {
         .env("CGROUP_ROOT", &root);
     let mut sup = Running::start(
         cmd,
-        fs.root().join("real-oom.log"),
+        fs.scratch().join("real-oom.log"),
         fs.out(),
         health_port,
         command_port,

@@ -38,7 +38,9 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// A filestore root with `alice/<HASH>/{src,out}` and `src/MARKER`.
+/// A scratch dir holding a filestore root `fs/` with `alice/<HASH>/{src,out}` and
+/// `src/MARKER`, and, beside it (outside R, which the pivot hides), what the image would
+/// provide: the system rc and the rule stubs.
 pub struct Filestore {
     pub dir: tempfile::TempDir,
 }
@@ -56,7 +58,13 @@ impl Filestore {
         fs
     }
 
-    pub fn root(&self) -> &Path {
+    /// The filestore root R.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("fs")
+    }
+
+    /// The scratch dir (R's parent; stands in for the image's own files).
+    pub fn scratch(&self) -> &Path {
         self.dir.path()
     }
 
@@ -75,7 +83,8 @@ impl Filestore {
     /// Lets an unprivileged user traverse the tree (and write `out`).
     pub fn open_up(&self) {
         for d in [
-            self.root().to_owned(),
+            self.scratch().to_owned(),
+            self.root(),
             self.root().join(USER),
             self.repo(),
             self.src(),
@@ -94,7 +103,7 @@ impl Filestore {
             &self.src(),
         )
         .expect("copy fixture tree");
-        let rules = self.root().join("rules");
+        let rules = self.scratch().join("rules");
         for stub in ["rules_cc", "rules_java", "remote_coverage_tools"] {
             testkit::copy_dir(
                 &repo_root().join("image/bazel").join(stub),
@@ -104,7 +113,7 @@ impl Filestore {
         }
         let template = std::fs::read_to_string(repo_root().join("image/bazel/system.bazelrc.in"))
             .expect("rc template");
-        let rc = self.root().join("system.bazelrc");
+        let rc = self.scratch().join("system.bazelrc");
         std::fs::write(
             &rc,
             template.replace("@RULES_DIR@", &rules.display().to_string()),
@@ -162,7 +171,7 @@ impl Filestore {
 
     /// Every path under the root with its kind and size: "nothing was created" checks.
     pub fn snapshot(&self) -> Vec<String> {
-        tree_snapshot(self.root())
+        tree_snapshot(self.scratch())
     }
 }
 
