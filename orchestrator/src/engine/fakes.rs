@@ -135,6 +135,14 @@ impl SessionStore for Arc<FakeStore> {
         })
     }
 
+    async fn read_recent(
+        &self,
+        key: &SessionKey,
+        deadline: Instant,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        self.read(key, deadline).await
+    }
+
     async fn read(
         &self,
         key: &SessionKey,

@@ -222,16 +222,17 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
         }
     }
 
-    /// GetServer. The common case, a READY row of the caller's session whose pod is alive,
-    /// is answered from one read-only transaction (no locks, never aborted). Otherwise one
-    /// read-write transaction on the row, then the cluster made to match it.
+    /// GetServer. The common case, a READY row of the caller's session whose pod the cache
+    /// sees alive, is answered from one single-use read-only read of bounded staleness (no
+    /// locks, never aborted, no wait for the newest timestamp). Otherwise one read-write
+    /// transaction on the row, then the cluster made to match it.
     pub async fn get_server(
         self: Arc<Self>,
         key: SessionKey,
         session_id: SessionId,
         deadline: Instant,
     ) -> Result<Server, EngineError> {
-        let current = self.store.read(&key, deadline).await?;
+        let current = self.store.read_recent(&key, deadline).await?;
         if let Some(row) = session::ready_for(current.as_ref(), &session_id) {
             if self.alive_in_cache(&key, row) {
                 return Ok(self.server(&key, row));

@@ -57,6 +57,15 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &SessionKey,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<SessionRow>, StoreError>> + Send;
+
+    /// A read of one row at most [`crate::store::RECENT`] old (bounded staleness: served
+    /// without waiting for the newest timestamp). Only for GetServer's fast path, which
+    /// answers READY from it only when the cache sees that row's pod alive.
+    fn read_recent(
+        &self,
+        key: &SessionKey,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<SessionRow>, StoreError>> + Send;
 }
 
 /// What a watch on one pod name reports.
