@@ -308,7 +308,58 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
     }
     assert!(last.is_empty());
     assert!(counts.get_server > 200 && counts.reports > 100 && counts.pod_deletes > 30);
-    assert!(counts.reports_accepted > 0, "some reports were current");
+
+    // Settled: each key's current pod reports, as its supervisor would, and is believed;
+    // the READY rows then still have their live pods.
+    let mut c = a.clone();
+    for k in &keys {
+        let Some(row) = rows(&store, std::slice::from_ref(k))
+            .await
+            .remove(k)
+            .flatten()
+        else {
+            continue;
+        };
+        let name = pod_name(&k.user_id, &k.repo_hash, row.generation);
+        let ip = tokio::time::timeout(QUIESCE, async {
+            loop {
+                let pod = pods.get_opt(&name).await.expect("get pod");
+                if let Some(ip) = pod.and_then(|p| p.status?.pod_ip) {
+                    return ip;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("the current pod gets an IP");
+        let accepted = c
+            .report_ready(ReportReadyRequest {
+                user_id: k.user_id.to_string(),
+                repo_hash: k.repo_hash.to_string(),
+                session_id: row.session_id.to_string(),
+                pod_name: name,
+                pod_ip: ip,
+                command_port: 9001,
+            })
+            .await
+            .expect("ReportReady")
+            .into_inner()
+            .accepted;
+        assert!(accepted, "{k}: the current pod's own report");
+    }
+    let rows_now = rows(&store, &keys).await;
+    let list = pods
+        .list(&ListParams::default().labels(APP_SELECTOR))
+        .await
+        .expect("list pods");
+    assert!(
+        rows_now
+            .values()
+            .flatten()
+            .all(|r| r.status == Status::Ready),
+        "{rows_now:?}"
+    );
+    assert_eq!(violations(&rows_now, &list.items), Vec::<String>::new());
     drop(replica_b);
     let (_scratch, done) = p.cleanup().await;
     done.expect("namespace cleanup");
