@@ -250,6 +250,12 @@ fn parse_into(
             };
             if let Some(root) = confine {
                 if !inside(fs, root, &target) {
+                    if command == "try-import" {
+                        // Optional by definition: not read (Debian's rc tries
+                        // /etc/bazel.bazelrc, which is the pod's, not the desktop's).
+                        tracing::debug!(file = %target, "optional import outside the workspace not read");
+                        continue;
+                    }
                     return Err(RcError::ImportOutsideWorkspace {
                         file: canonical,
                         target,
@@ -791,12 +797,24 @@ mod tests {
         );
         assert_eq!(err.exit_code(), 2);
         for target in ["/ws/../etc/passwd", "%workspace%/../etc/passwd"] {
-            let content = format!("try-import {target}\n");
-            let fs = MemFs::with(&[("/sys.rc", content.as_str())]);
+            let content = format!("import {target}\n");
+            let fs = MemFs::with(&[
+                ("/sys.rc", content.as_str()),
+                ("/etc/passwd", "build --x\n"),
+            ]);
             assert!(
                 parse_file_confined(&fs, Path::new("/sys.rc"), Path::new("/ws"), true).is_err(),
                 "{target}"
             );
+            // An optional import outside is not read (and not an error).
+            let content = format!("try-import {target}\nbuild --y\n");
+            let fs = MemFs::with(&[
+                ("/sys.rc", content.as_str()),
+                ("/etc/passwd", "build --x\n"),
+            ]);
+            let rc = parse_file_confined(&fs, Path::new("/sys.rc"), Path::new("/ws"), true)
+                .expect("skipped");
+            assert_eq!(rc.canonical_paths.len(), 1, "{target}: not read");
         }
         let fs = MemFs::with(&[
             ("/sys.rc", "import %workspace%/tools/ok.rc\n"),
