@@ -438,6 +438,22 @@ pub async fn wait_for_pod(
 }
 
 /// Deletes a pod and waits (watching, for at most `deadline`) until it is gone.
+/// The Bazel server pods of one repository that are not going away (any user, any
+/// generation), as the API server lists them now.
+pub async fn live_server_pods(pods: &Api<Pod>, repo_hash: &str) -> Result<Vec<Pod>, kube::Error> {
+    let selector = format!(
+        "{}={repo_hash}",
+        orchestrator::pods::manifest::LABEL_REPO_HASH
+    );
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
 pub async fn delete_pod_and_wait(
     pods: &Api<Pod>,
     name: &str,

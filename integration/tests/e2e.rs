@@ -15,11 +15,10 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
 
-use orchestrator::pods::manifest::{LABEL_REPO_HASH, LABEL_SESSION};
+use orchestrator::pods::manifest::LABEL_SESSION;
 
-use integration::kubernetes::delete_pod_and_wait;
+use integration::kubernetes::{delete_pod_and_wait, live_server_pods};
 use integration::platform::{repo_root, show, Desktop};
 use integration::stack::TestPlatform;
 
@@ -29,16 +28,6 @@ fn run(cmd: &mut std::process::Command) -> (Output, Duration) {
     let started = Instant::now();
     let out = cmd.output().expect("jbazel must start");
     (out, started.elapsed())
-}
-
-async fn server_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}")))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 /// Whether the slow genrule's `sleep 73` is running (in the pod; /proc shows it here).
@@ -92,7 +81,9 @@ async fn a_users_day_on_the_remote_bazel_server() {
         "orchestrator log:\n{}",
         orchestrator.log()
     );
-    let first = server_pods(&pods, &desktop.repo_hash).await;
+    let first = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(first.len(), 1, "exactly one server pod");
     let binary = desktop.artifact("app", "hello");
     let ran = std::process::Command::new(&binary)
@@ -111,7 +102,9 @@ async fn a_users_day_on_the_remote_bazel_server() {
         "{}",
         show("second build", &out, warm)
     );
-    let second = server_pods(&pods, &desktop.repo_hash).await;
+    let second = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(second.len(), 1);
     assert_eq!(
         uid(&second[0]),
@@ -230,7 +223,9 @@ async fn a_users_day_on_the_remote_bazel_server() {
         "{}",
         show("respawn build", &out, took)
     );
-    let respawned = server_pods(&pods, &desktop.repo_hash).await;
+    let respawned = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(respawned.len(), 1);
     assert_ne!(uid(&respawned[0]), uid(&first[0]), "a new pod");
 
@@ -242,7 +237,9 @@ async fn a_users_day_on_the_remote_bazel_server() {
         "{}",
         show("bounce build", &out, took)
     );
-    let bounced = server_pods(&pods, &desktop.repo_hash).await;
+    let bounced = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(bounced.len(), 1, "the old session's pod is gone");
     assert_ne!(uid(&bounced[0]), uid(&respawned[0]));
     let labels = bounced[0].metadata.labels.clone().unwrap_or_default();

@@ -10,10 +10,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use integration::kubernetes::live_server_pods;
 use kube::api::ListParams;
 use orchestrator::engine::SessionStore;
-use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_REPO_HASH};
+use orchestrator::pods::manifest::APP_SELECTOR;
 use orchestrator::session::{SessionKey, Status};
 use orchestrator::store::Store;
 use proto::names::UserId;
@@ -93,16 +93,6 @@ fn run_timed(cmd: &mut Command) -> Timed {
     }
 }
 
-async fn live_pods(pods: &kube::Api<Pod>, repo_hash: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("{LABEL_REPO_HASH}={repo_hash}")))
-        .await
-        .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -137,7 +127,9 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
         };
         let cold = info("boot-1");
         assert_eq!(cold.code, Some(0), "{}", cold.explain("cold start"));
-        let first = live_pods(&pods, &desktop.repo_hash).await;
+        let first = live_server_pods(&pods, &desktop.repo_hash)
+            .await
+            .expect("list pods");
         let bounce = info("boot-2");
         assert_eq!(bounce.code, Some(0), "{}", bounce.explain("bounce"));
         assert!(
@@ -155,7 +147,9 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
         if bounce.stderr().contains("previous server") {
             saw_previous += 1;
         }
-        let after = live_pods(&pods, &desktop.repo_hash).await;
+        let after = live_server_pods(&pods, &desktop.repo_hash)
+            .await
+            .expect("list pods");
         assert_eq!(after.len(), 1, "one server pod after the bounce");
         assert_ne!(after[0].metadata.uid, first[0].metadata.uid);
         colds.push(cold.took);
@@ -235,7 +229,9 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
     );
 
     // 2. SIGKILL while READY: the next command is served by the same pod, with no wait.
-    let before = live_pods(&pods, &desktop.repo_hash).await;
+    let before = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(before.len(), 1);
     stack
         .crash_and_restart_orchestrator("orchestrator-restarted-2.log")
@@ -243,7 +239,9 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
     let mut cmd = desktop.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
     let warm = run_timed(cmd.args(["info", "release"]));
     assert_eq!(warm.code, Some(0), "{}", warm.explain("after restart"));
-    let after = live_pods(&pods, &desktop.repo_hash).await;
+    let after = live_server_pods(&pods, &desktop.repo_hash)
+        .await
+        .expect("list pods");
     assert_eq!(after.len(), 1);
     assert_eq!(
         after[0].metadata.uid, before[0].metadata.uid,
@@ -325,7 +323,10 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
                 .read(&key, tokio::time::Instant::now() + Duration::from_secs(5))
                 .await
                 .expect("read");
-            let gone = live_pods(&pods, &desktop.repo_hash).await.is_empty();
+            let gone = live_server_pods(&pods, &desktop.repo_hash)
+                .await
+                .expect("list pods")
+                .is_empty();
             if gone && row.as_ref().is_some_and(|r| r.status == Status::Idle) {
                 return;
             }
