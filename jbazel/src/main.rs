@@ -680,7 +680,8 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
                 // The server is gone: give the pod's supervisor a moment to leave the code
                 // of an OOM kill (Bazel's own crashes write it before dying).
                 plan.mirror
-                    .wait_for_abrupt_exit_code(std::time::Duration::from_millis(1500));
+                    .wait_for_abrupt_exit_code(std::time::Duration::from_millis(1500))
+                    .await;
             }
             Ok(Done::Exit(plan.mirror.take_abrupt_exit_code()))
         }

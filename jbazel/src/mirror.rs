@@ -144,17 +144,17 @@ impl Mirror {
     /// Waits (up to `limit`) for the abrupt-exit code to appear: when the kernel's OOM
     /// killer ends the server, Bazel writes nothing and the pod's supervisor leaves 33 a
     /// moment after the connection broke. True when the file is there.
-    pub fn wait_for_abrupt_exit_code(&self, limit: std::time::Duration) -> bool {
+    pub async fn wait_for_abrupt_exit_code(&self, limit: std::time::Duration) -> bool {
         let path = self.abrupt_exit_code_path();
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if std::fs::symlink_metadata(&path).is_ok() {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 

@@ -273,7 +273,13 @@ impl SessionStore for Store {
         key: &SessionKey,
         deadline: Instant,
     ) -> Result<Option<SessionRow>, StoreError> {
-        bounded("Read", &key.to_string(), deadline, self.read_unbounded(key)).await
+        bounded(
+            "Read",
+            &key.to_string(),
+            deadline,
+            self.read_with(key, None),
+        )
+        .await
     }
 
     async fn read_recent(
@@ -299,10 +305,6 @@ impl SessionStore for Store {
 pub const RECENT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Store {
-    async fn read_unbounded(&self, key: &SessionKey) -> Result<Option<SessionRow>, StoreError> {
-        self.read_with(key, None).await
-    }
-
     async fn read_with(
         &self,
         key: &SessionKey,
