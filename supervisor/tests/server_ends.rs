@@ -82,17 +82,21 @@ fn an_idle_server_ends_the_pod_despite_health_checks() {
     eprintln!("idle exit {after:?} after ready, {checks} health checks in between");
 }
 
-#[test]
-fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
-    let fs = Filestore::new();
-    let rc = fs.with_sample_workspace();
-    // A package that fills a small heap while it loads.
+/// `//oom`: a package that fills a small heap while it loads.
+fn add_heap_filling_package(fs: &Filestore) {
     std::fs::create_dir_all(fs.src().join("oom")).expect("mkdir");
     std::fs::write(
         fs.src().join("oom/BUILD"),
         "x = [\"a\" * 100 + str(i) for i in range(50000000)]\n",
     )
     .expect("BUILD");
+}
+
+#[test]
+fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    add_heap_filling_package(&fs);
     // A cgroup v2 layout: a 192 MiB limit (-> -Xmx144m), no OOM kill yet.
     let cgroup = fs.scratch().join("cgroup");
     std::fs::create_dir(&cgroup).expect("mkdir");
@@ -234,12 +238,7 @@ impl Drop for MemoryCgroup {
 fn a_real_oom_kill_by_the_kernel_is_named_and_restarted() {
     let fs = Filestore::new();
     let rc = fs.with_sample_workspace();
-    std::fs::create_dir_all(fs.src().join("oom")).expect("mkdir");
-    std::fs::write(
-        fs.src().join("oom/BUILD"),
-        "x = [\"a\" * 100 + str(i) for i in range(50000000)]\n",
-    )
-    .expect("BUILD");
+    add_heap_filling_package(&fs);
     let cg = MemoryCgroup::new(1 << 30);
     // The supervisor reads this cgroup as its own: `<root>/memory` -> the cgroup's dir.
     let root = fs.scratch().join("cgroup-root");
