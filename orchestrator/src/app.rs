@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{Authenticator, KubeReviewer};
+use crate::config::Transport;
 use crate::engine::Engine;
 use crate::notify::ReadyNotices;
 use crate::pods::{KubePods, PodClient, PodSettings};
@@ -46,6 +48,15 @@ pub enum AppError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("cannot read {what} {path}")]
+    ReadTls {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad TLS settings")]
+    Tls(#[source] tonic::transport::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -103,10 +114,48 @@ pub async fn ensure_namespace(client: &kube::Client, namespace: &str) -> Result<
     }
 }
 
+/// The orchestrator's TLS material, read.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// CA of users' client certificates (optional: bearer tokens need none).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// Reads what [`Transport`] names (`None` for plaintext).
+pub fn read_tls(transport: &Transport) -> Result<Option<TlsMaterial>, AppError> {
+    let Transport::Tls {
+        cert,
+        key,
+        client_ca,
+    } = transport
+    else {
+        return Ok(None);
+    };
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| AppError::ReadTls {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    Ok(Some(TlsMaterial {
+        cert_pem: read("the TLS certificate", cert)?,
+        key_pem: read("the TLS private key", key)?,
+        client_ca_pem: client_ca
+            .as_deref()
+            .map(|p| read("the client CA bundle", p))
+            .transpose()?,
+    }))
+}
+
 /// What the orchestrator is made of.
 pub struct Parts {
     pub store: Store,
     pub kube: kube::Client,
+    /// TLS, or plaintext when `None` (the caller checked that this is allowed).
+    pub tls: Option<TlsMaterial>,
     pub pods: PodSettings,
     pub service: ServiceSettings,
     /// How often the reconciler sweeps every active row.
@@ -155,18 +204,38 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
     let reconciler = tokio::spawn(reconciler.run());
     let engine = Engine::new(
         parts.store,
-        KubePods::new(pods, parts.kube, cache.clone()),
+        KubePods::new(pods, parts.kube.clone(), cache.clone()),
         notices,
         parts.service.default_command_port,
     );
-    let service = OrchestratorService::new(std::sync::Arc::new(engine), parts.service);
+    let auth = Authenticator::new(Box::new(KubeReviewer(parts.kube.clone())));
+    let service = OrchestratorService::new(
+        std::sync::Arc::new(engine),
+        std::sync::Arc::new(auth),
+        parts.service,
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &parts.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                &tls.key_pem,
+            ))
+            // Pods present a bearer token, not a certificate.
+            .client_auth_optional(true)
+            .timeout(std::time::Duration::from_secs(10));
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config).map_err(AppError::Tls)?;
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OrchestratorServer<OrchestratorService<Store, KubePods>>>()
         .await;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(OrchestratorServer::new(service))
             // Our own listener: tonic's `tcp_nodelay` does not apply to it, so set it on
@@ -179,7 +248,7 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
                 },
             ),
     );
-    tracing::info!(%addr, "orchestrator listening (gRPC: jbazel.orchestrator.v1.Orchestrator, grpc.health.v1.Health)");
+    tracing::info!(%addr, tls = parts.tls.is_some(), "orchestrator listening (gRPC: jbazel.orchestrator.v1.Orchestrator, grpc.health.v1.Health)");
     Ok(Running {
         addr,
         cache,

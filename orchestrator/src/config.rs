@@ -127,6 +127,86 @@ pub struct Config {
     /// Memory limit of the pods; the supervisor sizes Bazel's JVM heap from it.
     #[arg(long, default_value = "4Gi", value_parser = parse_quantity)]
     pub pod_memory_limit: String,
+
+    /// The orchestrator's TLS certificate (PEM, may hold the chain). With
+    /// --tls-private-key-file, the API is served over TLS.
+    #[arg(
+        long,
+        env = "JBAZEL_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_private_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(
+        long,
+        env = "JBAZEL_TLS_PRIVATE_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA bundle that signs users' client certificates: the cluster's CA, so a user's
+    /// kubeconfig certificate is their credential here too (like kube-apiserver's
+    /// --client-ca-file). Needs TLS. Bearer tokens are verified by TokenReview either way.
+    #[arg(
+        long,
+        env = "JBAZEL_CLIENT_CA_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// CA bundle the pods verify the orchestrator's certificate with (for ReportReady);
+    /// default: --client-ca-file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub pod_orchestrator_ca_file: Option<PathBuf>,
+
+    /// Serve plaintext gRPC on a non-loopback address (credentials and cookies would cross
+    /// the network in clear). Without TLS files, only a loopback --listen is served.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS with these files.
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    },
+    /// Plaintext HTTP/2 (loopback, or --insecure-plaintext).
+    Plaintext,
+}
+
+/// Why the transport settings are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to serve plaintext gRPC on {listen}: give --tls-cert-file and --tls-private-key-file (or --insecure-plaintext to accept it)")]
+pub struct PlaintextRefused {
+    pub listen: SocketAddr,
+}
+
+/// The transport of a listen address and TLS files: TLS when both files are given;
+/// plaintext only on loopback, or when explicitly accepted.
+pub fn transport(
+    listen: SocketAddr,
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<&PathBuf>,
+    insecure_plaintext: bool,
+) -> Result<Transport, PlaintextRefused> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Transport::Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.cloned(),
+        }),
+        _ if listen.ip().is_loopback() || insecure_plaintext => Ok(Transport::Plaintext),
+        _ => Err(PlaintextRefused { listen }),
+    }
 }
 
 /// A Kubernetes resource quantity: a decimal number and an optional suffix.
@@ -151,6 +231,24 @@ fn parse_quantity(s: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// TLS or plaintext, checked.
+    pub fn transport(&self) -> Result<Transport, PlaintextRefused> {
+        transport(
+            self.listen,
+            self.tls_cert_file.as_ref(),
+            self.tls_private_key_file.as_ref(),
+            self.client_ca_file.as_ref(),
+            self.insecure_plaintext,
+        )
+    }
+
+    /// The CA file pods verify the orchestrator with.
+    pub fn pod_ca_file(&self) -> Option<&PathBuf> {
+        self.pod_orchestrator_ca_file
+            .as_ref()
+            .or(self.client_ca_file.as_ref())
+    }
+
     /// `projects/P/instances/I/databases/D`.
     pub fn database_path(&self) -> String {
         format!(
@@ -159,9 +257,12 @@ impl Config {
         )
     }
 
-    pub fn pod_settings(&self) -> PodSettings {
+    /// The pods' settings; `orchestrator_ca_pem` is the content of [`Config::pod_ca_file`],
+    /// read by the caller.
+    pub fn pod_settings(&self, orchestrator_ca_pem: Option<String>) -> PodSettings {
         PodSettings {
             namespace: self.namespace.clone(),
+            orchestrator_ca_pem,
             image: self.image.clone(),
             pull_policy: self.image_pull_policy,
             filestore_root: self.filestore_root.clone(),
@@ -217,6 +318,41 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn plaintext_only_on_loopback_or_when_asked() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().expect("addr");
+        let lo: SocketAddr = "127.0.0.1:50051".parse().expect("addr");
+        let (c, k) = (PathBuf::from("c.pem"), PathBuf::from("k.pem"));
+        assert_eq!(
+            transport(any, Some(&c), Some(&k), None, false),
+            Ok(Transport::Tls {
+                cert: c.clone(),
+                key: k.clone(),
+                client_ca: None
+            })
+        );
+        assert_eq!(
+            transport(lo, None, None, None, false),
+            Ok(Transport::Plaintext)
+        );
+        assert_eq!(
+            transport(any, None, None, None, true),
+            Ok(Transport::Plaintext)
+        );
+        let e = transport(any, None, None, None, false).expect_err("refused");
+        assert!(e.to_string().contains("0.0.0.0:50051"), "{e}");
+        assert!(
+            Config::try_parse_from([
+                "orchestrator",
+                "--spanner-emulator-host=h:1",
+                "--pod-orchestrator-addr=x",
+                "--tls-cert-file=c.pem",
+            ])
+            .is_err(),
+            "a certificate needs its key"
+        );
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Config::command().debug_assert();
     }
@@ -241,7 +377,7 @@ mod tests {
             c.database_path(),
             "projects/jbazel/instances/jbazel/databases/sessions"
         );
-        let p = c.pod_settings();
+        let p = c.pod_settings(None);
         assert_eq!(p.probe, ProbeMode::Http);
         assert_eq!(p.termination_grace_seconds, 10);
         assert_eq!(c.service_settings().default_command_port, 9001);
@@ -273,7 +409,7 @@ mod tests {
         assert_eq!(c.namespace, "t1");
         assert_eq!(c.image_pull_policy, PullPolicy::IfNotPresent);
         assert_eq!(c.readiness_probe, ProbeMode::Exec);
-        let p = c.pod_settings();
+        let p = c.pod_settings(None);
         assert_eq!(
             p.node_selector.get("pool").map(String::as_str),
             Some("bazel")

@@ -19,6 +19,7 @@
 //! is changed only after the row committed; nothing here polls.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod notify;

@@ -43,6 +43,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("--create-database")?;
     }
+    let transport = config.transport()?;
+    let tls = app::read_tls(&transport)?;
+    let pod_ca = config
+        .pod_ca_file()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the pods' CA bundle {}", p.display()))
+        })
+        .transpose()?;
     let store = Store::connect(&config.database_path(), &config.spanner_emulator_host).await?;
     let kube = app::kube_client(config.kubeconfig.as_deref()).await?;
     app::ensure_namespace(&kube, &config.namespace).await?;
@@ -57,7 +66,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Parts {
             store,
             kube,
-            pods: config.pod_settings(),
+            tls,
+            pods: config.pod_settings(pod_ca),
             service: config.service_settings(),
             resync_interval: config.resync_interval(),
         },

@@ -75,10 +75,8 @@ impl Reconciler {
             return;
         };
         let config = watcher::Config::default().labels(APP_SELECTOR);
-        let stream = reflector::reflector(
-            writer,
-            watcher(self.pods.api().clone(), config).default_backoff(),
-        );
+        let stream =
+            reflector::reflector(writer, watcher(self.pods.all(), config).default_backoff());
         let mut stream = std::pin::pin!(stream);
         let this = Arc::new(self);
         let sweeper = {
@@ -130,8 +128,14 @@ impl Reconciler {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let Some(key) = view::key_of(pod) else {
             tracing::info!(pod = %name, "deleting a platform pod without user/repo labels");
-            self.delete(&name, pod.metadata.uid.as_deref(), "no user/repo labels")
-                .await;
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            self.delete(
+                &ns,
+                &name,
+                pod.metadata.uid.as_deref(),
+                "no user/repo labels",
+            )
+            .await;
             return;
         };
         let Some(row) = self.read(&key, &name).await else {
@@ -154,7 +158,7 @@ impl Reconciler {
 
     async fn on_deleted(self: &Arc<Self>, pod: &Pod) {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = self.pods.settings().namespace.clone();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
         if let Some(newer) = self.cache.get(&ObjectRef::new(&name).within(&ns)) {
             self.on_pod(&newer).await;
             return;
@@ -221,11 +225,11 @@ impl Reconciler {
                 return;
             }
         };
-        let ns = self.pods.settings().namespace.clone();
         let rows: HashMap<SessionKey, SessionRow> = rows.into_iter().collect();
         let mut missing = 0usize;
         for (key, row) in &rows {
             let name = pod_name(&key.user_id, &key.repo_hash, row.generation);
+            let ns = self.pods.namespace_of(&key.user_id);
             if self.cache.get(&ObjectRef::new(&name).within(&ns)).is_none() {
                 missing += 1;
                 self.missing(key.clone(), row.clone());
@@ -296,8 +300,13 @@ impl Reconciler {
                                 session = %fence.session_id, pod = %name,
                                 "server idled out: row IDLE, output base kept, pod deleted");
                         }
-                        self.delete(name, uid, &DeleteReason::Culled.to_string())
-                            .await;
+                        self.delete(
+                            &self.pods.namespace_of(&key.user_id),
+                            name,
+                            uid,
+                            &DeleteReason::Culled.to_string(),
+                        )
+                        .await;
                     }
                     Err(e) => {
                         tracing::warn!(pod = %name, error = %ErrorChain(&e), "reconciler cannot mark the row IDLE")
@@ -307,13 +316,19 @@ impl Reconciler {
             ReconcileDecision::DeletePod { reason } => {
                 tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, pod = %name,
                     reason = %reason, "deleting a pod that is not the row's current one");
-                self.delete(name, uid, &reason.to_string()).await;
+                self.delete(
+                    &self.pods.namespace_of(&key.user_id),
+                    name,
+                    uid,
+                    &reason.to_string(),
+                )
+                .await;
             }
         }
     }
 
-    async fn delete(&self, name: &str, uid: Option<&str>, why: &str) {
-        if let Err(e) = self.pods.delete(name, uid).await {
+    async fn delete(&self, namespace: &str, name: &str, uid: Option<&str>, why: &str) {
+        if let Err(e) = self.pods.delete_in(namespace, name, uid).await {
             tracing::warn!(pod = %name, reason = why, error = %ErrorChain(&e), "reconciler cannot delete the pod");
         }
     }

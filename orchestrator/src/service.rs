@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use proto::error_chain::ErrorChain;
-use proto::names::{parse_request_names, InvalidName};
+use proto::names::{parse_request_names, InvalidName, UserId};
 use proto::orchestrator::orchestrator_server::Orchestrator;
 use proto::orchestrator::{
     GetServerRequest, GetServerResponse, ReportReadyRequest, ReportReadyResponse, ServerEvent,
@@ -24,8 +24,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status as GrpcStatus};
 
+use crate::auth::{AuthError, Authenticator, Presented};
 use crate::engine::{Engine, EngineError, Pods, Report, SessionStore};
-use crate::pods::manifest::generation_in_name;
+use crate::pods::manifest::{generation_in_name, user_namespace};
 use crate::session::{Fence, SessionKey};
 
 /// Handler settings: deadlines, and the command port the engine falls back to.
@@ -55,13 +56,49 @@ impl Default for ServiceSettings {
 /// The orchestrator's request handlers over an engine.
 pub struct OrchestratorService<S, P> {
     engine: Arc<Engine<S, P>>,
+    auth: Arc<Authenticator>,
     settings: ServiceSettings,
 }
 
 impl<S, P> OrchestratorService<S, P> {
-    pub fn new(engine: Arc<Engine<S, P>>, settings: ServiceSettings) -> Self {
-        OrchestratorService { engine, settings }
+    pub fn new(
+        engine: Arc<Engine<S, P>>,
+        auth: Arc<Authenticator>,
+        settings: ServiceSettings,
+    ) -> Self {
+        OrchestratorService {
+            engine,
+            auth,
+            settings,
+        }
     }
+
+    /// The caller must be the request's user: the verified identity decides, the request
+    /// only names. Checked after the names parse and before anything is read.
+    async fn authorize_user<T>(
+        &self,
+        request: &Request<T>,
+        user_id: &UserId,
+    ) -> Result<(), GrpcStatus> {
+        let caller = self
+            .auth
+            .user(Presented::of(request))
+            .await
+            .map_err(|e| refused(&e))?;
+        if &caller != user_id {
+            let e = AuthError::Forbidden(format!(
+                "authenticated as {caller}: the request is for user {user_id}"
+            ));
+            return Err(refused(&e));
+        }
+        Ok(())
+    }
+}
+
+/// A refusal, logged (who was refused is what an operator looks for).
+fn refused(e: &AuthError) -> GrpcStatus {
+    tracing::info!(error = %ErrorChain(e), "request refused");
+    e.status()
 }
 
 fn invalid(e: InvalidName) -> GrpcStatus {
@@ -142,9 +179,11 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
             self.settings.default_deadline,
             self.settings.max_deadline,
         );
-        let req = request.into_inner();
-        let (user_id, repo_hash, session_id) =
-            parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
+        let (user_id, repo_hash, session_id) = {
+            let req = request.get_ref();
+            parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?
+        };
+        self.authorize_user(&request, &user_id).await?;
         let key = SessionKey::new(user_id, repo_hash);
         let task = tokio::spawn(self.engine.clone().get_server(key, session_id, deadline));
         let server = task
@@ -167,9 +206,11 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
             self.settings.watch_deadline,
             self.settings.max_deadline,
         );
-        let req = request.into_inner();
-        let (user_id, repo_hash, session_id) =
-            parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
+        let (user_id, repo_hash, session_id) = {
+            let req = request.get_ref();
+            parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?
+        };
+        self.authorize_user(&request, &user_id).await?;
         let key = SessionKey::new(user_id, repo_hash);
         let events = self
             .engine
@@ -190,6 +231,7 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
             self.settings.default_deadline,
             self.settings.max_deadline,
         );
+        let presented = Presented::of(&request);
         let req = request.into_inner();
         let (user_id, repo_hash, session_id) =
             parse_request_names(&req.user_id, &req.repo_hash, &req.session_id).map_err(invalid)?;
@@ -206,8 +248,22 @@ impl<S: SessionStore, P: Pods> Orchestrator for OrchestratorService<S, P> {
                 "command_port is not a TCP port",
             ));
         }
+        // Only the pod itself may report: its bound token names it, and the report must be
+        // about that very pod (name here, uid against the API server in the engine).
+        let pod = self.auth.pod(presented).await.map_err(|e| refused(&e))?;
+        let namespace = user_namespace(self.engine.platform_namespace(), &user_id);
+        if pod.service_account != crate::auth::SERVER_SERVICE_ACCOUNT
+            || pod.namespace != namespace
+            || pod.pod_name != req.pod_name
+        {
+            return Err(refused(&AuthError::Forbidden(format!(
+                "the token of pod {}/{} cannot report for pod {}/{}",
+                pod.namespace, pod.pod_name, namespace, req.pod_name
+            ))));
+        }
         let key = SessionKey::new(user_id, repo_hash);
         let report = Report {
+            pod_uid: Some(pod.pod_uid),
             fence: Fence {
                 session_id,
                 generation,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
 };
-use proto::names::SessionId;
+use proto::names::{SessionId, UserId};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
@@ -287,7 +287,7 @@ impl Pods for Arc<FakePods> {
         &self.settings.namespace
     }
 
-    fn cached(&self, name: &str) -> Option<Arc<Pod>> {
+    fn cached(&self, _user: &UserId, name: &str) -> Option<Arc<Pod>> {
         self.pod(name).map(Arc::new)
     }
 
@@ -312,7 +312,7 @@ impl Pods for Arc<FakePods> {
         }
     }
 
-    async fn get(&self, name: &str) -> Result<Option<Pod>, PodError> {
+    async fn get(&self, _user: &UserId, name: &str) -> Result<Option<Pod>, PodError> {
         Ok(self.pod(name))
     }
 
@@ -353,7 +353,7 @@ impl Pods for Arc<FakePods> {
         Ok(older)
     }
 
-    fn watch(&self, name: &str) -> BoxStream<'static, PodSignal> {
+    fn watch(&self, _user: &UserId, name: &str) -> BoxStream<'static, PodSignal> {
         // Subscribe first, then read: a change in between is seen (maybe twice; harmless).
         let changes = BroadcastStream::new(self.changes.subscribe());
         let initial = self

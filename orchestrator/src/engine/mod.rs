@@ -33,6 +33,7 @@ use tokio::time::Instant;
 pub use ports::{PodSignal, Pods, SessionStore};
 
 use crate::notify::ReadyNotices;
+use crate::pods::manifest::user_namespace;
 use crate::pods::view;
 use crate::pods::{pod_name, EnsureOutcome, PodError, PodSpecFor};
 use crate::session::{
@@ -87,6 +88,8 @@ pub struct Report {
     pub pod_ip: String,
     /// 0 when the supervisor did not say.
     pub command_port: u32,
+    /// The uid of the pod the report's credential is bound to (checked against the pod).
+    pub pod_uid: Option<String>,
 }
 
 /// The decisions, over a store and a pod port.
@@ -108,6 +111,11 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
         }
     }
 
+    /// The platform's namespace (each user's pods live in a namespace derived from it).
+    pub fn platform_namespace(&self) -> &str {
+        self.pods.namespace()
+    }
+
     /// The wire view of a row. A PodIP is only given out with READY.
     fn server(&self, key: &SessionKey, row: &SessionRow) -> Server {
         let status = match row.status {
@@ -120,7 +128,7 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
             session_id: row.session_id.to_string(),
             status: status as i32,
             pod_name: pod_name(&key.user_id, &key.repo_hash, row.generation),
-            namespace: self.pods.namespace().to_string(),
+            namespace: user_namespace(self.pods.namespace(), &key.user_id),
             pod_ip: match row.status {
                 Status::Ready => row.pod_ip.clone().unwrap_or_default(),
                 Status::Pending | Status::Idle => String::new(),
@@ -131,8 +139,10 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
 
     /// The row's current pod as the cache last saw it.
     fn cached_pod(&self, key: &SessionKey, row: &SessionRow) -> Option<Arc<Pod>> {
-        self.pods
-            .cached(&pod_name(&key.user_id, &key.repo_hash, row.generation))
+        self.pods.cached(
+            &key.user_id,
+            &pod_name(&key.user_id, &key.repo_hash, row.generation),
+        )
     }
 
     /// True when the cache sees the row's current pod alive (starting or ready).
@@ -294,13 +304,19 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
     ) -> Result<bool, EngineError> {
         let pod = self
             .pods
-            .get(&report.pod_name)
+            .get(&key.user_id, &report.pod_name)
             .await
             .map_err(|source| EngineError::Pods {
                 pod: report.pod_name.clone(),
                 source,
             })?;
-        if let Err(why) = view::report_matches(pod.as_ref(), &key, &report.fence, &report.pod_ip) {
+        if let Err(why) = view::report_matches(
+            pod.as_ref(),
+            &key,
+            &report.fence,
+            &report.pod_ip,
+            report.pod_uid.as_deref(),
+        ) {
             tracing::warn!(user = %key.user_id, repo_hash = %key.repo_hash, session = %report.fence.session_id,
                 pod = %report.pod_name, pod_ip = %report.pod_ip, reason = %why,
                 "ReportReady does not match the cluster: nothing written");

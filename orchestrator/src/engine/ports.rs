@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use proto::names::SessionId;
+use proto::names::{SessionId, UserId};
 use tokio::time::Instant;
 
 use crate::pods::{EnsureOutcome, PodError, PodSpecFor};
@@ -79,17 +79,21 @@ pub enum PodSignal {
     Event(Box<Event>),
 }
 
-/// The platform's pods in one namespace.
+/// The platform's pods, each user's in their own namespace.
 pub trait Pods: Send + Sync + 'static {
-    /// The namespace the pods live in.
+    /// The platform's namespace (user U's pods live in `user_namespace(this, U)`).
     fn namespace(&self) -> &str;
 
-    /// The pod under `name` as the cache last saw it (no API call).
-    fn cached(&self, name: &str) -> Option<Arc<Pod>>;
+    /// The pod `name` of `user` as the cache last saw it (no API call).
+    fn cached(&self, user: &UserId, name: &str) -> Option<Arc<Pod>>;
 
-    /// The pod under `name` as the API server has it now (not a cache: what a report is
-    /// checked against).
-    fn get(&self, name: &str) -> impl Future<Output = Result<Option<Pod>, PodError>> + Send;
+    /// The pod `name` of `user` as the API server has it now (not a cache: what a report
+    /// is checked against).
+    fn get(
+        &self,
+        user: &UserId,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Pod>, PodError>> + Send;
 
     /// Every pod of `key` (any generation) as the cache last saw it.
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>>;
@@ -109,6 +113,6 @@ pub trait Pods: Send + Sync + 'static {
         generation: u64,
     ) -> impl Future<Output = Result<Vec<String>, PodError>> + Send;
 
-    /// Follows the pod under `name` and its events until the stream is dropped.
-    fn watch(&self, name: &str) -> BoxStream<'static, PodSignal>;
+    /// Follows the pod `name` of `user` and its events until the stream is dropped.
+    fn watch(&self, user: &UserId, name: &str) -> BoxStream<'static, PodSignal>;
 }

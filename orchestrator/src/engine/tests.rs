@@ -72,6 +72,7 @@ impl Setup {
             pod_name: name(k, generation),
             pod_ip: ip.into(),
             command_port: port,
+            pod_uid: None,
         };
         self.engine
             .clone()

@@ -83,7 +83,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
         if let Next::Done = self.send(Stage::Session, message).await {
             return;
         }
-        let mut signals = self.engine.pods.watch(&self.pod_name);
+        let mut signals = self.engine.pods.watch(&self.key.user_id, &self.pod_name);
         let mut previous_check = tokio::time::interval(PREVIOUS_CHECK);
         previous_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -128,7 +128,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                     self.generation = generation;
                     self.pod_name = pod_name(&self.key.user_id, &self.key.repo_hash, generation);
                     self.current_uid = None;
-                    signals = self.engine.pods.watch(&self.pod_name);
+                    signals = self.engine.pods.watch(&self.key.user_id, &self.pod_name);
                 }
             }
         }
@@ -172,7 +172,7 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
         }
         if self.previous.take().is_some() {
             self.last = None;
-            if let Some(pod) = self.engine.pods.cached(&self.pod_name) {
+            if let Some(pod) = self.engine.pods.cached(&self.key.user_id, &self.pod_name) {
                 return self.on_pod(&pod).await;
             }
         }

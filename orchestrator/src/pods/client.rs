@@ -9,7 +9,10 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
-use super::manifest::{PodSettings, PodSpecFor, LABEL_REPO_HASH, LABEL_USER};
+use proto::names::UserId;
+
+use super::manifest::{user_namespace, PodSettings, PodSpecFor, LABEL_REPO_HASH, LABEL_USER};
+use super::tenancy::{TenancyError, UserNamespaces};
 use super::view;
 use crate::session::{pod_step, PodStep, SessionKey};
 
@@ -35,6 +38,13 @@ pub enum PodError {
         pod: String,
         #[source]
         source: kube::runtime::wait::Error,
+    },
+    /// The user's namespace could not be made ready for the pod.
+    #[error("pod {pod}")]
+    Tenancy {
+        pod: String,
+        #[source]
+        source: TenancyError,
     },
     /// The create/delete loop did not converge (another writer kept changing the pod).
     #[error("pod {namespace}/{pod} did not converge after {rounds} rounds")]
@@ -62,17 +72,20 @@ impl EnsureOutcome {
     }
 }
 
-/// Pods of one namespace, with the settings their manifests are built from.
+/// The platform's pods (each user's in their own namespace), with the settings their
+/// manifests are built from.
 #[derive(Clone)]
 pub struct PodClient {
-    api: Api<Pod>,
+    client: Client,
     settings: Arc<PodSettings>,
+    namespaces: UserNamespaces,
 }
 
 impl PodClient {
     pub fn new(client: Client, settings: PodSettings) -> Self {
         PodClient {
-            api: Api::namespaced(client, &settings.namespace),
+            namespaces: UserNamespaces::new(client.clone(), settings.namespace.clone()),
+            client,
             settings: Arc::new(settings),
         }
     }
@@ -81,12 +94,29 @@ impl PodClient {
         &self.settings
     }
 
-    pub fn api(&self) -> &Api<Pod> {
-        &self.api
+    /// Every platform pod of every user namespace (the reconciler's watch; list/watch
+    /// pods cluster-wide, filtered by the platform's label).
+    pub fn all(&self) -> Api<Pod> {
+        Api::all(self.client.clone())
     }
 
-    fn err(&self, op: &'static str, pod: &str) -> impl FnOnce(kube::Error) -> PodError {
-        let namespace = self.settings.namespace.clone();
+    /// `user`'s namespace.
+    pub fn namespace_of(&self, user: &UserId) -> String {
+        user_namespace(&self.settings.namespace, user)
+    }
+
+    /// The pods of `user`'s namespace.
+    pub fn api(&self, user: &UserId) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace_of(user))
+    }
+
+    fn err(
+        &self,
+        user: &UserId,
+        op: &'static str,
+        pod: &str,
+    ) -> impl FnOnce(kube::Error) -> PodError {
+        let namespace = self.namespace_of(user);
         let pod = pod.to_string();
         move |source| PodError::Kube {
             op,
@@ -96,14 +126,32 @@ impl PodClient {
         }
     }
 
-    /// The pod under `name`, if any.
-    pub async fn get(&self, name: &str) -> Result<Option<Pod>, PodError> {
-        self.api.get_opt(name).await.map_err(self.err("get", name))
+    /// The pod `name` of `user`, if any.
+    pub async fn get(&self, user: &UserId, name: &str) -> Result<Option<Pod>, PodError> {
+        self.api(user)
+            .get_opt(name)
+            .await
+            .map_err(self.err(user, "get", name))
     }
 
     /// Deletes `name` if it still is the pod with `uid` (a newer pod of the same name is
     /// left alone). Gone already, or replaced meanwhile: success.
-    pub async fn delete(&self, name: &str, uid: Option<&str>) -> Result<(), PodError> {
+    pub async fn delete(
+        &self,
+        user: &UserId,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), PodError> {
+        self.delete_in(&self.namespace_of(user), name, uid).await
+    }
+
+    /// [`PodClient::delete`] in `namespace` (a pod found by the cluster-wide watch).
+    pub async fn delete_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), PodError> {
         let params = DeleteParams {
             preconditions: uid.map(|uid| Preconditions {
                 uid: Some(uid.to_string()),
@@ -111,16 +159,23 @@ impl PodClient {
             }),
             ..Default::default()
         };
-        match self.api.delete(name, &params).await {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
-            Err(e) => Err(self.err("delete", name)(e)),
+            Err(source) => Err(PodError::Kube {
+                op: "delete",
+                namespace: namespace.to_string(),
+                pod: name.to_string(),
+                source,
+            }),
         }
     }
 
     /// Waits (watch, no polling) until the pod with `uid` no longer exists.
     pub async fn wait_gone(
         &self,
+        user: &UserId,
         name: &str,
         uid: Option<&str>,
         deadline: Instant,
@@ -128,22 +183,20 @@ impl PodClient {
         let wait = async {
             match uid {
                 Some(uid) => {
-                    await_condition(self.api.clone(), name, conditions::is_deleted(uid)).await
+                    await_condition(self.api(user), name, conditions::is_deleted(uid)).await
                 }
-                None => {
-                    await_condition(self.api.clone(), name, |p: Option<&Pod>| p.is_none()).await
-                }
+                None => await_condition(self.api(user), name, |p: Option<&Pod>| p.is_none()).await,
             }
         };
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => Err(PodError::Wait {
-                namespace: self.settings.namespace.clone(),
+                namespace: self.namespace_of(user),
                 pod: name.to_string(),
                 source,
             }),
             Err(_) => Err(PodError::StillTerminating {
-                namespace: self.settings.namespace.clone(),
+                namespace: self.namespace_of(user),
                 pod: name.to_string(),
             }),
         }
@@ -158,9 +211,10 @@ impl PodClient {
         deadline: Instant,
     ) -> Result<EnsureOutcome, PodError> {
         let name = spec.name();
+        let user = spec.user_id;
         const MAX_ROUNDS: u32 = 8;
         for _ in 0..MAX_ROUNDS {
-            let current = self.get(&name).await?;
+            let current = self.get(user, &name).await?;
             let current_view = current.as_ref().map(view::view);
             match pod_step(&spec.fence(), current_view.as_ref()) {
                 PodStep::Keep => {
@@ -174,16 +228,27 @@ impl PodClient {
                         repo_hash = %spec.repo_hash,
                         session = %spec.session_id,
                         pod = %name,
-                        namespace = %self.settings.namespace,
+                        namespace = %self.namespace_of(user),
                         "Creating Pod for repo {}",
                         spec.repo_hash
                     );
+                    self.namespaces
+                        .ensure(user)
+                        .await
+                        .map_err(|source| PodError::Tenancy {
+                            pod: name.clone(),
+                            source,
+                        })?;
                     let manifest = spec.manifest(&self.settings);
-                    match self.api.create(&PostParams::default(), &manifest).await {
+                    match self
+                        .api(user)
+                        .create(&PostParams::default(), &manifest)
+                        .await
+                    {
                         Ok(pod) => return Ok(EnsureOutcome::Created(Box::new(pod))),
                         // Someone else created it first: look again (next round).
                         Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-                        Err(e) => return Err(self.err("create", &name)(e)),
+                        Err(e) => return Err(self.err(user, "create", &name)(e)),
                     }
                 }
                 PodStep::Replace { uid } => {
@@ -196,17 +261,19 @@ impl PodClient {
                         stale_session = stale.as_deref().unwrap_or(""),
                         "deleting the pod of another session (or a failed pod) before creating"
                     );
-                    self.delete(&name, uid.as_deref()).await?;
-                    self.wait_gone(&name, uid.as_deref(), deadline).await?;
+                    self.delete(user, &name, uid.as_deref()).await?;
+                    self.wait_gone(user, &name, uid.as_deref(), deadline)
+                        .await?;
                 }
                 PodStep::WaitGone { uid } => {
                     tracing::debug!(pod = %name, "waiting for a terminating pod to be gone");
-                    self.wait_gone(&name, uid.as_deref(), deadline).await?;
+                    self.wait_gone(user, &name, uid.as_deref(), deadline)
+                        .await?;
                 }
             }
         }
         Err(PodError::NoProgress {
-            namespace: self.settings.namespace.clone(),
+            namespace: self.namespace_of(user),
             pod: name,
             rounds: MAX_ROUNDS,
         })
@@ -229,10 +296,10 @@ impl PodClient {
             key.user_id, key.repo_hash
         );
         let pods = self
-            .api
+            .api(&key.user_id)
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(self.err("list", &selector))?;
+            .map_err(self.err(&key.user_id, "list", &selector))?;
         let mut removed = Vec::new();
         for pod in pods.items {
             if view::generation_of(&pod).is_some_and(|g| g >= generation) {
@@ -240,7 +307,8 @@ impl PodClient {
             }
             let name = pod.metadata.name.clone().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_none() {
-                self.delete(&name, pod.metadata.uid.as_deref()).await?;
+                self.delete(&key.user_id, &name, pod.metadata.uid.as_deref())
+                    .await?;
             }
             removed.push(name);
         }

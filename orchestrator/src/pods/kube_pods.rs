@@ -10,6 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store as PodCache};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use proto::error_chain::ErrorChain;
+use proto::names::UserId;
 use tokio::time::Instant;
 
 use super::{view, EnsureOutcome, PodClient, PodError, PodSpecFor};
@@ -40,13 +41,13 @@ impl Pods for KubePods {
         &self.client.settings().namespace
     }
 
-    fn cached(&self, name: &str) -> Option<Arc<Pod>> {
+    fn cached(&self, user: &UserId, name: &str) -> Option<Arc<Pod>> {
         self.cache
-            .get(&ObjectRef::new(name).within(self.namespace()))
+            .get(&ObjectRef::new(name).within(&self.client.namespace_of(user)))
     }
 
-    async fn get(&self, name: &str) -> Result<Option<Pod>, PodError> {
-        self.client.get(name).await
+    async fn get(&self, user: &UserId, name: &str) -> Result<Option<Pod>, PodError> {
+        self.client.get(user, name).await
     }
 
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>> {
@@ -73,8 +74,8 @@ impl Pods for KubePods {
         self.client.remove_older(key, generation).await
     }
 
-    fn watch(&self, name: &str) -> BoxStream<'static, PodSignal> {
-        let ns = self.namespace().to_string();
+    fn watch(&self, user: &UserId, name: &str) -> BoxStream<'static, PodSignal> {
+        let ns = self.client.namespace_of(user);
         let pod_name = name.to_string();
         let pods = watcher(
             Api::<Pod>::namespaced(self.kube.clone(), &ns),

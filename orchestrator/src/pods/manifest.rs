@@ -8,8 +8,9 @@ use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -32,6 +33,28 @@ pub const LABEL_GENERATION: &str = "jbazel.dev/generation";
 pub const ANNOTATION_REPO_DIR: &str = "jbazel.dev/repo-dir";
 /// The label selector of every platform pod.
 pub const APP_SELECTOR: &str = "app.kubernetes.io/name=jbazel-server";
+
+/// The service account of every server pod, one in each user namespace, with no role:
+/// its only use is the pod-bound token ReportReady presents (`auth::POD_AUDIENCE`).
+pub const SERVER_SERVICE_ACCOUNT: &str = crate::auth::SERVER_SERVICE_ACCOUNT;
+/// Where the pod's bound token is mounted (read by the supervisor, root-only).
+pub const TOKEN_DIR: &str = "/var/run/secrets/jbazel";
+/// The token file in [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "token";
+/// Lifetime of the bound token; the kubelet renews it at 80%.
+const TOKEN_SECONDS: i64 = 3600;
+/// The capabilities the supervisor (PID 1) needs for the pivot and the switch to the
+/// tree's owner; it drops all of them before Bazel is exec'd. Measured in
+/// `supervisor::privileges` (see `supervisor --dry-run`).
+pub const POD_CAPABILITIES: &[&str] = &[
+    "SYS_ADMIN",
+    "SETUID",
+    "SETGID",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "KILL",
+];
 
 /// The container's name.
 pub const CONTAINER: &str = "bazel-server";
@@ -101,7 +124,11 @@ pub enum ProbeMode {
 /// Everything about the pod that comes from the orchestrator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSettings {
+    /// The platform's namespace; user U's pods live in [`user_namespace`]`(namespace, U)`.
     pub namespace: String,
+    /// PEM of the CA that verifies the orchestrator's TLS certificate, given to the pods
+    /// (`ORCHESTRATOR_CA_PEM`) for ReportReady; `None` with a plaintext orchestrator.
+    pub orchestrator_ca_pem: Option<String>,
     pub image: String,
     pub pull_policy: PullPolicy,
     /// The filestore root R, mounted (hostPath) at the same path R in the pod.
@@ -152,6 +179,7 @@ impl Default for PodSettings {
     fn default() -> Self {
         PodSettings {
             namespace: "jbazel".into(),
+            orchestrator_ca_pem: None,
             image: "docker.io/library/jbazel-bazel-server:dev".into(),
             pull_policy: PullPolicy::Never,
             filestore_root: PathBuf::from("/tmp/mock-filestore"),
@@ -166,6 +194,21 @@ impl Default for PodSettings {
             resources: PodResources::default(),
         }
     }
+}
+
+/// The namespace of `user`'s pods: `<platform namespace>-<user>`, or, when that is longer
+/// than a namespace may be, its first 54 characters and 8 hex digits of md5(namespace NUL
+/// user), so two users never share one. One namespace per user is what lets RBAC say
+/// "alice may port-forward to her pods and to no one else's" (a RoleBinding of the
+/// `jbazel-user` ClusterRole in her namespace), and what scopes the pods' service account.
+pub fn user_namespace(namespace: &str, user_id: &str) -> String {
+    let full = format!("{namespace}-{user_id}");
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    let digest = hex::encode(Md5::digest(format!("{namespace}\0{user_id}").as_bytes()));
+    let head = full[..54].trim_end_matches('-');
+    format!("{head}-{}", &digest[..8])
 }
 
 /// The pod name of one generation of (user, repo): `bazel-<user>-<digest>-g<generation>`,
@@ -299,6 +342,11 @@ impl PodSpecFor<'_> {
                     &(settings.termination_grace_seconds - 2).max(1).to_string(),
                 ),
                 env("ORCHESTRATOR_ADDR", &settings.orchestrator_addr),
+                env(
+                    "ORCHESTRATOR_CA_PEM",
+                    settings.orchestrator_ca_pem.as_deref().unwrap_or(""),
+                ),
+                env("JBAZEL_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
                 env("IDLE_TIMEOUT_SECS", &settings.idle_timeout_secs.to_string()),
                 field("POD_NAME", "metadata.name"),
                 field("POD_NAMESPACE", "metadata.namespace"),
@@ -310,11 +358,19 @@ impl PodSpecFor<'_> {
                 protocol: Some("TCP".to_string()),
                 ..Default::default()
             }]),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "filestore".to_string(),
-                mount_path: root.clone(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "filestore".to_string(),
+                    mount_path: root.clone(),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "report-token".to_string(),
+                    mount_path: TOKEN_DIR.to_string(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]),
             readiness_probe: Some(readiness),
             resources: settings.resources.requirements(),
             // The supervisor writes `idle: ...` here when Bazel idled out.
@@ -333,21 +389,20 @@ impl PodSpecFor<'_> {
                 ..Default::default()
             }),
             security_context: Some(SecurityContext {
-                // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts: that needs
-                // CAP_SYS_ADMIN, and nothing else that `privileged` would grant (all
-                // devices, every capability, no masked /proc paths).
+                // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts, then
+                // switches to the tree owner's uid: that needs the few capabilities of
+                // POD_CAPABILITIES (each explained by `supervisor --dry-run`) and nothing
+                // else that `privileged` would grant. Bazel and every action run with
+                // none of them (bounding set emptied, no_new_privs) as the owner's uid.
                 privileged: Some(false),
                 capabilities: Some(Capabilities {
-                    add: Some(vec!["SYS_ADMIN".to_string()]),
-                    drop: None,
+                    add: Some(POD_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                    drop: Some(vec!["ALL".to_string()]),
                 }),
-                // Seccomp: the RuntimeDefault profile blocks unshare(2)/mount(2) (measured
-                // in environment.md: it blocks `unshare -m`, `unshare -U -r -m` and bwrap
-                // alike), so the unshare path needs Unconfined. It is the default of this
-                // 1.20 cluster anyway; it is stated here so a cluster that defaults to
-                // RuntimeDefault does not silently break the pivot. A tailored profile
-                // (RuntimeDefault + unshare/mount/umount2/pivot_root) is the production
-                // follow-up.
+                // Seccomp: the container runtime's RuntimeDefault profile blocks unshare(2)
+                // and mount(2) even with CAP_SYS_ADMIN on this cluster (environment.md), so
+                // the pivot needs Unconfined at the container level. What runs after the
+                // pivot gets the supervisor's own filter instead (see supervisor::pivot).
                 seccomp_profile: Some(SeccompProfile {
                     type_: "Unconfined".to_string(),
                     localhost_profile: None,
@@ -361,7 +416,7 @@ impl PodSpecFor<'_> {
         Pod {
             metadata: ObjectMeta {
                 name: Some(self.name()),
-                namespace: Some(settings.namespace.clone()),
+                namespace: Some(user_namespace(&settings.namespace, self.user_id)),
                 labels: Some(self.labels()),
                 annotations: Some(BTreeMap::from([
                     (LABEL_USER.to_string(), self.user_id.to_string()),
@@ -383,21 +438,43 @@ impl PodSpecFor<'_> {
             },
             spec: Some(PodSpec {
                 containers: vec![container],
-                volumes: Some(vec![Volume {
-                    name: "filestore".to_string(),
-                    host_path: Some(HostPathVolumeSource {
-                        path: root,
-                        type_: Some("DirectoryOrCreate".to_string()),
-                    }),
-                    ..Default::default()
-                }]),
+                volumes: Some(vec![
+                    Volume {
+                        name: "filestore".to_string(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: root,
+                            type_: Some("DirectoryOrCreate".to_string()),
+                        }),
+                        ..Default::default()
+                    },
+                    // The pod's only credential: a token bound to this pod (the API server
+                    // invalidates it when the pod goes) for the orchestrator's audience
+                    // alone, readable by root only (Bazel runs as the tree's owner).
+                    Volume {
+                        name: "report-token".to_string(),
+                        projected: Some(ProjectedVolumeSource {
+                            default_mode: Some(0o400),
+                            sources: Some(vec![VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    audience: Some(crate::auth::POD_AUDIENCE.to_string()),
+                                    expiration_seconds: Some(TOKEN_SECONDS),
+                                    path: TOKEN_FILE.to_string(),
+                                }),
+                                ..Default::default()
+                            }]),
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+                service_account_name: Some(SERVER_SERVICE_ACCOUNT.to_string()),
                 // Restart a crashed supervisor in place; exit 0 (Bazel idled out) ends
                 // the pod, and the reconciler marks the row IDLE.
                 restart_policy: Some("OnFailure".to_string()),
                 // The supervisor shuts Bazel down on SIGTERM within this; a bounce's new
                 // pod starts at once and waits for the old server's output-base lock.
                 termination_grace_period_seconds: Some(settings.termination_grace_seconds),
-                // The pod never calls the Kubernetes API: no token, no service env vars.
+                // The pod never calls the Kubernetes API: no API token (only the bound
+                // one above), no service env vars.
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),
                 // The pod resolves no cluster names (it reaches the orchestrator by IP), and
@@ -515,7 +592,11 @@ mod tests {
             pod.metadata.name.as_deref(),
             Some(pod_name("alice", HASH, 7).as_str())
         );
-        assert_eq!(pod.metadata.namespace.as_deref(), Some("jbazel"));
+        assert_eq!(
+            pod.metadata.namespace.as_deref(),
+            Some("jbazel-alice"),
+            "each user's pods in the user's own namespace"
+        );
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels[LABEL_APP], "jbazel-server");
         assert_eq!(labels[LABEL_USER], "alice");
@@ -538,6 +619,17 @@ mod tests {
         assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
         assert_eq!(spec.node_selector, None);
         assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
+        assert_eq!(spec.service_account_name.as_deref(), Some("jbazel-server"));
+        let token = spec.volumes.as_ref().expect("volumes")[1]
+            .projected
+            .as_ref()
+            .expect("projected token");
+        assert_eq!(token.default_mode, Some(0o400), "root-only");
+        let sat = token.sources.as_ref().expect("sources")[0]
+            .service_account_token
+            .as_ref()
+            .expect("bound token");
+        assert_eq!(sat.audience.as_deref(), Some("jbazel-orchestrator"));
         let volume = &spec.volumes.as_ref().expect("volumes")[0];
         let host_path = volume.host_path.as_ref().expect("hostPath");
         assert_eq!(host_path.path, "/srv/fs");
@@ -592,13 +684,29 @@ mod tests {
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(
             sc.capabilities.as_ref().and_then(|c| c.add.clone()),
-            Some(vec!["SYS_ADMIN".to_string()])
+            Some(POD_CAPABILITIES.iter().map(|c| c.to_string()).collect())
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()]),
+            "everything else the runtime grants by default is dropped"
         );
         assert_eq!(
             sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
             Some("Unconfined")
         );
         assert_eq!(sc.allow_privilege_escalation, None);
+    }
+
+    #[test]
+    fn user_namespaces_are_distinct_labels() {
+        assert_eq!(user_namespace("jbazel", "alice"), "jbazel-alice");
+        let long = "u".repeat(63);
+        let a = user_namespace("jbazel", &long);
+        let b = user_namespace("jbazel", &format!("{}v", "u".repeat(62)));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b, "a cut name keeps the users apart");
+        assert!(!a.contains("--") && !a.ends_with('-'));
     }
 
     #[test]

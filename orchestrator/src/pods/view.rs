@@ -79,8 +79,12 @@ pub fn report_matches(
     key: &SessionKey,
     fence: &crate::session::Fence,
     pod_ip: &str,
+    pod_uid: Option<&str>,
 ) -> Result<(), ReportMismatch> {
     let pod = pod.ok_or(ReportMismatch::NoPod)?;
+    if pod_uid.is_some_and(|uid| pod.metadata.uid.as_deref() != Some(uid)) {
+        return Err(ReportMismatch::NotThatPod);
+    }
     let v = view(pod);
     if key_of(pod).as_ref() != Some(key) || v.fence().as_ref() != Some(fence) {
         return Err(ReportMismatch::NotThatPod);
@@ -559,15 +563,15 @@ mod tests {
             Some("10.244.0.5"),
         );
         assert_eq!(
-            report_matches(Some(&running), &key, &fence, "10.244.0.5"),
+            report_matches(Some(&running), &key, &fence, "10.244.0.5", None),
             Ok(())
         );
         assert_eq!(
-            report_matches(Some(&running), &key, &fence, "10.6.6.6"),
+            report_matches(Some(&running), &key, &fence, "10.6.6.6", None),
             Err(ReportMismatch::OtherAddress)
         );
         assert_eq!(
-            report_matches(None, &key, &fence, "10.244.0.5"),
+            report_matches(None, &key, &fence, "10.244.0.5", None),
             Err(ReportMismatch::NoPod)
         );
         let other = crate::session::Fence {
@@ -575,19 +579,36 @@ mod tests {
             ..fence.clone()
         };
         assert_eq!(
-            report_matches(Some(&running), &key, &other, "10.244.0.5"),
+            report_matches(Some(&running), &key, &other, "10.244.0.5", None),
             Err(ReportMismatch::NotThatPod)
         );
         let bob = SessionKey::new(UserId::parse("bob").expect("valid"), key.repo_hash.clone());
         assert_eq!(
-            report_matches(Some(&running), &bob, &fence, "10.244.0.5"),
+            report_matches(Some(&running), &bob, &fence, "10.244.0.5", None),
             Err(ReportMismatch::NotThatPod)
         );
         let mut going = running.clone();
         going.metadata.deletion_timestamp = Some(Time(Default::default()));
         assert_eq!(
-            report_matches(Some(&going), &key, &fence, "10.244.0.5"),
+            report_matches(Some(&going), &key, &fence, "10.244.0.5", None),
             Err(ReportMismatch::Terminating)
+        );
+        // A token bound to another pod of the same name (an earlier one) is not this pod.
+        let mut with_uid = running.clone();
+        with_uid.metadata.uid = Some("uid-now".into());
+        assert_eq!(
+            report_matches(Some(&with_uid), &key, &fence, "10.244.0.5", Some("uid-now")),
+            Ok(())
+        );
+        assert_eq!(
+            report_matches(
+                Some(&with_uid),
+                &key,
+                &fence,
+                "10.244.0.5",
+                Some("uid-before")
+            ),
+            Err(ReportMismatch::NotThatPod)
         );
     }
 
