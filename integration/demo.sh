@@ -25,5 +25,5 @@ image/build.sh --supervisor target/debug/supervisor
 echo "==> setup took $(( $(date +%s) - t0 )) s"
 export KUBECONFIG=/var/lib/jbazel-cluster/admin.kubeconfig
 target/debug/jbazel-demo "$@"
-echo "==> kubectl get pods -n jbazel (KUBECONFIG=$KUBECONFIG)"
-kubectl get pods -n jbazel -o wide || true
+echo "==> kubectl get pods -n jbazel-alice, as alice (KUBECONFIG=~alice/.kube/config)"
+KUBECONFIG=~alice/.kube/config kubectl get pods -n jbazel-alice -o wide || true

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the project needs on a fresh Debian 12 machine.
+# Installs the system packages the project needs on a fresh Debian 12 machine, and creates
+# the demo's desktop users (alice, bob, mallory).
 # Idempotent and quiet: when everything is there it prints nothing and takes well under a
 # second. Run as root (CI and the dev machines are root).
 set -euo pipefail
@@ -62,3 +63,12 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_update = 1 ]; then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo is missing (install Rust with rustup)" >&2; exit 1; }
+
+# The demo's desktop users: jbazel runs as a non-root user whose credentials
+# (integration/kubernetes/local.sh user NAME) it is given.
+for u in alice bob mallory; do
+  if ! id -u "$u" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash "$u"
+    echo "setup: created user $u" >&2
+  fi
+done

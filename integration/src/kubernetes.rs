@@ -234,21 +234,93 @@ impl TestNamespace {
         &self.name
     }
 
-    /// The pods of this namespace.
+    /// The pods of this namespace (a platform started on it puts no server pod here:
+    /// see [`TestNamespace::user_pods`]).
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Deletes the namespace now (the API server finishes it in the background).
-    pub async fn cleanup(mut self) -> Result<(), ClusterError> {
-        self.deleted = true;
-        Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::background())
+    /// The namespace the orchestrator gives `user`'s pods when this is its platform
+    /// namespace.
+    pub fn user_namespace(&self, user: &str) -> String {
+        orchestrator::pods::manifest::user_namespace(&self.name, user)
+    }
+
+    /// The server pods of `user` (in [`TestNamespace::user_namespace`]).
+    pub fn user_pods(&self, user: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.user_namespace(user))
+    }
+
+    /// A pod-bound service-account token for the server pod `pod` of `user` (uid `uid`),
+    /// with the orchestrator's audience: exactly what the pod's projected token is, made
+    /// through the TokenRequest API (as the harness's admin).
+    pub async fn pod_token(
+        &self,
+        user: &str,
+        pod: &str,
+        uid: &str,
+    ) -> Result<String, ClusterError> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let ns = self.user_namespace(user);
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![orchestrator::auth::POD_AUDIENCE.to_string()],
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.to_string()),
+                    uid: Some(uid.to_string()),
+                }),
+                expiration_seconds: Some(600),
+            },
+            ..Default::default()
+        };
+        let answer = sas
+            .create_token_request(
+                orchestrator::auth::SERVER_SERVICE_ACCOUNT,
+                &Default::default(),
+                &request,
+            )
             .await
             .map_err(|source| ClusterError::Api {
-                action: format!("deleting namespace {}", self.name),
+                action: format!("requesting a token for pod {ns}/{pod}"),
                 source,
             })?;
+        Ok(answer.status.map(|s| s.token).unwrap_or_default())
+    }
+
+    /// Deletes the namespace and the user namespaces the platform made under it, now (the
+    /// API server finishes them in the background).
+    pub async fn cleanup(mut self) -> Result<(), ClusterError> {
+        self.deleted = true;
+        let api = Api::<Namespace>::all(self.client.clone());
+        let err = |what: String| {
+            move |source| ClusterError::Api {
+                action: what,
+                source,
+            }
+        };
+        let selector = format!(
+            "{}={}",
+            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            self.name
+        );
+        let users = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(err(format!("listing the user namespaces of {}", self.name)))?;
+        for ns in users.items {
+            let name = ns.metadata.name.unwrap_or_default();
+            api.delete(&name, &DeleteParams::background())
+                .await
+                .map_err(err(format!("deleting namespace {name}")))?;
+        }
+        api.delete(&self.name, &DeleteParams::background())
+            .await
+            .map_err(err(format!("deleting namespace {}", self.name)))?;
         Ok(())
     }
 }
@@ -261,6 +333,18 @@ impl Drop for TestNamespace {
         // Drop cannot await, and the kube client's worker lives on the test's runtime which
         // this thread may be blocking: ask kubectl, synchronously. A namespace that survives
         // anyway (killed test) carries TEST_NAMESPACE_LABEL for `kubernetes/local.sh up` to collect.
+        let users = format!(
+            "{}={}",
+            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            self.name
+        );
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["delete", "namespace", "-l", &users, "--wait=false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         let result = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

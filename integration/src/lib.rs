@@ -10,6 +10,7 @@
 //! Architecture invariant: fixtures start real components (emulator, Bazel, cluster) and
 //! fail loudly when they cannot; nothing here fakes a component.
 
+pub mod credentials;
 pub mod kubernetes;
 pub mod platform;
 pub mod process;

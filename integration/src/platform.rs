@@ -47,6 +47,67 @@ pub enum PlatformError {
     /// The sample workspace could not be copied into the filestore.
     #[error("cannot copy the workspace into the filestore")]
     CopyWorkspace(#[from] testkit::CopyError),
+    /// A credential of the harness is missing or could not be made.
+    #[error("credential")]
+    Credential(#[from] crate::credentials::CredentialError),
+    /// A TLS channel could not be set up.
+    #[error("TLS channel to {url} as {user}")]
+    Channel {
+        url: String,
+        user: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A gRPC channel to the orchestrator at `url` (https) that authenticates as `user` with
+/// the user's client certificate (made by `local.sh user` when missing). Lazy: it connects
+/// at the first call.
+pub fn user_channel(url: &str, user: &str) -> Result<tonic::transport::Channel, PlatformError> {
+    let cred = crate::credentials::user_credential(user)?;
+    let read = |p: &Path| fs::read(p).map_err(fs_err("read", p));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(
+            &crate::credentials::cluster_ca()?,
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            read(&cred.cert_pem)?,
+            read(&cred.key_pem)?,
+        ));
+    channel_with(url, user, Some(tls))
+}
+
+/// A channel to `url` with `tls` as given (None: the CA only, no client certificate).
+pub fn channel_with(
+    url: &str,
+    user: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, PlatformError> {
+    let err = |source| PlatformError::Channel {
+        url: url.to_string(),
+        user: user.to_string(),
+        source,
+    };
+    let tls = match tls {
+        Some(t) => t,
+        None => tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(
+                fs::read(crate::credentials::cluster_ca()?).map_err(|source| {
+                    PlatformError::Fs {
+                        what: "read",
+                        path: PathBuf::from("the cluster CA"),
+                        source,
+                    }
+                })?,
+            ),
+        ),
+    };
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(err)?
+        .tls_config(tls)
+        .map_err(err)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy())
 }
 
 fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PlatformError + 'a {
@@ -105,7 +166,8 @@ pub struct OrchestratorOptions {
     pub port: u16,
     /// Where the log goes.
     pub log_path: PathBuf,
-    /// Kubeconfig of the cluster.
+    /// The orchestrator's own kubeconfig: its least-privilege ServiceAccount
+    /// ([`crate::credentials::orchestrator_kubeconfig`]), never the admin's.
     pub kubeconfig: PathBuf,
     /// Keep running after this handle is dropped (the demo leaves it running).
     pub detached: bool,
@@ -124,6 +186,8 @@ impl Orchestrator {
     /// Starts the orchestrator binary and waits until it accepts connections.
     pub fn start(opts: &OrchestratorOptions) -> Result<Self, PlatformError> {
         let bin = workspace_binary("orchestrator")?;
+        let (tls_cert, tls_key) = crate::credentials::orchestrator_tls()?;
+        let ca = crate::credentials::cluster_ca()?;
         let log = fs::File::create(&opts.log_path).map_err(fs_err("create", &opts.log_path))?;
         let log_err = log.try_clone().map_err(fs_err("open", &opts.log_path))?;
         let mut cmd = Command::new(&bin);
@@ -143,10 +207,17 @@ impl Orchestrator {
             .arg(&opts.filestore_root)
             .arg("--pod-orchestrator-addr")
             .arg(format!(
-                "http://{}:{}",
+                "https://{}:{}",
                 crate::kubernetes::POD_GATEWAY,
                 opts.port
             ))
+            // TLS with the cluster's CA: users present their kubeconfig certificate.
+            .arg("--tls-cert-file")
+            .arg(&tls_cert)
+            .arg("--tls-private-key-file")
+            .arg(&tls_key)
+            .arg("--client-ca-file")
+            .arg(&ca)
             .args(&opts.extra_args)
             .env("SPANNER_EMULATOR_HOST", &opts.spanner_host)
             .env("KUBECONFIG", &opts.kubeconfig)
@@ -182,9 +253,9 @@ impl Orchestrator {
         })
     }
 
-    /// `http://127.0.0.1:port`, for jbazel.
+    /// `https://127.0.0.1:port`, for jbazel.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// Process group id (= pid): what a tear-down kills.
@@ -220,6 +291,50 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The uid and gid a user's files have on the filestore: the machine's account of that
+/// name when there is one (`setup.sh` makes alice, bob and mallory), else a fixed uid
+/// derived from the name (30000-59999), as a directory service would give.
+pub fn desktop_owner(user: &str) -> (u32, u32) {
+    if let Ok(Some(u)) = nix::unistd::User::from_name(user) {
+        return (u.uid.as_raw(), u.gid.as_raw());
+    }
+    let h = user.bytes().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16777619)
+    });
+    let id = 30000 + h % 30000;
+    (id, id)
+}
+
+/// chowns `dir` and everything below it (no symlink is followed).
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), PlatformError> {
+    let owner = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    );
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            owner.0,
+            owner.1,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| PlatformError::Fs {
+            what: "chown",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        let meta = fs::symlink_metadata(&p).map_err(fs_err("stat", &p))?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&p).map_err(fs_err("list", &p))? {
+                stack.push(entry.map_err(fs_err("list", &p))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A user's desktop checkout: `desktop_path` is a bind mount of `R/<user>/<md5(path)>/src`,
 /// as production's NFS mount would be. Unmounted on drop.
 pub struct Desktop {
@@ -247,6 +362,9 @@ impl Desktop {
         fs::create_dir_all(&src).map_err(fs_err("create", &src))?;
         fs::create_dir_all(&out).map_err(fs_err("create", &out))?;
         testkit::copy_dir(workspace, &src)?;
+        // On a real filestore the user's tree is the user's: the pod runs Bazel as its owner.
+        let (uid, gid) = desktop_owner(user);
+        chown_tree(&filestore_root.join(user), uid, gid)?;
         fs::create_dir_all(desktop_path).map_err(fs_err("create", desktop_path))?;
         nix::mount::mount(
             Some(&src),
@@ -285,20 +403,18 @@ impl Desktop {
             .join(target)
     }
 
-    /// A `jbazel` command in the checkout, for this user and the given session.
-    pub fn jbazel(
-        &self,
-        orchestrator_url: &str,
-        session: &str,
-        kubeconfig: &Path,
-    ) -> Result<Command, PlatformError> {
+    /// A `jbazel` command in the checkout, for this user and the given session, with the
+    /// user's own kubeconfig (their credential for the orchestrator and the port-forward).
+    pub fn jbazel(&self, orchestrator_url: &str, session: &str) -> Result<Command, PlatformError> {
+        let kubeconfig = crate::credentials::user_credential(&self.user)?.kubeconfig;
         let mut cmd = Command::new(workspace_binary("jbazel")?);
         cmd.current_dir(&self.desktop_path)
             .env("JBAZEL_ORCHESTRATOR", orchestrator_url)
             .env("JBAZEL_FILESTORE_ROOT", &self.filestore_root)
             .env("JBAZEL_USER", &self.user)
             .env("JBAZEL_SESSION_ID", session)
-            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("JBAZEL_ORCHESTRATOR_CA")
             .env_remove("JBAZEL_SERVER")
             .env_remove("JBAZEL_DRY_RUN")
             .stdin(Stdio::null());

@@ -82,7 +82,8 @@ impl TestPlatform {
             image: options.image,
             port: testkit::free_port().map_err(StackError::Port)?,
             log_path: scratch.path().join("orchestrator.log"),
-            kubeconfig: cluster.kubeconfig().to_path_buf(),
+            kubeconfig: crate::credentials::orchestrator_kubeconfig()
+                .map_err(crate::platform::PlatformError::from)?,
             detached: false,
             extra_args: options.orchestrator_args,
         };

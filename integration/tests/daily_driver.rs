@@ -172,7 +172,6 @@ impl Spawned {
 struct Day<'a> {
     desktop: &'a Desktop,
     orchestrator: String,
-    kubeconfig: PathBuf,
     /// The checkout's root as the user sees it (with a space).
     root: PathBuf,
     /// `R/<user>/<hash>/out`, the mirror of the pod's output base.
@@ -184,7 +183,7 @@ impl Day<'_> {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = self
             .desktop
-            .jbazel(&self.orchestrator, SESSION, &self.kubeconfig)
+            .jbazel(&self.orchestrator, SESSION)
             .expect("jbazel binary");
         cmd.args(args);
         cmd
@@ -570,7 +569,6 @@ async fn a_developers_daily_commands_on_the_remote_server() {
     let day = Day {
         desktop: &desktop,
         orchestrator: stack.orchestrator.url(),
-        kubeconfig: stack.kubeconfig().to_path_buf(),
         root: desktop.desktop_path.clone(),
         out_dir: desktop.out_dir(),
         scratch: stack.scratch().to_path_buf(),

@@ -51,15 +51,14 @@ async fn a_users_day_on_the_remote_bazel_server() {
         .expect("the platform must start");
     let (orchestrator, namespace) = (&stack.orchestrator, &stack.namespace);
     let filestore = stack.filestore.clone();
-    let pods = namespace.pods();
+    let pods = namespace.user_pods(USER);
 
     let desktop_path = stack.scratch().join("home/alice/sample");
     let workspace = repo_root().join("integration/sample-workspace");
     let desktop = Desktop::create(&filestore, USER, &desktop_path, &workspace).expect("desktop");
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let jbazel = |session: &str, args: &[&str]| {
         let mut cmd = desktop
-            .jbazel(&orchestrator.url(), session, &kubeconfig)
+            .jbazel(&orchestrator.url(), session)
             .expect("jbazel binary");
         cmd.args(args);
         run(&mut cmd)
@@ -143,7 +142,7 @@ async fn a_users_day_on_the_remote_bazel_server() {
     )
     .unwrap();
     let mut cmd = desktop
-        .jbazel(&orchestrator.url(), "day1", &kubeconfig)
+        .jbazel(&orchestrator.url(), "day1")
         .expect("jbazel binary");
     let mut child = cmd
         .args(["build", "//slow"])

@@ -56,16 +56,15 @@ async fn every_hop_mode_reaches_the_server_and_a_stale_endpoint_is_never_used() 
     let stack = TestPlatform::start("hops")
         .await
         .expect("the platform must start");
-    let (orchestrator, pods) = (&stack.orchestrator, stack.namespace.pods());
+    let (orchestrator, pods) = (&stack.orchestrator, stack.namespace.user_pods(USER));
     let workspace = repo_root().join("integration/sample-workspace");
     let desktop = stack
         .desktop(USER, "home/hopper/sample", &workspace)
         .expect("desktop");
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let cache_home = stack.scratch().join("cache");
     let jbazel = |session: &str, hop: &str, args: &[&str]| -> (Output, Duration) {
         let mut cmd = desktop
-            .jbazel(&orchestrator.url(), session, &kubeconfig)
+            .jbazel(&orchestrator.url(), session)
             .expect("jbazel binary");
         cmd.args(args)
             .env("JBAZEL_HOP", hop)

@@ -111,9 +111,8 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
         .await
         .expect("the platform must start");
     let url = stack.orchestrator.url();
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let workspace = repo_root().join("integration/sample-workspace");
-    let pods = stack.namespace.pods();
+    let pods = stack.namespace.user_pods("alice");
     let (mut colds, mut bounces) = (Vec::new(), Vec::new());
     let mut saw_previous = 0;
     for round in 0..3 {
@@ -121,7 +120,7 @@ async fn a_bounce_takes_about_a_cold_start_and_jbazel_says_what_it_waits_for() {
             .desktop("alice", &format!("home/alice/repo{round}"), &workspace)
             .expect("desktop");
         let info = |session: &str| {
-            let mut cmd = desktop.jbazel(&url, session, &kubeconfig).expect("jbazel");
+            let mut cmd = desktop.jbazel(&url, session).expect("jbazel");
             cmd.args(["info", "release"]);
             run_timed(&mut cmd)
         };
@@ -176,15 +175,14 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
         .await
         .expect("the platform must start");
     let url = stack.orchestrator.url();
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let workspace = repo_root().join("integration/sample-workspace");
-    let pods = stack.namespace.pods();
+    let pods = stack.namespace.user_pods("alice");
 
     // A reference cold start on another checkout.
     let reference = stack
         .desktop("bob", "home/bob/sample", &workspace)
         .expect("desktop");
-    let mut cmd = reference.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
+    let mut cmd = reference.jbazel(&url, "s1").expect("jbazel");
     let cold = run_timed(cmd.args(["info", "release"]));
     assert_eq!(cold.code, Some(0), "{}", cold.explain("cold reference"));
 
@@ -192,7 +190,7 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
     let desktop = stack
         .desktop("alice", "home/alice/sample", &workspace)
         .expect("desktop");
-    let mut cmd = desktop.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
+    let mut cmd = desktop.jbazel(&url, "s1").expect("jbazel");
     cmd.args(["info", "release"]);
     let in_flight = std::thread::spawn(move || run_timed(&mut cmd));
     let log_has_spawn = || {
@@ -236,7 +234,7 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
     stack
         .crash_and_restart_orchestrator("orchestrator-restarted-2.log")
         .expect("restart on the same port");
-    let mut cmd = desktop.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
+    let mut cmd = desktop.jbazel(&url, "s1").expect("jbazel");
     let warm = run_timed(cmd.args(["info", "release"]));
     assert_eq!(warm.code, Some(0), "{}", warm.explain("after restart"));
     let after = live_server_pods(&pods, &desktop.repo_hash)
@@ -258,16 +256,21 @@ async fn an_orchestrator_killed_during_a_spawn_or_while_ready_costs_no_wait_and_
     );
 
     // No orphan: every platform pod is the current one of a row.
-    let all = pods
-        .list(&ListParams::default().labels(APP_SELECTOR))
-        .await
-        .expect("list")
-        .items;
-    let live: Vec<_> = all
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    assert_eq!(live.len(), 2, "alice's and bob's servers, nothing else");
+    let mut live = 0;
+    for user in ["alice", "bob"] {
+        let all = stack
+            .namespace
+            .user_pods(user)
+            .list(&ListParams::default().labels(APP_SELECTOR))
+            .await
+            .expect("list")
+            .items;
+        live += all
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count();
+    }
+    assert_eq!(live, 2, "alice's and bob's servers, nothing else");
     drop(desktop);
     drop(reference);
     let (_scratch, _) = stack.cleanup().await;
@@ -282,9 +285,8 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
     .await
     .expect("the platform must start");
     let url = stack.orchestrator.url();
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let workspace = repo_root().join("integration/sample-workspace");
-    let pods = stack.namespace.pods();
+    let pods = stack.namespace.user_pods("carol");
     let desktop = stack
         .desktop("carol", "home/carol/sample", &workspace)
         .expect("desktop");
@@ -297,7 +299,7 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
     )
     .expect("BUILD");
     let build = || {
-        let mut cmd = desktop.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
+        let mut cmd = desktop.jbazel(&url, "s1").expect("jbazel");
         cmd.args(["build", "//stamp", "//app:hello"]);
         run_timed(&mut cmd)
     };
@@ -385,13 +387,12 @@ async fn a_server_out_of_memory_exits_33_like_bazel_and_is_restarted() {
     .await
     .expect("the platform must start");
     let url = stack.orchestrator.url();
-    let kubeconfig = stack.kubeconfig().to_path_buf();
     let workspace = repo_root().join("integration/sample-workspace");
     let desktop = stack
         .desktop("dora", "home/dora/sample", &workspace)
         .expect("desktop");
     let jbazel = |args: &[&str]| {
-        let mut cmd = desktop.jbazel(&url, "s1", &kubeconfig).expect("jbazel");
+        let mut cmd = desktop.jbazel(&url, "s1").expect("jbazel");
         cmd.args(args);
         let t = Instant::now();
         let out = cmd.output().expect("jbazel");

@@ -33,14 +33,22 @@ pub enum Hop {
         JBAZEL_SERVER=127.0.0.1:9001 jbazel info\n  jbazel --jbazel-no-translate-paths build //x"
 )]
 pub struct Settings {
-    /// Orchestrator gRPC address.
+    /// Orchestrator gRPC address (https: TLS, presenting your kubeconfig's credential).
     #[arg(
         long = "jbazel-orchestrator",
         env = "JBAZEL_ORCHESTRATOR",
         value_name = "URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub orchestrator: String,
+
+    /// CA bundle (PEM) that verifies the orchestrator (default: your kubeconfig cluster's CA).
+    #[arg(
+        long = "jbazel-orchestrator-ca",
+        env = "JBAZEL_ORCHESTRATOR_CA",
+        value_name = "FILE"
+    )]
+    pub orchestrator_ca: Option<PathBuf>,
 
     /// Where the desktop sees the filestore root R (the repository's output base is R/USER/HASH/out).
     #[arg(

@@ -18,6 +18,7 @@
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod credential;
 pub mod endpoint_cache;
 pub mod file_flags;
 pub mod hop;

@@ -413,9 +413,12 @@ async fn find_target(plan: &Plan) -> Result<(Target, Option<Channel>), Fail> {
     let early = cached
         .clone()
         .map(|e| tokio::spawn(async move { hop::dial_pod_ip(&e.ip, e.port).await }));
+    let cred = jbazel::credential::Credential::load(s.orchestrator_ca.as_deref())
+        .map_err(|e| fail(LOCAL_ENV, e))?;
     let mut progress = stderr_progress();
     let loc = orchestrator_client::await_ready(
         &s.orchestrator,
+        &cred,
         &ids,
         Duration::from_secs(s.deadline_secs),
         progress.as_mut(),

@@ -26,7 +26,9 @@ use proto::orchestrator::{
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::credential::Credential;
 
 /// The identity of one build session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,8 @@ pub enum OrchestratorError {
     /// READY without a usable location.
     #[error("the orchestrator said READY but gave no usable server location: {what}")]
     Incomplete { what: &'static str },
+    #[error("the kubeconfig's token cannot be sent in a header")]
+    BadToken,
 }
 
 /// What an event means for the client.
@@ -161,7 +165,8 @@ pub fn retryable(e: &OrchestratorError) -> bool {
         OrchestratorError::BadAddress { .. }
         | OrchestratorError::Failed { .. }
         | OrchestratorError::Deadline { .. }
-        | OrchestratorError::Incomplete { .. } => false,
+        | OrchestratorError::Incomplete { .. }
+        | OrchestratorError::BadToken => false,
     }
 }
 
@@ -238,23 +243,49 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// it (a dead node) is noticed and reconnected to, instead of waited for until the deadline.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// The orchestrator's endpoint (gRPC, plain HTTP/2); a bad address is final.
-fn endpoint(addr: &str) -> Result<Endpoint, OrchestratorError> {
-    Ok(Endpoint::from_shared(addr.to_string())
-        .map_err(|source| OrchestratorError::BadAddress {
-            addr: addr.to_string(),
-            source,
-        })?
+/// The orchestrator's endpoint: TLS for `https://` (verifying the orchestrator with the
+/// credential's CA and presenting its client certificate), plain HTTP/2 for `http://`; a
+/// bad address is final.
+fn endpoint(addr: &str, cred: &Credential) -> Result<Endpoint, OrchestratorError> {
+    let bad = |source| OrchestratorError::BadAddress {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut ep = Endpoint::from_shared(addr.to_string()).map_err(bad)?;
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cred.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &cred.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        ep = ep.tls_config(tls).map_err(bad)?;
+    }
+    Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .keep_alive_while_idle(true))
 }
 
-/// The orchestrator: its address as given, and its endpoint.
+/// The orchestrator: its address as given, its endpoint, and the bearer token to present
+/// (when the credential is a token rather than a certificate).
 struct Target<'a> {
     addr: &'a str,
     ep: Endpoint,
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Target<'_> {
+    /// `message` as a request carrying the credential.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(b) = &self.bearer {
+            r.metadata_mut().insert("authorization", b.clone());
+        }
+        r
+    }
 }
 
 /// Connects to the orchestrator once.
@@ -309,13 +340,23 @@ impl Told {
 /// orchestrator at `addr` whenever it is away (see the module doc).
 pub async fn await_ready(
     addr: &str,
+    cred: &Credential,
     ids: &Ids,
     deadline: Duration,
     progress: &mut dyn Progress,
 ) -> Result<ServerLocation, OrchestratorError> {
+    let bearer = match &cred.bearer {
+        Some(t) if cred.identity.is_none() => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| OrchestratorError::BadToken)?,
+        ),
+        _ => None,
+    };
     let target = Target {
         addr,
-        ep: endpoint(addr)?,
+        ep: endpoint(addr, cred)?,
+        bearer,
     };
     progress.begin(ASKING, addr);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -390,11 +431,11 @@ async fn attempt_once(
 ) -> Result<ServerLocation, OrchestratorError> {
     let mut client = connect(target).await?;
     let got = client
-        .get_server(GetServerRequest {
+        .get_server(target.request(GetServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),
-        })
+        }))
         .await
         .map_err(|status| OrchestratorError::GetServer {
             user: ids.user_id.clone(),
@@ -414,11 +455,11 @@ async fn attempt_once(
         .clone();
     show(tx, &stage, &message);
     let mut stream = client
-        .watch_server(WatchServerRequest {
+        .watch_server(target.request(WatchServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),
-        })
+        }))
         .await
         .map_err(|status| OrchestratorError::Watch { status })?
         .into_inner();
@@ -754,7 +795,7 @@ mod tests {
 
     async fn run(f: Fake, deadline: Duration) -> Result<ServerLocation, OrchestratorError> {
         let addr = serve(f).await;
-        await_ready(&addr, &ids(), deadline, &mut Silent).await
+        await_ready(&addr, &Credential::default(), &ids(), deadline, &mut Silent).await
     }
 
     /// Records what would be shown (each stage as one described line), and lets a test
@@ -854,9 +895,15 @@ mod tests {
         let watches = f.watch_calls.clone();
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(&addr, &ids(), LONG, &mut rec.clone())
-            .await
-            .expect("ready");
+        let loc = await_ready(
+            &addr,
+            &Credential::default(),
+            &ids(),
+            LONG,
+            &mut rec.clone(),
+        )
+        .await
+        .expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.9");
         assert_eq!(calls(&watches), 0);
         // The only status was the quiet one: a warm command prints nothing.
@@ -886,9 +933,15 @@ mod tests {
         );
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(&addr, &ids(), LONG, &mut rec.clone())
-            .await
-            .expect("ready");
+        let loc = await_ready(
+            &addr,
+            &Credential::default(),
+            &ids(),
+            LONG,
+            &mut rec.clone(),
+        )
+        .await
+        .expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.7");
         assert_eq!(loc.pod_name, "bazel-server-alice-01234567");
         assert_eq!(
@@ -956,9 +1009,15 @@ mod tests {
         let gets = f.get_calls.clone();
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(&addr, &ids(), LONG, &mut rec.clone())
-            .await
-            .expect("ready");
+        let loc = await_ready(
+            &addr,
+            &Credential::default(),
+            &ids(),
+            LONG,
+            &mut rec.clone(),
+        )
+        .await
+        .expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.3");
         assert_eq!(calls(&gets), 3);
         let lines = rec.lines();
@@ -989,7 +1048,10 @@ mod tests {
             serve_on(f, l);
         };
         let (ids, mut shown) = (ids(), rec.clone());
-        let (loc, ()) = tokio::join!(await_ready(&addr, &ids, LONG, &mut shown), bring_up);
+        let (loc, ()) = tokio::join!(
+            await_ready(&addr, &Credential::default(), &ids, LONG, &mut shown),
+            bring_up
+        );
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.4");
         assert_eq!(calls(&gets), 1, "GetServer once it was up");
     }
@@ -1007,9 +1069,15 @@ mod tests {
         let upstream = serve(f).await;
         let proxy = Proxy::start(&upstream, 3).await;
         let rec = Record::new();
-        let loc = await_ready(&proxy.addr, &ids(), LONG, &mut rec.clone())
-            .await
-            .expect("ready");
+        let loc = await_ready(
+            &proxy.addr,
+            &Credential::default(),
+            &ids(),
+            LONG,
+            &mut rec.clone(),
+        )
+        .await
+        .expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.5");
         assert_eq!(calls(&proxy.accepted), 4, "3 dropped, then one served");
         assert_eq!(calls(&gets), 1);
@@ -1048,7 +1116,10 @@ mod tests {
             proxy.cut();
         };
         let (ids, mut shown) = (ids(), rec.clone());
-        let (loc, ()) = tokio::join!(await_ready(&proxy.addr, &ids, LONG, &mut shown), cut);
+        let (loc, ()) = tokio::join!(
+            await_ready(&proxy.addr, &Credential::default(), &ids, LONG, &mut shown),
+            cut
+        );
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.6");
         assert_eq!((calls(&gets), calls(&watches)), (2, 2));
         let lines = rec.lines();
@@ -1112,9 +1183,15 @@ mod tests {
         let addr = format!("http://127.0.0.1:{port}");
         let rec = Record::new();
         let t = std::time::Instant::now();
-        let err = await_ready(&addr, &ids(), Duration::from_millis(700), &mut rec.clone())
-            .await
-            .expect_err("unreachable");
+        let err = await_ready(
+            &addr,
+            &Credential::default(),
+            &ids(),
+            Duration::from_millis(700),
+            &mut rec.clone(),
+        )
+        .await
+        .expect_err("unreachable");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         let chain = ErrorChain(&err).to_string();
         assert!(
@@ -1136,9 +1213,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_address_is_final() {
-        let err = await_ready("not a url", &ids(), LONG, &mut Silent)
-            .await
-            .expect_err("bad address");
+        let err = await_ready(
+            "not a url",
+            &Credential::default(),
+            &ids(),
+            LONG,
+            &mut Silent,
+        )
+        .await
+        .expect_err("bad address");
         assert!(matches!(err, OrchestratorError::BadAddress { .. }), "{err}");
     }
 }

@@ -117,6 +117,37 @@ pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportRe
     }
 }
 
+/// The env var naming the pod's bound service-account token (audience: the orchestrator).
+pub const TOKEN_FILE_ENV: &str = "JBAZEL_TOKEN_FILE";
+/// The env var holding the PEM CA bundle that verifies an `https://` orchestrator.
+pub const ORCHESTRATOR_CA_ENV: &str = "ORCHESTRATOR_CA_PEM";
+
+/// The orchestrator's endpoint; `https://` verifies it with [`ORCHESTRATOR_CA_ENV`] (else
+/// the system roots are not consulted: the CA must be given).
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let ep = Endpoint::from_shared(addr.to_owned())?;
+    if !addr.starts_with("https://") {
+        return Ok(ep);
+    }
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(ca) = std::env::var(ORCHESTRATOR_CA_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+    {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    }
+    ep.tls_config(tls)
+}
+
+/// The bound token, if the pod has one (`None` outside a platform pod).
+fn bound_token() -> Result<Option<String>, std::io::Error> {
+    let Some(path) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(&path)?;
+    Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty()))
+}
+
 /// How the reporting ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -146,7 +177,7 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
         return ReportOutcome::NoPodIp;
     }
     let req = request(&id, &r, command_port);
-    let endpoint = match Endpoint::from_shared(addr.clone()) {
+    let endpoint = match endpoint(&addr) {
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT),
         Err(e) => {
             // Validated at start-up; kept as a log rather than a panic.
@@ -160,8 +191,14 @@ pub async fn report_ready(id: Identity, r: ReportSettings, command_port: u16) ->
         attempt += 1;
         let result = async {
             let mut client = OrchestratorClient::new(endpoint.connect().await?);
+            let mut call = tonic::Request::new(req.clone());
+            // The pod's bound token, read at each attempt (the kubelet renews the file).
+            if let Some(token) = bound_token()? {
+                call.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+            }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                client.report_ready(req.clone()).await?.into_inner(),
+                client.report_ready(call).await?.into_inner(),
             )
         }
         .await;

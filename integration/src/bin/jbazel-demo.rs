@@ -69,6 +69,60 @@ struct Args {
     orchestrator_port: u16,
 }
 
+/// The desktop's user account: jbazel runs as it, never as root.
+struct DesktopUser {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl DesktopUser {
+    /// Looks the account up and copies the user's kubeconfig to `~/.kube/config` (0600,
+    /// theirs).
+    fn prepare(user: &str) -> Result<Self> {
+        let account = nix::unistd::User::from_name(user)
+            .with_context(|| format!("looking up account {user}"))?
+            .with_context(|| {
+                format!("no account {user} on this machine (integration/setup.sh makes it)")
+            })?;
+        if account.uid.is_root() {
+            bail!("the desktop user must not be root");
+        }
+        let source = integration::credentials::user_credential(user)
+            .with_context(|| format!("the kubeconfig of {user}"))?
+            .kubeconfig;
+        let dir = account.dir.join(".kube");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kubeconfig = dir.join("config");
+        fs::copy(&source, &kubeconfig)
+            .with_context(|| format!("copying {} to {}", source.display(), kubeconfig.display()))?;
+        for p in [&dir, &kubeconfig] {
+            nix::unistd::chown(p, Some(account.uid), Some(account.gid))
+                .with_context(|| format!("chown {}", p.display()))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&kubeconfig, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", kubeconfig.display()))?;
+        Ok(DesktopUser {
+            uid: account.uid.as_raw(),
+            gid: account.gid.as_raw(),
+            home: account.dir,
+            kubeconfig,
+        })
+    }
+
+    /// `cmd` as this user, with their home and kubeconfig.
+    fn run(&self, mut cmd: Command) -> Command {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(self.uid)
+            .gid(self.gid)
+            .env("HOME", &self.home)
+            .env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+}
+
 const PGID_FILES: [&str; 2] = ["emulator.pgid", "orchestrator.pgid"];
 
 #[tokio::main]
@@ -127,7 +181,8 @@ async fn demo(args: &Args) -> Result<()> {
         image: IMAGE.into(),
         port: args.orchestrator_port,
         log_path: log_path.clone(),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
+        kubeconfig: integration::credentials::orchestrator_kubeconfig()
+            .context("the orchestrator's ServiceAccount kubeconfig (local.sh up makes it)")?,
         detached: true,
         extra_args: Vec::new(),
     })
@@ -152,8 +207,19 @@ async fn demo(args: &Args) -> Result<()> {
         desktop.repo_hash
     );
 
-    step("jbazel build //...");
-    let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
+    // The desktop user: a plain account (setup.sh makes alice), with her own kubeconfig in
+    // her home: the credential jbazel presents to the orchestrator and the port-forward.
+    let desk = DesktopUser::prepare(&args.user).context("preparing the desktop user")?;
+    println!(
+        "  desktop user {} (uid {}), KUBECONFIG={}",
+        args.user,
+        desk.uid,
+        desk.kubeconfig.display()
+    );
+
+    step(&format!("jbazel build //... (as {})", args.user));
+    let user_ns = orchestrator::pods::manifest::user_namespace(&args.namespace, &args.user);
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), &user_ns);
     let stages = Arc::new(Mutex::new(Vec::new()));
     let watch = tokio::spawn(watch_pod_stages(
         pods.clone(),
@@ -169,8 +235,8 @@ async fn demo(args: &Args) -> Result<()> {
             .unwrap_or(0)
     );
     let t_build_start = Instant::now();
-    let status = desktop
-        .jbazel(&orchestrator.url(), &session, cluster.kubeconfig())?
+    let status = desk
+        .run(desktop.jbazel(&orchestrator.url(), &session)?)
         .args(["build", "//..."])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -211,16 +277,16 @@ async fn demo(args: &Args) -> Result<()> {
         &format!("2. the cluster lists the Bazel server pod: {pod_line}"),
     );
     println!(
-        "     see it yourself: KUBECONFIG={} kubectl get pods -n {}",
-        cluster.kubeconfig().display(),
-        args.namespace
+        "     see it yourself (as {}): KUBECONFIG={} kubectl get pods -n {user_ns}",
+        args.user,
+        desk.kubeconfig.display(),
     );
     let binary = desktop.artifact("app", "hello");
     failures += check(
         binary.is_file(),
         &format!("3. Bazel artifacts are in {}", desktop.out_dir().display()),
     );
-    let ran = Command::new(&binary).output();
+    let ran = desk.run(Command::new(&binary)).output();
     let output = ran
         .as_ref()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
