@@ -85,6 +85,7 @@ fn pivot_bench(n: usize) {
         &src,
         &out,
         &[fs.root()],
+        None,
         &["true".to_owned()],
     );
     let mut direct = || {

@@ -51,6 +51,85 @@ pub enum BazelError {
     ProbeTimeout { addr: String, after: Duration },
     #[error("shutdown via {addr} failed: {reason}")]
     Shutdown { addr: String, reason: String },
+    #[error("cannot make {path:?} private")]
+    Secure {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path:?} is {what}: not making it private")]
+    NotBazels { path: PathBuf, what: String },
+}
+
+/// The mode of the server dir and of each cookie after [`secure_server_files`].
+pub const SERVER_DIR_MODE: u32 = 0o700;
+pub const COOKIE_MODE: u32 = 0o600;
+/// The files [`secure_server_files`] closes to everyone but their owner.
+pub const COOKIES: [&str; 2] = ["request_cookie", "response_cookie"];
+
+/// What [`secure_server_files`] found (Bazel's own modes) before it changed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModesBefore {
+    pub server_dir: u32,
+    pub cookies: Vec<(&'static str, u32)>,
+}
+
+/// Makes `<out>/server` mode 0700 and its cookies 0600 (Bazel 4.2.3 makes the dir 0700 but
+/// writes the cookies with the umask's 0644): whoever holds the request cookie can run
+/// commands on the server. Nothing is followed: the dir and each cookie are opened with
+/// O_NOFOLLOW (and O_NONBLOCK, so a planted FIFO cannot block), must be a directory and
+/// regular files, and must belong to the dir's owner (a hard link to someone else's file is
+/// refused, not chmodded). Run it with the owner's filesystem ids ([`crate::owner::OwnerFs`]).
+pub fn secure_server_files(out: &Path) -> Result<ModesBefore, BazelError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let dir_path = out.join("server");
+    let secure = |path: &Path, source| BazelError::Secure {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir_path)
+        .map_err(|e| secure(&dir_path, e))?;
+    let dmeta = dir.metadata().map_err(|e| secure(&dir_path, e))?;
+    let fchmod = |f: &std::fs::File, mode: u32, path: &Path| {
+        // SAFETY: fchmod on an fd we own.
+        if unsafe { libc::fchmod(f.as_raw_fd(), mode) } == -1 {
+            Err(secure(path, std::io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
+    };
+    fchmod(&dir, SERVER_DIR_MODE, &dir_path)?;
+    let mut before = ModesBefore {
+        server_dir: dmeta.mode() & 0o7777,
+        cookies: Vec::new(),
+    };
+    for name in COOKIES {
+        let path = dir_path.join(name);
+        // Relative to the dir just opened: no path component can be swapped in between.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+            .map_err(|e| secure(&path, e))?;
+        let m = f.metadata().map_err(|e| secure(&path, e))?;
+        if !m.is_file() || m.nlink() != 1 || m.uid() != dmeta.uid() {
+            return Err(BazelError::NotBazels {
+                path,
+                what: format!(
+                    "not a regular file of uid {} with one link (uid {}, {} links)",
+                    dmeta.uid(),
+                    m.uid(),
+                    m.nlink()
+                ),
+            });
+        }
+        fchmod(&f, COOKIE_MODE, &path)?;
+        before.cookies.push((name, m.mode() & 0o7777));
+    }
+    Ok(before)
 }
 
 /// What the server wrote into `<output base>/server/`.
@@ -447,6 +526,44 @@ mod tests {
             (f.request_cookie.as_str(), f.response_cookie.as_str()),
             ("req", "resp")
         );
+    }
+
+    #[test]
+    fn server_files_are_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = t.path().join("server");
+        std::fs::create_dir(&s).expect("mkdir");
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for c in COOKIES {
+            std::fs::write(s.join(c), "c").expect("write");
+            std::fs::set_permissions(s.join(c), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        let before = secure_server_files(t.path()).expect("secured");
+        assert_eq!(before.server_dir, 0o755);
+        assert_eq!(
+            before.cookies,
+            [("request_cookie", 0o644), ("response_cookie", 0o644)]
+        );
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&s), 0o700);
+        for c in COOKIES {
+            assert_eq!(mode(&s.join(c)), 0o600, "{c}");
+        }
+        // A planted link is refused, and what it points to is left alone.
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "v").expect("write");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::remove_file(s.join("response_cookie")).expect("rm");
+        std::os::unix::fs::symlink(&victim, s.join("response_cookie")).expect("symlink");
+        let err = secure_server_files(t.path()).expect_err("symlink");
+        assert!(err.to_string().contains("response_cookie"), "{err}");
+        std::fs::remove_file(s.join("response_cookie")).expect("rm");
+        std::fs::hard_link(&victim, s.join("response_cookie")).expect("link");
+        let err = secure_server_files(t.path()).expect_err("hard link");
+        assert!(err.to_string().contains("2 links"), "{err}");
+        assert_eq!(mode(&victim), 0o644, "the link's target is untouched");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_SYSTEM_BAZELRC: &str = "/etc/jbazel/system.bazelrc";
 /// Default filestore root (the contracts' `MOCK_FILESTORE_PATH`).
 pub const DEFAULT_FILESTORE_ROOT: &str = "/tmp/mock-filestore";
+/// Default parent of Bazel's home for a non-root owner.
+pub const DEFAULT_BAZEL_HOME_PARENT: &str = "/tmp";
 /// Kubernetes' default `terminationMessagePath`.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
@@ -49,6 +51,20 @@ pub enum Command {
     },
     /// Exit 0 only when the health endpoint's /readyz says ready (for exec probes).
     Probe,
+    /// Internal (bwrap mode): inside bwrap's view, become uid/gid (supplementary groups
+    /// just the gid), drop every capability (bounding set too), set no_new_privs, exec CMD.
+    #[command(hide = true)]
+    DropPrivileges {
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
+        /// Switch ids (else only drop capabilities).
+        #[arg(long)]
+        switch: bool,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
 }
 
 /// How to enter the pivoted view of the filesystem.
@@ -140,6 +156,12 @@ pub struct Opts {
     /// <output base>/jbazel/system.bazelrc for jbazel.
     #[arg(long, env = "SYSTEM_BAZELRC", default_value = DEFAULT_SYSTEM_BAZELRC, global = true)]
     pub system_bazelrc: PathBuf,
+
+    /// Where Bazel's home, `jbazel-home-<uid>` (HOME, TMPDIR, --output_user_root), is made
+    /// when Bazel runs as the tree's owner. Must be writable by that uid (like /tmp), visible
+    /// in the view, and outside the filestore root.
+    #[arg(long, env = "BAZEL_HOME_PARENT", default_value = DEFAULT_BAZEL_HOME_PARENT, global = true)]
+    pub bazel_home_parent: PathBuf,
 
     /// The bubblewrap binary for --mode bwrap (and auto's fallback).
     #[arg(long, env = "BWRAP", default_value = "bwrap", global = true)]

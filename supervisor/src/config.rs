@@ -6,12 +6,14 @@
 //! It creates nothing and mounts nothing, so a refused input leaves no trace.
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use proto::names::{InvalidName, RepoHash, SessionId, UserId};
 
 use crate::cgroup::{self, MemoryLimit};
 use crate::cli::{Command, Opts};
+use crate::owner::Owner;
 
 /// Largest system rc accepted (it is copied into the output base and sent with every command).
 pub const MAX_SYSTEM_RC_BYTES: u64 = 1 << 20;
@@ -97,6 +99,10 @@ pub struct RepoDirs {
     pub src: PathBuf,
     /// Canonical `R/<user>/<repo_hash>/out`.
     pub out: PathBuf,
+    /// `R/<user>/<repo_hash>` (canonical root joined with the names; a real directory).
+    pub repo: PathBuf,
+    /// Its owner: Bazel and every build action run as this uid and gid.
+    pub owner: Owner,
 }
 
 /// How the Bazel server is started.
@@ -113,6 +119,8 @@ pub struct BazelSettings {
     pub cgroup_root: PathBuf,
     /// The container's memory limit, read at validation (sizes the Java heap).
     pub memory_limit: MemoryLimit,
+    /// Where Bazel's home (`jbazel-home-<uid>`) is made when Bazel runs as the tree's owner.
+    pub home_parent: PathBuf,
 }
 
 /// Where readiness is reported.
@@ -206,10 +214,27 @@ pub fn resolve_repo_dirs(root: &Path, id: &Identity) -> Result<RepoDirs, ConfigE
     if src.starts_with(&out) || out.starts_with(&src) {
         return Err(ConfigError::Overlap { src, out });
     }
+    // The tree's owner. Not followed: src resolved inside `allowed`, so it is a real
+    // directory (a link there would have resolved elsewhere and been refused above).
+    let meta = std::fs::symlink_metadata(&allowed).map_err(|source| ConfigError::Io {
+        path: allowed.clone(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ConfigError::NotADirectory {
+            what: "repository",
+            path: allowed,
+        });
+    }
     Ok(RepoDirs {
         root: canon_root,
         src,
         out,
+        owner: Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        },
+        repo: allowed,
     })
 }
 
@@ -306,7 +331,7 @@ impl Config {
         let idle_timeout_secs = parse_idle_timeout(opts.idle_timeout_secs.as_deref())?;
         let job = match command {
             Some(Command::Run { cmd }) => Job::Run(cmd.clone()),
-            Some(Command::Probe) | None => Job::Serve,
+            Some(Command::Probe | Command::DropPrivileges { .. }) | None => Job::Serve,
         };
         if job == Job::Serve && report.orchestrator_addr.is_some() && identity.session_id.is_none()
         {
@@ -339,6 +364,7 @@ impl Config {
                 system_bazelrc_text,
                 cgroup_root: opts.cgroup_root.clone(),
                 memory_limit,
+                home_parent: opts.bazel_home_parent.clone(),
             },
             report,
         })
@@ -456,6 +482,15 @@ mod tests {
         let dirs = resolve_repo_dirs(t.path(), &id("alice")).expect("resolves");
         assert_eq!(dirs.src, repo.canonicalize().expect("canon").join("src"));
         assert_eq!(dirs.out, repo.canonicalize().expect("canon").join("out"));
+        let meta = std::fs::metadata(&repo).expect("stat");
+        assert_eq!(
+            dirs.owner,
+            Owner {
+                uid: meta.uid(),
+                gid: meta.gid()
+            }
+        );
+        assert_eq!(dirs.repo, repo.canonicalize().expect("canon"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::cgroup;
 use crate::config::Config;
 use crate::health::{self, Readiness};
 use crate::lock::{self, OutputBaseLock};
+use crate::owner;
 use crate::pivot;
 use crate::plan::MountPlan;
 use crate::publish;
@@ -183,6 +184,14 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             break 1;
         }
         tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
+        // Bazel's home, when it runs as the owner (made with the owner's filesystem ids).
+        if let Some(home) = &plan.bazel_home {
+            if let Err(e) = owner::prepare_home(home, plan.run_as.uid) {
+                tracing::error!(error = %ErrorChain(&e), "cannot prepare Bazel's home");
+                eprintln!("supervisor: {}", ErrorChain(&e));
+                break 1;
+            }
+        }
         let began = Instant::now();
         readiness.set(false, "starting the Bazel server");
         let started = tokio::select! {
@@ -444,6 +453,19 @@ async fn start(
         return Err((StartError::NotRunning(pid), None));
     }
     let client = Client::new(files).map_err(|e| (e.into(), None))?;
+    // Whoever reads the request cookie can run commands on the server: the owner only.
+    // (server/ is 0700 already, so a failure here exposes nothing; it is logged loudly.)
+    match bazel::secure_server_files(out) {
+        Ok(before) => tracing::info!(
+            pid,
+            server_dir_mode_before = format!("{:o}", before.server_dir),
+            cookie_modes_before = ?before.cookies.iter().map(|(n, m)| format!("{n}={m:o}")).collect::<Vec<_>>(),
+            "made server/ 0700 and the cookies 0600"
+        ),
+        Err(e) => {
+            tracing::error!(pid, error = %ErrorChain(&e), "cannot make the server's cookies private")
+        }
+    }
     // The client returns once the server is up; Ping proves it (and the cookie).
     let mut last = String::new();
     while Instant::now() < deadline {

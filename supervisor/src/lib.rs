@@ -3,7 +3,7 @@
 //! readiness, reaps zombies, and shuts Bazel down cleanly.
 //!
 //! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (pure) ->
-//! [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a synchronous init loop)
+//! [`owner`] (who Bazel runs as; the supervisor's capabilities) -> [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a synchronous init loop)
 //! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`lock`], [`bazel`],
 //! [`server_end`], [`cgroup`], [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
 
@@ -15,6 +15,7 @@ pub mod config;
 pub mod health;
 pub mod jobs;
 pub mod lock;
+pub mod owner;
 pub mod pivot;
 pub mod plan;
 pub mod publish;
@@ -22,5 +23,6 @@ pub mod reaper;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod seccomp;
 pub mod server_end;
 pub mod signals;

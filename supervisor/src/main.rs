@@ -14,6 +14,7 @@ use supervisor::cli::{Cli, Command, Format, LogFormat, ModeRequest};
 use supervisor::config::{Config, Job};
 use supervisor::health;
 use supervisor::jobs::{self, ServeSettings};
+use supervisor::owner::{self, OwnerFs};
 use supervisor::pivot::{self, PivotError};
 use supervisor::plan::{self, HostFacts, Mode};
 use supervisor::reaper::Reaper;
@@ -57,10 +58,33 @@ struct DryRun<'a> {
     host: &'a HostFacts,
     image: &'a plan::ImageFacts,
     needs: &'a [plan::Need],
+    /// What the supervisor itself needs in the pod's securityContext, and why.
+    capabilities: Vec<Capability>,
+}
+
+#[derive(serde::Serialize)]
+struct Capability {
+    name: String,
+    why: &'static str,
 }
 
 fn real_main(cli: Cli) -> Result<i32, Failure> {
     let opts = &cli.opts;
+    // bwrap mode's helper, in the view: nothing to validate, nothing else to do.
+    if let Some(Command::DropPrivileges {
+        uid,
+        gid,
+        switch,
+        cmd,
+    }) = &cli.command
+    {
+        let (code, e) = pivot::exec_dropped(switch.then_some((*uid, *gid)), cmd);
+        eprintln!(
+            "supervisor drop-privileges: cannot run {:?} as uid {uid} gid {gid}: {e}",
+            cmd.first().map(String::as_str).unwrap_or("")
+        );
+        return Ok(code);
+    }
     if let Some(Command::Probe) = cli.command {
         let addr = health::probe_target(opts.health_addr);
         return Ok(
@@ -101,13 +125,25 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
             Job::Run(_) => Vec::new(),
         };
         match opts.format {
-            Format::Human => print!("{}{}", the_plan.render_human(), plan::render_needs(&needs)),
+            Format::Human => print!(
+                "{}{}{}",
+                the_plan.render_human(),
+                plan::render_needs(&needs),
+                plan::render_capabilities()
+            ),
             Format::Json => {
                 let json = serde_json::to_string_pretty(&DryRun {
                     plan: &the_plan,
                     host: &facts,
                     image: &image,
                     needs: &needs,
+                    capabilities: supervisor::owner::POD_CAPABILITIES
+                        .iter()
+                        .map(|(name, why)| Capability {
+                            name: format!("CAP_{name}"),
+                            why,
+                        })
+                        .collect(),
                 })
                 .context("serializing the plan")
                 .map_err(|e| Failure::new(EXIT_SETUP, e))?;
@@ -146,6 +182,17 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
             Err(e) => return Err(Failure::new(EXIT_SETUP, e)),
         }
     }
+    tracing::info!(
+        uid = the_plan.run_as.uid,
+        gid = the_plan.run_as.gid,
+        switch = the_plan.run_as.switch,
+        reason = %the_plan.run_as.reason,
+        "the command runs as"
+    );
+    // From here on (still single-threaded: the runtime's threads inherit it) the supervisor
+    // touches files with the owner's filesystem ids: what it creates in out/ is the owner's.
+    owner::drop_supplementary_groups(&the_plan.run_as).map_err(|e| Failure::new(EXIT_SETUP, e))?;
+    let _as_owner = OwnerFs::enter(&the_plan.run_as).map_err(|e| Failure::new(EXIT_SETUP, e))?;
     drop(entered);
 
     if let Job::Run(_) = &cfg.job {

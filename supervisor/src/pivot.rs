@@ -329,16 +329,51 @@ pub fn command_in_view(plan: &MountPlan, argv: &[String]) -> Command {
     };
     let mut cmd = Command::new(&full[0]);
     cmd.args(&full[1..]);
+    cmd.envs(plan.env.iter().map(|(k, v)| (k, v)));
     if plan.mode.mode == Mode::Direct {
         cmd.current_dir(WORK_SRC);
         let last_cap = last_capability();
-        // SAFETY: only async-signal-safe syscalls (prctl, capset) on stack data; no
-        // allocation after the fork.
+        let switch = plan
+            .run_as
+            .switch
+            .then_some((plan.run_as.uid, plan.run_as.gid));
+        let filters = filters();
+        // SAFETY: only async-signal-safe syscalls (prctl, setgroups, setres[ug]id, capset,
+        // seccomp) on stack data and the filters built before the fork; no allocation.
         unsafe {
-            cmd.pre_exec(move || drop_all_capabilities(last_cap));
+            cmd.pre_exec(move || drop_privileges(switch, last_cap, &filters));
         }
     }
+    // bwrap mode: the plan's bwrap argv runs `drop-privileges` ([`exec_dropped`]) in the view.
     cmd
+}
+
+/// `supervisor drop-privileges`: inside bwrap's view, drops privileges like the direct
+/// mode's pre_exec, then execs `argv` in this same process (bwrap's info-fd pid stays
+/// the command's). Returns only on failure, with the exit code to use.
+pub fn exec_dropped(switch: Option<(u32, u32)>, argv: &[String]) -> (i32, std::io::Error) {
+    if let Err(e) = drop_privileges(switch, last_capability(), &filters()) {
+        return (126, e);
+    }
+    let Some((program, args)) = argv.split_first() else {
+        return (127, std::io::Error::other("no command"));
+    };
+    let e = Command::new(program).args(args).exec();
+    let code = if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    (code, e)
+}
+
+/// The seccomp filters of everything after the pivot ([`crate::seccomp`]); none (logged)
+/// on an architecture without them.
+fn filters() -> Vec<seccompiler::BpfProgram> {
+    crate::seccomp::programs().unwrap_or_else(|e| {
+        tracing::error!(error = %proto::error_chain::ErrorChain(&e), "Bazel runs without the seccomp filter");
+        Vec::new()
+    })
 }
 
 /// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
@@ -350,10 +385,18 @@ fn last_capability() -> libc::c_int {
 }
 
 /// In the child, before exec: no_new_privs, every capability out of the bounding set,
-/// the ambient set cleared, then effective, permitted and inheritable emptied. Bazel and
-/// every build action it starts run with no capability at all: no mount, no unshare of
-/// the mount namespace that hides the filestore, no ptrace of the supervisor.
-fn drop_all_capabilities(last_cap: libc::c_int) -> std::io::Result<()> {
+/// the ambient set cleared; with `switch` = (uid, gid): supplementary groups set to the gid
+/// alone, setresgid, setresuid (real, effective, saved, and so filesystem ids), checked;
+/// then effective, permitted and inheritable emptied. Bazel and every build action it
+/// starts run as the tree's owner with no capability at all: no mount, no unshare of the
+/// mount namespace that hides the filestore, no ptrace of the supervisor, no file of root's.
+/// Last, the seccomp `filters` (after no_new_privs, which lets an unprivileged process
+/// install them): no namespace, no mount, none of the kernel's own surface.
+fn drop_privileges(
+    switch: Option<(u32, u32)>,
+    last_cap: libc::c_int,
+    filters: &[seccompiler::BpfProgram],
+) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r == -1 {
             Err(std::io::Error::last_os_error())
@@ -381,6 +424,20 @@ fn drop_all_capabilities(last_cap: libc::c_int) -> std::io::Result<()> {
             0,
             0,
         ))?;
+        if let Some((uid, gid)) = switch {
+            // Groups first (they need CAP_SETGID), the uid last (it takes the rest away).
+            let groups = [gid];
+            check(libc::setgroups(1, groups.as_ptr()))?;
+            check(libc::setresgid(gid, gid, gid))?;
+            check(libc::setresuid(uid, uid, uid))?;
+            let (mut r, mut e, mut s) = (0, 0, 0);
+            check(libc::getresuid(&mut r, &mut e, &mut s))?;
+            let (mut rg, mut eg, mut sg) = (0, 0, 0);
+            check(libc::getresgid(&mut rg, &mut eg, &mut sg))?;
+            if [r, e, s] != [uid; 3] || [rg, eg, sg] != [gid; 3] {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+        }
         #[repr(C)]
         struct Header {
             version: u32,
@@ -405,7 +462,7 @@ fn drop_all_capabilities(last_cap: libc::c_int) -> std::io::Result<()> {
         }; 2];
         check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
     }
-    Ok(())
+    crate::seccomp::install(filters)
 }
 
 /// Fd number bwrap gets for `--info-fd` (it writes `{"child-pid": N}` there).

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::cgroup::{self, HeapChoice};
 use crate::cli::ModeRequest;
 use crate::config::{BazelSettings, Config, Job};
+use crate::owner::{self, CannotSwitch, RunAs};
 
 /// Where the pivoted view lives (a tmpfs, so the host's `/work` is never touched).
 pub const WORK: &str = "/work";
@@ -22,6 +23,9 @@ pub const WORK: &str = "/work";
 pub const WORK_SRC: &str = "/work/src";
 /// Bazel's output base, bound from `R/U/H/out`.
 pub const WORK_OUT: &str = "/work/out";
+/// bwrap mode: the supervisor binary, bound read-only into the view, where it drops the
+/// command's privileges (`drop-privileges`) after bwrap has made the mounts.
+pub const WORK_HELPER: &str = "/work/.supervisor";
 
 /// What the host allows; gathered once by [`HostFacts::detect`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +40,17 @@ pub struct HostFacts {
     pub user_namespaces: bool,
     /// Where bwrap was found on PATH, if it was.
     pub bwrap: Option<PathBuf>,
+    /// CAP_SETUID and CAP_SETGID are in the effective set: Bazel can run as the tree's owner.
+    pub cap_setuid_setgid: bool,
+    /// This supervisor binary (bwrap mode runs it in the view to drop privileges).
+    pub exe: Option<PathBuf>,
+    /// The pod's secret dirs that exist here ([`SECRET_DIRS`]): hidden from the command.
+    pub secret_dirs: Vec<PathBuf>,
 }
+
+/// Where a pod keeps credentials (the bound token for ReportReady is under the first):
+/// only the supervisor reads them; the command's view covers them like R.
+pub const SECRET_DIRS: &[&str] = &["/var/run/secrets", "/run/secrets"];
 
 impl HostFacts {
     /// Reads capabilities (caps crate), the user-namespace sysctls and PATH. Reads only.
@@ -55,12 +69,27 @@ impl HostFacts {
         let user_namespaces = read_num("/proc/sys/user/max_user_namespaces").unwrap_or(0) > 0
             // Debian's knob; absent on kernels without the patch.
             && read_num("/proc/sys/kernel/unprivileged_userns_clone").unwrap_or(1) != 0;
+        let has = |c| caps::has_cap(None, caps::CapSet::Effective, c).unwrap_or(false);
         HostFacts {
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
             cap_sys_admin,
             user_namespaces,
             bwrap: find_executable(bwrap),
+            cap_setuid_setgid: has(caps::Capability::CAP_SETUID)
+                && has(caps::Capability::CAP_SETGID),
+            exe: std::env::current_exe().ok(),
+            secret_dirs: {
+                // /var/run is often a link to /run: one canonical path each.
+                let mut dirs: Vec<PathBuf> = SECRET_DIRS
+                    .iter()
+                    .filter_map(|p| std::fs::canonicalize(p).ok())
+                    .filter(|p| p.is_dir())
+                    .collect();
+                dirs.sort();
+                dirs.dedup();
+                dirs
+            },
         }
     }
 }
@@ -218,6 +247,38 @@ pub struct MountPlan {
     /// Where the supervisor itself reads the output base (`/work/out` in direct mode, the host
     /// path in bwrap mode, where it stays outside the view).
     pub out_seen_by_supervisor: PathBuf,
+    /// Who the command runs as (the tree's owner when the supervisor is root), and why.
+    pub run_as: RunAs,
+    /// Bazel's home when it runs as the owner (HOME, TMPDIR, --output_user_root live there).
+    pub bazel_home: Option<PathBuf>,
+    /// Variables set for the command on top of the supervisor's environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Why no plan can be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    NoMode(#[from] NoMode),
+    #[error(transparent)]
+    RunAs(#[from] CannotSwitch),
+    /// Bazel's home would be hidden by the view (under /work or the filestore root).
+    #[error(
+        "Bazel's home {home:?} would not be visible in the view ({why}): set BAZEL_HOME_PARENT"
+    )]
+    Home { home: PathBuf, why: String },
+    /// bwrap mode must run this binary in the view, and its path is unknown.
+    #[error("bwrap mode needs the supervisor's own path (/proc/self/exe) to drop privileges in the view")]
+    NoExe,
+}
+
+/// How bwrap mode drops privileges: this binary, bound into the view, run as
+/// `drop-privileges` before the command (bwrap's `--uid` would only map ids in a user
+/// namespace, leaving the kernel uid 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BwrapHelper {
+    pub exe: PathBuf,
+    pub run_as: RunAs,
 }
 
 /// The Bazel client invocation that starts (or finds) the server; run from `/work/src`.
@@ -226,10 +287,16 @@ pub struct MountPlan {
 /// addition to `/etc/bazel.bazelrc` and the workspace's `.bazelrc`); `info release` makes the
 /// client start the server, wait for it and exit, leaving it running until it has been idle
 /// for `--max_idle_secs`. `-Xmx` comes from the container's memory limit ([`cgroup::heap_for`]).
-pub fn server_start_argv(b: &BazelSettings) -> Vec<String> {
+pub fn server_start_argv(b: &BazelSettings, home: Option<&Path>) -> Vec<String> {
     let mut argv = vec![
         b.client.display().to_string(),
         format!("--output_base={WORK_OUT}"),
+    ];
+    if let Some(h) = home {
+        // The owner's own, writable: the default (~root/.cache/bazel) is not.
+        argv.push(format!("--output_user_root={}", h.join("bazel").display()));
+    }
+    argv.extend([
         format!("--bazelrc={}", b.system_bazelrc.display()),
         format!("--command_port={}", b.command_port),
         "--host_jvm_args=-Djava.net.preferIPv4Stack=true".to_owned(),
@@ -237,7 +304,7 @@ pub fn server_start_argv(b: &BazelSettings) -> Vec<String> {
         // base: on the filestore, ~150 MB per crash that nothing removes. The crash itself
         // is reported (exit 33) and the server restarted; no dumps.
         "--host_jvm_args=-XX:-HeapDumpOnOutOfMemoryError".to_owned(),
-    ];
+    ]);
     argv.extend(cgroup::heap_for(&b.memory_limit).startup_option());
     argv.extend([
         format!("--max_idle_secs={}", b.idle_timeout_secs),
@@ -256,21 +323,31 @@ pub fn bwrap_argv(
     src: &Path,
     out: &Path,
     hidden: &[PathBuf],
+    helper: Option<&BwrapHelper>,
     command: &[String],
 ) -> Vec<String> {
     let mut argv: Vec<String> = [
         &bwrap.display().to_string(),
         "--die-with-parent",
-        // Bazel and its actions get no capability (bwrap keeps root's otherwise).
+        // Bazel and its actions get no capability (bwrap keeps root's otherwise). The
+        // helper keeps just what it needs to switch ids and empty the bounding set, and
+        // drops those too before the command runs.
         "--cap-drop",
         "ALL",
-        "--dev-bind",
-        "/",
-        "/",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(h) = helper {
+        let mut keep = vec!["CAP_SETPCAP"];
+        if h.run_as.switch {
+            keep.extend(["CAP_SETUID", "CAP_SETGID"]);
+        }
+        for c in keep {
+            argv.extend(["--cap-add".to_owned(), c.to_owned()]);
+        }
+    }
+    argv.extend(["--dev-bind", "/", "/"].map(str::to_owned));
     for h in hidden {
         // Sources of the binds below are resolved outside the new root: hiding R first
         // does not hide src and out.
@@ -287,13 +364,30 @@ pub fn bwrap_argv(
             "--bind",
             &out.display().to_string(),
             WORK_OUT,
-            "--chdir",
-            WORK_SRC,
-            "--",
         ]
         .iter()
         .map(|s| s.to_string()),
     );
+    if let Some(h) = helper {
+        argv.extend([
+            "--ro-bind".to_owned(),
+            h.exe.display().to_string(),
+            WORK_HELPER.to_owned(),
+        ]);
+    }
+    argv.extend(["--chdir", WORK_SRC, "--"].map(str::to_owned));
+    if let Some(h) = helper {
+        argv.extend([
+            WORK_HELPER.to_owned(),
+            "drop-privileges".to_owned(),
+            format!("--uid={}", h.run_as.uid),
+            format!("--gid={}", h.run_as.gid),
+        ]);
+        if h.run_as.switch {
+            argv.push("--switch".to_owned());
+        }
+        argv.push("--".to_owned());
+    }
     argv.extend(command.iter().cloned());
     argv
 }
@@ -315,11 +409,53 @@ pub fn plan(
     requested: ModeRequest,
     facts: &HostFacts,
     bwrap: &Path,
-) -> Result<MountPlan, NoMode> {
+) -> Result<MountPlan, PlanError> {
     let choice = choose_mode(requested, facts)?;
+    let run_as = owner::decide(
+        cfg.dirs.owner,
+        &cfg.dirs.repo,
+        owner::Supervisor {
+            euid: facts.euid,
+            egid: facts.egid,
+            can_switch: facts.cap_setuid_setgid,
+            user_namespace: choice.mode == Mode::Direct && choice.user_namespace,
+        },
+    )?;
+    let mut hidden = hidden_paths(&cfg.dirs.root);
+    hidden.extend(
+        facts
+            .secret_dirs
+            .iter()
+            .filter(|d| !Path::new(WORK).starts_with(d) && !d.starts_with(WORK))
+            .cloned(),
+    );
+    let bazel_home = match (&cfg.job, run_as.switch) {
+        (Job::Serve, true) => {
+            let home = owner::bazel_home(&cfg.bazel.home_parent, run_as.uid);
+            let why = if !home.is_absolute() {
+                Some("not an absolute path".to_owned())
+            } else if home.starts_with(WORK) {
+                Some(format!("{WORK} is a tmpfs in the view"))
+            } else {
+                hidden
+                    .iter()
+                    .find(|h| home.starts_with(h))
+                    .map(|h| format!("{} is hidden", h.display()))
+            };
+            if let Some(why) = why {
+                return Err(PlanError::Home { home, why });
+            }
+            Some(home)
+        }
+        _ => None,
+    };
+    let env = match &bazel_home {
+        Some(home) => owner::bazel_env(home, cfg.identity.user_id.as_ref()),
+        None => Vec::new(),
+    };
     let (command, server) = match &cfg.job {
         Job::Serve => (
-            server_start_argv(&cfg.bazel),
+            server_start_argv(&cfg.bazel, bazel_home.as_deref()),
             Some(ServerPlan {
                 output_base: WORK_OUT,
                 workspace: WORK_SRC,
@@ -358,7 +494,6 @@ pub fn plan(
             flags: vec!["rec"],
         },
     ];
-    let hidden = hidden_paths(&cfg.dirs.root);
     let mut mounts = mounts;
     mounts.extend(hidden.iter().map(|h| MountStep {
         kind: MountKind::Hide,
@@ -367,6 +502,16 @@ pub fn plan(
         flags: vec!["ro", "nosuid", "nodev", "noexec", "empty"],
     }));
     let bwrap_path = facts.bwrap.as_deref().unwrap_or(bwrap);
+    // A root supervisor's bwrap (no user namespace) leaves the bounding set full: the
+    // helper empties it and switches ids. An unprivileged bwrap runs in a user namespace
+    // that holds nothing more than the supervisor's own uid.
+    let helper = match (choice.mode, facts.euid) {
+        (Mode::Bwrap, 0) => Some(BwrapHelper {
+            exe: facts.exe.clone().ok_or(PlanError::NoExe)?,
+            run_as: run_as.clone(),
+        }),
+        _ => None,
+    };
     let (namespaces, uid_map, gid_map) = match (choice.mode, choice.user_namespace) {
         (Mode::Direct, true) => (
             vec!["user", "mnt"],
@@ -390,13 +535,23 @@ pub fn plan(
         gid_map,
         src: cfg.dirs.src.clone(),
         out: cfg.dirs.out.clone(),
-        bwrap_argv: bwrap_argv(bwrap_path, &cfg.dirs.src, &cfg.dirs.out, &hidden, &command),
+        bwrap_argv: bwrap_argv(
+            bwrap_path,
+            &cfg.dirs.src,
+            &cfg.dirs.out,
+            &hidden,
+            helper.as_ref(),
+            &command,
+        ),
         hidden,
         mounts,
         cwd: WORK_SRC,
         command,
         server,
         out_seen_by_supervisor,
+        run_as,
+        bazel_home,
+        env,
     })
 }
 
@@ -463,6 +618,22 @@ impl MountPlan {
             "command:  {}\n          (no capabilities: all dropped, bounding set too, no_new_privs)",
             join_argv(&self.command)
         );
+        let _ = writeln!(
+            s,
+            "run as:   uid {} gid {}{}: {}",
+            self.run_as.uid,
+            self.run_as.gid,
+            if self.run_as.switch {
+                " (switched to before exec; the supervisor writes out/ as them)"
+            } else {
+                ""
+            },
+            self.run_as.reason
+        );
+        if !self.env.is_empty() {
+            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "env:      {}", join_argv(&env));
+        }
         if let Some(server) = &self.server {
             let _ = writeln!(
                 s,
@@ -564,6 +735,17 @@ pub fn needs(host: &HostFacts, image: &ImageFacts, mode: &ModeChoice) -> Vec<Nee
     ]
 }
 
+/// The supervisor's capabilities ([`owner::POD_CAPABILITIES`]) as `--dry-run` prints them.
+pub fn render_capabilities() -> String {
+    let mut s = String::from(
+        "the supervisor needs these capabilities (the pod's securityContext; Bazel and its actions get none):\n",
+    );
+    for (cap, why) in owner::POD_CAPABILITIES {
+        let _ = writeln!(s, "  CAP_{cap:<15} {why}");
+    }
+    s
+}
+
 /// `needs` as `--dry-run` prints them.
 pub fn render_needs(needs: &[Need]) -> String {
     let mut s = String::from("the pod needs (as seen on this host):\n");
@@ -631,7 +813,26 @@ mod tests {
             cap_sys_admin: cap,
             user_namespaces: userns,
             bwrap: bwrap.then(|| PathBuf::from("/usr/bin/bwrap")),
+            cap_setuid_setgid: cap,
+            exe: Some(PathBuf::from("/usr/local/bin/supervisor")),
+            secret_dirs: Vec::new(),
         }
+    }
+
+    /// A root supervisor (uid 0) with the capabilities, or without SETUID/SETGID.
+    fn root_facts(can_switch: bool) -> HostFacts {
+        HostFacts {
+            euid: 0,
+            egid: 0,
+            cap_setuid_setgid: can_switch,
+            ..facts(true, true, true)
+        }
+    }
+
+    fn owned_by(job: Job, uid: u32) -> Config {
+        let mut c = config(job);
+        c.dirs.owner = crate::owner::Owner { uid, gid: uid };
+        c
     }
 
     fn config(job: Job) -> Config {
@@ -648,6 +849,8 @@ mod tests {
                 root: PathBuf::from("/fs"),
                 src: repo.join("src"),
                 out: repo.join("out"),
+                owner: crate::owner::Owner { uid: 0, gid: 0 },
+                repo: repo.clone(),
             },
             job,
             bazel: BazelSettings {
@@ -661,6 +864,7 @@ mod tests {
                     bytes: 4 << 30,
                     source: PathBuf::from("/sys/fs/cgroup/memory.max"),
                 },
+                home_parent: PathBuf::from("/tmp"),
             },
             report: ReportSettings::default(),
         }
@@ -785,7 +989,11 @@ mod tests {
 
     #[test]
     fn server_argv_has_the_contract_flags() {
-        let argv = server_start_argv(&config(Job::Serve).bazel);
+        let argv = server_start_argv(&config(Job::Serve).bazel, None);
+        assert!(
+            !argv.iter().any(|a| a.starts_with("--output_user_root")),
+            "{argv:?}"
+        );
         for want in [
             "--output_base=/work/out",
             "--command_port=9001",
@@ -805,7 +1013,7 @@ mod tests {
         unlimited.memory_limit = cgroup::MemoryLimit::Unlimited {
             source: PathBuf::from("/sys/fs/cgroup/memory.max"),
         };
-        let argv2 = server_start_argv(&unlimited);
+        let argv2 = server_start_argv(&unlimited, None);
         assert!(!argv2.iter().any(|a| a.contains("-Xmx")), "{argv2:?}");
         // Startup options come before the command.
         let info = argv.iter().position(|a| a == "info").expect("info");
@@ -824,12 +1032,30 @@ mod tests {
     }
 
     #[test]
+    fn the_pods_secrets_are_hidden_too() {
+        let facts = HostFacts {
+            secret_dirs: vec![PathBuf::from("/run/secrets")],
+            ..root_facts(true)
+        };
+        let p = plan(
+            &config(Job::Serve),
+            ModeRequest::Auto,
+            &facts,
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        let shown = serde_json::to_string(&p).expect("json");
+        assert!(shown.contains("/run/secrets"), "{shown}");
+    }
+
+    #[test]
     fn bwrap_argv_binds_like_direct_mode() {
         let argv = bwrap_argv(
             Path::new("/usr/bin/bwrap"),
             Path::new("/fs/a/src"),
             Path::new("/fs/a/out"),
             &[PathBuf::from("/fs")],
+            None,
             &["true".to_owned()],
         );
         let s = argv.join(" ");
@@ -842,6 +1068,127 @@ mod tests {
         );
         assert!(s.contains("--bind /fs/a/src /work/src --bind /fs/a/out /work/out"));
         assert!(s.ends_with("--chdir /work/src -- true"));
+    }
+
+    #[test]
+    fn bazel_runs_as_the_owner_of_the_tree() {
+        // Root supervisor, tree of 54321, direct mode: switch in pre_exec, a home of its own.
+        let p = plan(
+            &owned_by(Job::Serve, 54321),
+            ModeRequest::Direct,
+            &root_facts(true),
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        assert_eq!(
+            (p.run_as.uid, p.run_as.gid, p.run_as.switch),
+            (54321, 54321, true)
+        );
+        assert_eq!(p.bazel_home, Some(PathBuf::from("/tmp/jbazel-home-54321")));
+        assert!(
+            p.command
+                .contains(&"--output_user_root=/tmp/jbazel-home-54321/bazel".to_owned()),
+            "{:?}",
+            p.command
+        );
+        let env: Vec<String> = p.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            env,
+            [
+                "HOME=/tmp/jbazel-home-54321",
+                "TMPDIR=/tmp/jbazel-home-54321/tmp",
+                "USER=alice",
+                "LOGNAME=alice"
+            ]
+        );
+        let h = p.render_human();
+        assert!(
+            h.contains("run as:   uid 54321 gid 54321 (switched to"),
+            "{h}"
+        );
+        assert!(h.contains("env:      HOME=/tmp/jbazel-home-54321"), "{h}");
+
+        // bwrap mode: the helper binary in the view switches; bwrap keeps only what it needs.
+        let b = plan(
+            &owned_by(Job::Serve, 54321),
+            ModeRequest::Bwrap,
+            &root_facts(true),
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        let s = b.bwrap_argv.join(" ");
+        assert!(
+            s.contains(
+                "--cap-drop ALL --cap-add CAP_SETPCAP --cap-add CAP_SETUID --cap-add CAP_SETGID --dev-bind / /"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "--ro-bind /usr/local/bin/supervisor /work/.supervisor --chdir /work/src -- \
+                 /work/.supervisor drop-privileges --uid=54321 --gid=54321 --switch -- bazel "
+            ),
+            "{s}"
+        );
+        let tail = &b.bwrap_argv[b.bwrap_argv.len() - b.command.len()..];
+        assert_eq!(tail, b.command.as_slice());
+
+        // A root-owned tree: nothing switches, no home, no extra env; bwrap's helper only
+        // empties the bounding set.
+        let r = plan(
+            &owned_by(Job::Serve, 0),
+            ModeRequest::Bwrap,
+            &root_facts(true),
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        assert!(!r.run_as.switch);
+        assert_eq!((r.bazel_home.clone(), r.env.len()), (None, 0));
+        let s = r.bwrap_argv.join(" ");
+        assert!(
+            s.contains("--cap-drop ALL --cap-add CAP_SETPCAP --dev-bind"),
+            "{s}"
+        );
+        assert!(
+            s.contains("drop-privileges --uid=0 --gid=0 -- bazel"),
+            "{s}"
+        );
+
+        // `run` gets the switch but no Bazel home.
+        let run = plan(
+            &owned_by(Job::Run(vec!["id".into()]), 54321),
+            ModeRequest::Direct,
+            &root_facts(true),
+            Path::new("bwrap"),
+        )
+        .expect("plan");
+        assert!(run.run_as.switch && run.bazel_home.is_none() && run.env.is_empty());
+
+        // Refusals: no CAP_SETUID/SETGID; a home the view would hide.
+        let err = plan(
+            &owned_by(Job::Serve, 54321),
+            ModeRequest::Direct,
+            &root_facts(false),
+            Path::new("bwrap"),
+        )
+        .expect_err("cannot switch");
+        assert!(matches!(err, PlanError::RunAs(_)), "{err}");
+        for (parent, why) in [
+            ("/fs/x", "/fs is hidden"),
+            ("/work/h", "tmpfs"),
+            ("rel", "absolute"),
+        ] {
+            let mut c = owned_by(Job::Serve, 54321);
+            c.bazel.home_parent = PathBuf::from(parent);
+            let err = plan(
+                &c,
+                ModeRequest::Direct,
+                &root_facts(true),
+                Path::new("bwrap"),
+            )
+            .expect_err(parent);
+            assert!(err.to_string().contains(why), "{parent}: {err}");
+        }
     }
 
     #[test]

@@ -371,3 +371,155 @@ fn sigterm_while_the_server_starts_leaves_nothing_behind() {
         }
     }
 }
+
+/// The uid the tree is given: no passwd entry in the image (Bazel needs USER then).
+const OWNER: u32 = 54321;
+/// Another non-root uid, for "cannot read the cookie".
+const OTHER: u32 = 65534;
+
+/// A tree owned by a non-root uid: the Bazel server and its actions run as the owner,
+/// everything in out/ belongs to the owner (the supervisor's jbazel/* and lock included),
+/// the cookies are 0600 in a 0700 server/, and another uid cannot read the request cookie.
+fn bazel_runs_as_the_tree_owner(mode: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    let pkg = fs.src().join("who");
+    std::fs::create_dir_all(&pkg).expect("mkdir");
+    std::fs::write(
+        pkg.join("BUILD"),
+        "genrule(name = 'who', outs = ['who.txt'], \
+         cmd = \"grep -E '^(Uid|Gid):' /proc/self/status > $@\")\n",
+    )
+    .expect("BUILD");
+    fs.own_by(OWNER);
+    let health_port = free_port();
+    let command_port = free_port();
+    let mut cmd = fs.supervisor();
+    cmd.env("SESSION_ID", "session-1")
+        .env("POD_NAME", "bazel-server-alice-owner")
+        .env("POD_IP", "127.0.0.1")
+        .env("SYSTEM_BAZELRC", &rc)
+        .env("BAZEL_COMMAND_PORT", command_port.to_string())
+        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+        .env("HEALTH_INTERVAL_SECS", "1")
+        .env("GRACE_PERIOD_SECS", GRACE_SECS.to_string())
+        .args(["--mode", mode]);
+    let mut sup = Running::start(
+        cmd,
+        fs.scratch().join("supervisor.log"),
+        fs.out(),
+        health_port,
+        command_port,
+    );
+    assert!(
+        sup.wait_ready(READY_DEADLINE),
+        "{mode}: not ready:\n{}",
+        sup.logs()
+    );
+    let server = sup.server_pid().expect("server pid");
+    let status = status_lines(server);
+    for want in [
+        format!("Uid: {OWNER} {OWNER} {OWNER} {OWNER}"),
+        format!("Gid: {OWNER} {OWNER} {OWNER} {OWNER}"),
+        format!("Groups: {OWNER}"),
+        "CapEff: 0000000000000000".to_owned(),
+        "CapBnd: 0000000000000000".to_owned(),
+    ] {
+        assert!(
+            status.contains(&want),
+            "{mode}: server {want:?} missing in {status:?}"
+        );
+    }
+
+    // An action runs as the owner too, and its output belongs to the owner.
+    let (code, stderr) =
+        run_command(&sup.out, command_port, &["build", "//who:who"]).expect("build runs");
+    assert_eq!(code, 0, "{mode}: {stderr}\n{}", sup.logs());
+    let who = std::fs::read_dir(fs.out().join("execroot"))
+        .expect("execroot")
+        .flatten()
+        .map(|e| e.path().join("bazel-out/k8-fastbuild/bin/who/who.txt"))
+        .find(|p| p.exists())
+        .expect("who.txt in bazel-out");
+    let text = std::fs::read_to_string(&who).expect("who.txt");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains(&format!("Uid: {OWNER} {OWNER} {OWNER} {OWNER}")),
+        "{mode}: the action's {text}"
+    );
+
+    // Everything in out/ is the owner's: Bazel's files, bazel-out, and the supervisor's.
+    for f in [
+        "jbazel",
+        "jbazel/server.lock",
+        "jbazel/system.bazelrc",
+        "jbazel/client-env",
+    ] {
+        assert!(fs.out().join(f).exists(), "{mode}: {f} missing");
+    }
+    let foreign = not_owned_by(&fs.out(), OWNER, OWNER);
+    assert!(foreign.is_empty(), "{mode}: not the owner's: {foreign:?}");
+    let home = std::path::PathBuf::from(format!("/tmp/jbazel-home-{OWNER}"));
+    let hm = std::fs::symlink_metadata(&home).expect("Bazel's home");
+    assert_eq!(
+        (hm.uid(), hm.mode() & 0o777),
+        (OWNER, 0o700),
+        "{mode}: {home:?}"
+    );
+
+    // The cookies: 0600 in a 0700 dir, and no other uid can read them.
+    let mode_of =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode_of(&fs.out().join("server")), 0o700, "{mode}");
+    for c in ["request_cookie", "response_cookie"] {
+        assert_eq!(
+            mode_of(&fs.out().join("server").join(c)),
+            0o600,
+            "{mode}: {c}"
+        );
+    }
+    let cookie = std::fs::read_to_string(fs.out().join("server/request_cookie")).expect("cookie");
+    let other = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={OTHER}"),
+            &format!("--regid={OTHER}"),
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(fs.out().join("server/request_cookie"))
+        .output()
+        .expect("setpriv runs");
+    assert!(
+        !other.status.success(),
+        "{mode}: uid {OTHER} read the cookie"
+    );
+    assert!(
+        !String::from_utf8_lossy(&other.stdout).contains(cookie.trim()),
+        "{mode}: uid {OTHER} read the cookie"
+    );
+    assert!(
+        sup.logs()
+            .contains("made server/ 0700 and the cookies 0600"),
+        "{}",
+        sup.logs()
+    );
+
+    // The supervisor (root) still stops its server, which runs as another uid.
+    signal(sup.pid(), Signal::SIGTERM);
+    let st = wait_child(&mut sup.child, Duration::from_secs(GRACE_SECS + 10))
+        .unwrap_or_else(|| panic!("{mode}: no exit after SIGTERM:\n{}", sup.logs()));
+    assert_eq!(st.code(), Some(0), "{mode}: {}", sup.logs());
+    assert!(!is_bazel_server(server), "{mode}: server {server} survived");
+}
+
+#[test]
+fn direct_mode_bazel_runs_as_the_tree_owner() {
+    bazel_runs_as_the_tree_owner("direct");
+}
+
+#[test]
+fn bwrap_mode_bazel_runs_as_the_tree_owner() {
+    bazel_runs_as_the_tree_owner("bwrap");
+}

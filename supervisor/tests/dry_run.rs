@@ -300,3 +300,52 @@ fn dry_run_prints_the_heap_and_idle_decisions() {
     }
     assert_eq!(fs.snapshot(), before, "a dry run creates nothing");
 }
+
+/// The dry run says who Bazel runs as (the tree's owner), with which environment, and the
+/// capabilities the supervisor itself needs, in both formats; it creates nothing (no home).
+#[test]
+fn dry_run_shows_the_owner_and_the_supervisors_capabilities() {
+    let fs = Filestore::new();
+    let rc = fs.with_sample_workspace();
+    fs.own_by(54321);
+    let home = std::path::Path::new("/tmp/dry-run-parent-does-not-exist");
+    let before = fs.snapshot();
+    for format in ["human", "json"] {
+        let mut cmd = fs.supervisor();
+        cmd.env("SYSTEM_BAZELRC", &rc)
+            .env("BAZEL_HOME_PARENT", home)
+            .args(["--dry-run", "--format", format]);
+        let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
+        assert!(status.success(), "{format}: {stderr}");
+        if format == "human" {
+            for want in [
+                "run as:   uid 54321 gid 54321 (switched to before exec",
+                "env:      HOME=/tmp/dry-run-parent-does-not-exist/jbazel-home-54321",
+                "--output_user_root=/tmp/dry-run-parent-does-not-exist/jbazel-home-54321/bazel",
+                "CAP_KILL",
+                "CAP_SETPCAP",
+            ] {
+                assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+            }
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+            assert_eq!(v["run_as"]["uid"], 54321, "{v}");
+            assert_eq!(v["run_as"]["switch"], true, "{v}");
+            let caps: Vec<&str> = v["capabilities"]
+                .as_array()
+                .expect("capabilities")
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            assert!(
+                caps.contains(&"CAP_SYS_ADMIN") && caps.contains(&"CAP_SETUID"),
+                "{caps:?}"
+            );
+            assert!(v["capabilities"][0]["why"]
+                .as_str()
+                .is_some_and(|w| !w.is_empty()));
+        }
+    }
+    assert_eq!(fs.snapshot(), before, "a dry run creates nothing");
+    assert!(!home.exists());
+}

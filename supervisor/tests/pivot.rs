@@ -173,8 +173,11 @@ fn exit_codes_pass_through() {
 /// What a hostile build sees from inside the view, in both modes: the filestore root is
 /// empty (another user's tree next to ours is gone), no capability is left, and mount,
 /// unshare and a way back through /proc/1/root all fail.
-fn hostile_build_is_contained(mode: &str) {
+fn hostile_build_is_contained(mode: &str, owner: Option<u32>) {
     let fs = Filestore::new();
+    if let Some(uid) = owner {
+        fs.own_by(uid);
+    }
     let bob = fs.root().join("bob").join(HASH).join("src");
     std::fs::create_dir_all(&bob).expect("bob's tree");
     std::fs::write(bob.join("secret"), "bob's").expect("bob's file");
@@ -210,10 +213,163 @@ fn hostile_build_is_contained(mode: &str) {
 
 #[test]
 fn a_hostile_build_sees_only_its_tree_and_has_no_capabilities_direct() {
-    hostile_build_is_contained("direct");
+    hostile_build_is_contained("direct", None);
+}
+
+#[test]
+fn a_hostile_build_of_a_user_owned_tree_sees_only_its_tree_direct() {
+    hostile_build_is_contained("direct", Some(OWNER));
+}
+
+#[test]
+fn a_hostile_build_of_a_user_owned_tree_sees_only_its_tree_bwrap() {
+    hostile_build_is_contained("bwrap", Some(OWNER));
 }
 
 #[test]
 fn a_hostile_build_sees_only_its_tree_and_has_no_capabilities_bwrap() {
-    hostile_build_is_contained("bwrap");
+    hostile_build_is_contained("bwrap", None);
+}
+
+/// The uid a test tree is given: one with no passwd entry in the image.
+const OWNER: u32 = 54321;
+
+/// A tree owned by a non-root uid: the hostile command runs as that uid and gid (real,
+/// effective, saved and filesystem ids), with no capability in any set and no other group;
+/// what it creates belongs to the owner, and it cannot write a root-owned file of the image
+/// (here, one beside the filestore: visible in the view, not part of the user's tree).
+fn hostile_build_runs_as_the_owner(mode: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let fs = Filestore::new();
+    let root_file = fs.scratch().join("image-file");
+    std::fs::write(&root_file, "root's\n").expect("root's file");
+    let root_dir = fs.scratch().join("image-dir");
+    std::fs::create_dir(&root_dir).expect("root's dir");
+    fs.own_by(OWNER);
+    let script = format!(
+        "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd):' /proc/self/status; \
+         echo made > /work/out/made-by-build && mkdir /work/out/dir-by-build; \
+         echo x >> {f} 2>/dev/null && echo LEAK-write-root-file; \
+         touch {d}/planted 2>/dev/null && echo LEAK-create-in-root-dir; \
+         chmod 777 {f} 2>/dev/null && echo LEAK-chmod; \
+         cat /work/src/MARKER",
+        f = root_file.display(),
+        d = root_dir.display()
+    );
+    let mut cmd = fs.supervisor();
+    cmd.args(["--mode", mode, "run", "--", "sh", "-c", &script]);
+    let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{mode}: {stdout}\n{stderr}");
+    let lines: Vec<String> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        format!("Uid: {OWNER} {OWNER} {OWNER} {OWNER}"),
+        format!("Gid: {OWNER} {OWNER} {OWNER} {OWNER}"),
+        format!("Groups: {OWNER}"),
+        "CapEff: 0000000000000000".to_owned(),
+        "CapPrm: 0000000000000000".to_owned(),
+        "CapBnd: 0000000000000000".to_owned(),
+    ] {
+        assert!(
+            lines.contains(&want),
+            "{mode}: {want:?} missing in {lines:?}"
+        );
+    }
+    assert!(!stdout.contains("LEAK"), "{mode}: {stdout}");
+    assert!(stdout.ends_with(MARKER), "{mode}: {stdout}");
+    for made in ["made-by-build", "dir-by-build"] {
+        let m = std::fs::symlink_metadata(fs.out().join(made)).expect("made");
+        assert_eq!((m.uid(), m.gid()), (OWNER, OWNER), "{mode}: {made}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&root_file).expect("read"),
+        "root's\n"
+    );
+    assert!(!root_dir.join("planted").exists());
+    assert!(
+        stderr.contains("the command runs as") && stderr.contains("switch=true"),
+        "{mode}: {stderr}"
+    );
+}
+
+#[test]
+fn a_hostile_build_runs_as_the_tree_owner_direct() {
+    hostile_build_runs_as_the_owner("direct");
+}
+
+#[test]
+fn a_hostile_build_runs_as_the_tree_owner_bwrap() {
+    hostile_build_runs_as_the_owner("bwrap");
+}
+
+/// A root-owned tree keeps uid 0, and still no capability in any set (bwrap mode too: its
+/// helper empties the bounding set that bwrap alone leaves full).
+#[test]
+fn a_root_owned_tree_runs_as_root_with_no_capability() {
+    for mode in ["direct", "bwrap"] {
+        let fs = Filestore::new();
+        let mut cmd = fs.supervisor();
+        cmd.args([
+            "--mode",
+            mode,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "grep -E '^(Uid|CapEff|CapPrm|CapBnd):' /proc/self/status",
+        ]);
+        let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+        let lines: Vec<String> = stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "Uid: 0 0 0 0",
+                "CapPrm: 0000000000000000",
+                "CapEff: 0000000000000000",
+                "CapBnd: 0000000000000000"
+            ],
+            "{mode}"
+        );
+    }
+}
+
+/// The supervisor (root) forwards SIGTERM to a command that runs as the owner, another uid:
+/// it needs CAP_KILL for that. The command's trap exits 42; a command the signal never
+/// reached ends by itself after 30 s with 0.
+#[test]
+fn sigterm_reaches_a_command_of_the_tree_owner() {
+    for mode in ["direct", "bwrap"] {
+        let fs = Filestore::new();
+        fs.own_by(OWNER);
+        let ready = fs.out().join("ready");
+        let mut cmd = fs.supervisor();
+        cmd.args([
+            "--mode",
+            mode,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo up > /work/out/ready; \
+             for i in $(seq 300); do sleep 0.1; done",
+        ]);
+        let log = fs.scratch().join("run.log");
+        let mut sup = Running::start(cmd, log, fs.out(), 0, 0);
+        assert!(
+            wait_until(Duration::from_secs(20), || ready.exists()),
+            "{mode}: the command did not start:\n{}",
+            sup.logs()
+        );
+        signal(sup.pid(), nix::sys::signal::Signal::SIGTERM);
+        let status = wait_child(&mut sup.child, Duration::from_secs(40))
+            .unwrap_or_else(|| panic!("{mode}: no exit:\n{}", sup.logs()));
+        assert_eq!(status.code(), Some(42), "{mode}: {}", sup.logs());
+        assert!(!sup.logs().contains("forwarding failed"), "{}", sup.logs());
+    }
 }

@@ -95,6 +95,26 @@ impl Filestore {
             .expect("chmod out");
     }
 
+    /// Gives the user's tree `R/alice` (and all in it) to `uid`:`uid`, as a real filestore
+    /// would, and opens the scratch dir and R for traversal (the image's files beside R, the
+    /// rule stubs and the system rc, must be readable by that uid). Links are not followed.
+    pub fn own_by(&self, uid: u32) {
+        for d in [self.scratch().to_owned(), self.root()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let mut stack = vec![self.root().join(USER)];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(uid)).expect("lchown");
+            if std::fs::symlink_metadata(&p).expect("stat").is_dir() {
+                stack.extend(
+                    std::fs::read_dir(&p)
+                        .expect("readdir")
+                        .map(|e| e.expect("entry").path()),
+                );
+            }
+        }
+    }
+
     /// Copies the sample workspace into src and writes a system rc whose rule stubs live in
     /// this temp dir (outside /work, so they stay visible after the pivot). Returns the rc.
     pub fn with_sample_workspace(&self) -> PathBuf {
@@ -173,6 +193,42 @@ impl Filestore {
     pub fn snapshot(&self) -> Vec<String> {
         tree_snapshot(self.scratch())
     }
+}
+
+/// Every path under `root` (links not followed) whose owner is not `uid`:`gid`, with its
+/// owner. Entries that vanish while it walks (a running server's) are skipped.
+pub fn not_owned_by(root: &Path, uid: u32, gid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut bad = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if (m.uid(), m.gid()) != (uid, gid) {
+            bad.push(format!("{} {}:{}", p.display(), m.uid(), m.gid()));
+        }
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    bad
+}
+
+/// The `Uid:` and `Gid:` lines (and the capability sets) of a process's status.
+pub fn status_lines(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            ["Uid:", "Gid:", "Groups:", "CapEff:", "CapPrm:", "CapBnd:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 pub fn tree_snapshot(root: &Path) -> Vec<String> {
