@@ -96,6 +96,12 @@ pub enum OrchestratorError {
     Incomplete { what: &'static str },
     #[error("the kubeconfig's token cannot be sent in a header")]
     BadToken,
+    #[error("the orchestrator at {addr} refused the TLS session: check the client certificate of your kubeconfig (expired? of another cluster?) and the orchestrator's CA (JBAZEL_ORCHESTRATOR_CA)")]
+    TlsRefused {
+        addr: String,
+        #[source]
+        source: tonic::Status,
+    },
 }
 
 /// What an event means for the client.
@@ -155,18 +161,36 @@ pub fn transient(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
+/// Whether an error's chain says TLS refused the peer (an untrusted, expired or revoked
+/// certificate on either side): waiting does not fix that, the user's kubeconfig or the
+/// orchestrator's certificate must change.
+pub fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let text = ErrorChain(e).to_string().to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "handshake",
+        "decrypterror",
+        "bad_certificate",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 /// Whether a failure is worth a new connection and GetServer again (see the module doc).
 pub fn retryable(e: &OrchestratorError) -> bool {
     match e {
-        OrchestratorError::Connect { .. } | OrchestratorError::EndedEarly { .. } => true,
+        OrchestratorError::Connect { source, .. } => !tls_refused(source),
+        OrchestratorError::EndedEarly { .. } => true,
         OrchestratorError::GetServer { status, .. } | OrchestratorError::Watch { status } => {
-            transient(status)
+            transient(status) && !tls_refused(status)
         }
         OrchestratorError::BadAddress { .. }
         | OrchestratorError::Failed { .. }
         | OrchestratorError::Deadline { .. }
         | OrchestratorError::Incomplete { .. }
-        | OrchestratorError::BadToken => false,
+        | OrchestratorError::BadToken
+        | OrchestratorError::TlsRefused { .. } => false,
     }
 }
 
@@ -437,10 +461,19 @@ async fn attempt_once(
             session_id: ids.session_id.to_string(),
         }))
         .await
-        .map_err(|status| OrchestratorError::GetServer {
-            user: ids.user_id.clone(),
-            repo_hash: ids.repo_hash.clone(),
-            status,
+        .map_err(|status| {
+            if tls_refused(&status) {
+                OrchestratorError::TlsRefused {
+                    addr: target.addr.to_string(),
+                    source: status,
+                }
+            } else {
+                OrchestratorError::GetServer {
+                    user: ids.user_id.clone(),
+                    repo_hash: ids.repo_hash.clone(),
+                    status,
+                }
+            }
         })?
         .into_inner()
         .server;
@@ -1048,10 +1081,8 @@ mod tests {
             serve_on(f, l);
         };
         let (ids, mut shown) = (ids(), rec.clone());
-        let (loc, ()) = tokio::join!(
-            await_ready(&addr, &Credential::default(), &ids, LONG, &mut shown),
-            bring_up
-        );
+        let cred = Credential::default();
+        let (loc, ()) = tokio::join!(await_ready(&addr, &cred, &ids, LONG, &mut shown), bring_up);
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.4");
         assert_eq!(calls(&gets), 1, "GetServer once it was up");
     }
@@ -1116,10 +1147,8 @@ mod tests {
             proxy.cut();
         };
         let (ids, mut shown) = (ids(), rec.clone());
-        let (loc, ()) = tokio::join!(
-            await_ready(&proxy.addr, &Credential::default(), &ids, LONG, &mut shown),
-            cut
-        );
+        let cred = Credential::default();
+        let (loc, ()) = tokio::join!(await_ready(&proxy.addr, &cred, &ids, LONG, &mut shown), cut);
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.6");
         assert_eq!((calls(&gets), calls(&watches)), (2, 2));
         let lines = rec.lines();

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::engine::SessionStore;
 use crate::notify::ReadyNotices;
-use crate::pods::manifest::APP_SELECTOR;
+use crate::pods::manifest::platform_selector;
 use crate::pods::{pod_name, view, PodClient, PodSpecFor};
 use crate::session::{
     self, DeleteReason, MissingPodDecision, PodHealth, ReadyDecision, ReconcileDecision,
@@ -74,7 +74,8 @@ impl Reconciler {
         let Some(writer) = self.writer.take() else {
             return;
         };
-        let config = watcher::Config::default().labels(APP_SELECTOR);
+        let selector = platform_selector(&self.pods.settings().namespace);
+        let config = watcher::Config::default().labels(&selector);
         let stream =
             reflector::reflector(writer, watcher(self.pods.all(), config).default_backoff());
         let mut stream = std::pin::pin!(stream);

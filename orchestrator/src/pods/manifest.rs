@@ -33,6 +33,15 @@ pub const LABEL_GENERATION: &str = "jbazel.dev/generation";
 pub const ANNOTATION_REPO_DIR: &str = "jbazel.dev/repo-dir";
 /// The label selector of every platform pod.
 pub const APP_SELECTOR: &str = "app.kubernetes.io/name=jbazel-server";
+/// The platform namespace a pod belongs to (its user namespace is derived from it): a
+/// platform's replicas watch only their own pods, whatever else shares the cluster.
+pub const LABEL_PLATFORM: &str = "jbazel.dev/platform-namespace";
+
+/// The label selector of this platform's pods (those of every user namespace of
+/// `namespace`).
+pub fn platform_selector(namespace: &str) -> String {
+    format!("{APP_SELECTOR},{LABEL_PLATFORM}={namespace}")
+}
 
 /// The service account of every server pod, one in each user namespace, with no role:
 /// its only use is the pod-bound token ReportReady presents (`auth::POD_AUDIENCE`).
@@ -44,16 +53,17 @@ pub const TOKEN_FILE: &str = "token";
 /// Lifetime of the bound token; the kubelet renews it at 80%.
 const TOKEN_SECONDS: i64 = 3600;
 /// The capabilities the supervisor (PID 1) needs for the pivot and the switch to the
-/// tree's owner; it drops all of them before Bazel is exec'd. Measured in
-/// `supervisor::privileges` (see `supervisor --dry-run`).
+/// tree's owner; it drops all of them before Bazel is exec'd. Measured one at a time, and
+/// each explained, in `supervisor::owner::POD_CAPABILITIES` (`supervisor --dry-run` shows
+/// them). The orchestrator does not depend on the supervisor, so the two lists are kept
+/// equal by hand.
 pub const POD_CAPABILITIES: &[&str] = &[
     "SYS_ADMIN",
     "SETUID",
     "SETGID",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
+    "SETPCAP",
     "KILL",
+    "DAC_READ_SEARCH",
 ];
 
 /// The container's name.
@@ -276,8 +286,9 @@ impl PodSpecFor<'_> {
     }
 
     /// The labels identifying the pod; the session label is what fencing checks.
-    pub fn labels(&self) -> BTreeMap<String, String> {
+    pub fn labels(&self, settings: &PodSettings) -> BTreeMap<String, String> {
         BTreeMap::from([
+            (LABEL_PLATFORM.to_string(), settings.namespace.clone()),
             (LABEL_APP.to_string(), APP.to_string()),
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_USER.to_string(), self.user_id.to_string()),
@@ -417,7 +428,7 @@ impl PodSpecFor<'_> {
             metadata: ObjectMeta {
                 name: Some(self.name()),
                 namespace: Some(user_namespace(&settings.namespace, self.user_id)),
-                labels: Some(self.labels()),
+                labels: Some(self.labels(settings)),
                 annotations: Some(BTreeMap::from([
                     (LABEL_USER.to_string(), self.user_id.to_string()),
                     (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
@@ -603,6 +614,14 @@ mod tests {
         assert_eq!(labels[LABEL_REPO_HASH], HASH);
         assert_eq!(labels[LABEL_SESSION], "boot-1");
         assert_eq!(labels[LABEL_GENERATION], "7");
+        assert_eq!(
+            labels[LABEL_PLATFORM], "jbazel",
+            "a platform watches only its own pods"
+        );
+        assert_eq!(
+            platform_selector("jbazel"),
+            "app.kubernetes.io/name=jbazel-server,jbazel.dev/platform-namespace=jbazel"
+        );
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
             annotations[ANNOTATION_REPO_DIR],

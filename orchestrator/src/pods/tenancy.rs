@@ -30,8 +30,8 @@ use super::manifest::{
 
 /// The ClusterRole bound to each user in their namespace (made by the platform's install).
 pub const USER_CLUSTER_ROLE: &str = "jbazel-user";
-/// Label of a user namespace: the platform namespace it belongs to.
-pub const LABEL_PLATFORM_NAMESPACE: &str = "jbazel.dev/platform-namespace";
+/// Label of a user namespace (and of its pods): the platform namespace it belongs to.
+pub const LABEL_PLATFORM_NAMESPACE: &str = super::manifest::LABEL_PLATFORM;
 
 /// Why a user's namespace could not be made ready.
 #[derive(Debug, thiserror::Error)]
