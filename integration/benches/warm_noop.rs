@@ -448,7 +448,7 @@ async fn main() -> Result<()> {
     let desktop = stack.desktop(USER, "home/bench/sample", &sample)?;
     let url = orchestrator.url();
     let jbazel = |hop: &str, extra: &[&str]| -> Result<Command> {
-        let mut c = desktop.jbazel(&url, SESSION, &kubeconfig)?;
+        let mut c = desktop.jbazel(&url, SESSION)?;
         c.args(extra).env("JBAZEL_HOP", hop).env("RUST_LOG", "warn");
         Ok(c)
     };
@@ -479,8 +479,9 @@ async fn main() -> Result<()> {
         local_cold.as_secs_f64()
     );
 
-    // Where the server is: GetServer, as jbazel asks it.
-    let mut oc = OrchestratorClient::connect(url.clone()).await?;
+    // Where the server is: GetServer, as jbazel asks it (as the user, with the user's
+    // certificate).
+    let mut oc = OrchestratorClient::new(integration::platform::user_channel(&url, USER)?);
     let server = oc
         .get_server(GetServerRequest {
             user_id: USER.into(),
@@ -505,7 +506,8 @@ async fn main() -> Result<()> {
         "the pod-IP hop does not reach Bazel: is the image's supervisor current (with the \
          relay)? image/build.sh --supervisor target/debug/supervisor",
     )?;
-    let pods: kube::Api<Pod> = namespace.pods();
+    // The user's pods live in the user's own namespace.
+    let pods: kube::Api<Pod> = namespace.user_pods(USER);
     let pod_uid = |p: Pod| p.metadata.uid.unwrap_or_default();
     let uid_before = pod_uid(pods.get(&server.pod_name).await?);
     let remote_pid = || fs::read_to_string(desktop.out_dir().join("server/server.pid.txt")).ok();

@@ -734,6 +734,10 @@ forget_stale_objects() {
         kctl delete pods --all --all-namespaces --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
     fi
     kctl delete namespaces -l "$TEST_NAMESPACE_LABEL" --wait=false >/dev/null 2>&1 || true
+    # The user namespaces the orchestrator made under those test namespaces (every platform
+    # namespace other than the demo's own).
+    kctl delete namespaces -l "jbazel.dev/platform-namespace,jbazel.dev/platform-namespace!=$NAMESPACE" \
+        --wait=false >/dev/null 2>&1 || true
     kctl delete nodes --all --wait=false >/dev/null 2>&1 || true
 }
 

@@ -8,9 +8,10 @@
 //! these tests do not depend on the Bazel server image being built; the manifest test
 //! checks the contract's image name, whatever the pod's state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use gcloud_spanner::statement::Statement;
@@ -18,16 +19,18 @@ use integration::kubernetes::{
     wait_for_pod, Cluster, PodGoal, TestNamespace, IMAGE, PAUSE_IMAGE, POD_GATEWAY,
 };
 use integration::spanner::SpannerEmulator;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Api;
-use orchestrator::app::{self, Parts, Running};
+use orchestrator::app::{self, Parts, Running, TlsMaterial};
+use orchestrator::config::Transport;
 use orchestrator::engine::SessionStore;
 use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_SESSION};
+use orchestrator::pods::tenancy::{UserNamespaces, LABEL_PLATFORM_NAMESPACE};
 use orchestrator::pods::{pod_name, PodSettings, PodSpecFor};
 use orchestrator::service::ServiceSettings;
-use orchestrator::session::{SessionKey, Status};
+use orchestrator::session::{SessionKey, SessionRow, Status};
 use orchestrator::store::Store;
 use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
@@ -49,8 +52,15 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 struct Fixture {
     store: Store,
-    client: OrchestratorClient<Channel>,
-    pods: Api<Pod>,
+    /// `https://127.0.0.1:<port>`.
+    url: String,
+    /// One client per user, each presenting that user's certificate (made on first use).
+    clients: Mutex<HashMap<String, OrchestratorClient<Channel>>>,
+    /// A client with no credential: what a pod's report goes through (its bound token in
+    /// the `authorization` header), and the unauthenticated caller.
+    anonymous: OrchestratorClient<Channel>,
+    /// The harness's own (admin) client, for observations and set-up.
+    kube: kube::Client,
     settings: PodSettings,
     _running: Running,
     // Dropped last: the orchestrator stops before its namespace and emulator go.
@@ -71,6 +81,36 @@ struct Prepared {
     emulator: SpannerEmulator,
     serial: tokio::sync::MutexGuard<'static, ()>,
     reachable_from_pods: bool,
+}
+
+/// The orchestrator's TLS: its serving certificate, users' certificates verified against
+/// the cluster CA.
+fn tls() -> TlsMaterial {
+    let (cert, key) = integration::credentials::orchestrator_tls()
+        .expect("the orchestrator's certificate (integration/kubernetes/local.sh up)");
+    let ca = integration::credentials::cluster_ca().expect("the cluster CA");
+    app::read_tls(&Transport::Tls {
+        cert,
+        key,
+        client_ca: Some(ca),
+    })
+    .expect("read the TLS files")
+    .expect("TLS material")
+}
+
+/// The cluster CA (PEM), which the pods verify the orchestrator with.
+fn cluster_ca_pem() -> String {
+    std::fs::read_to_string(integration::credentials::cluster_ca().expect("the cluster CA"))
+        .expect("read the cluster CA")
+}
+
+/// Makes `user`'s namespace, service account and role binding as the platform would
+/// (as the harness's admin): for pods a test creates itself, before any spawn.
+async fn user_namespace_ready(kube: &kube::Client, platform: &TestNamespace, user: &str) {
+    UserNamespaces::new(kube.clone(), platform.name().to_string())
+        .ensure(&UserId::parse(user).expect("valid"))
+        .await
+        .expect("the user's namespace");
 }
 
 impl Prepared {
@@ -97,11 +137,12 @@ impl Prepared {
             .expect("filestore dir");
         let settings = PodSettings {
             namespace: namespace.name().to_string(),
+            orchestrator_ca_pem: Some(cluster_ca_pem()),
             image: image.to_string(),
             filestore_root: filestore.path().to_path_buf(),
             // Tests simulate the supervisor's push themselves: a pod's own report would
             // target the host's gateway, where nothing of this test listens.
-            orchestrator_addr: "http://10.244.0.1:1".to_string(),
+            orchestrator_addr: "https://10.244.0.1:1".to_string(),
             termination_grace_seconds: 2,
             ..PodSettings::default()
         };
@@ -134,10 +175,12 @@ impl Prepared {
         repo
     }
 
-    /// Creates a pod of the platform's manifest directly and waits until it runs.
-    async fn running_pod(&self, pod: &Pod) -> Pod {
+    /// Creates a pod of the platform's manifest of `user` directly (in the user's
+    /// namespace, made first) and waits until it runs.
+    async fn running_pod(&self, user: &str, pod: &Pod) -> Pod {
         let name = pod.metadata.name.clone().expect("name");
-        let pods = self.namespace.pods();
+        user_namespace_ready(&self.cluster.client(), &self.namespace, user).await;
+        let pods = self.namespace.user_pods(user);
         pods.create(&PostParams::default(), pod)
             .await
             .expect("create pod");
@@ -155,12 +198,19 @@ impl Prepared {
         let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
         if self.reachable_from_pods {
             let port = listener.local_addr().expect("addr").port();
-            self.settings.orchestrator_addr = format!("http://{POD_GATEWAY}:{port}");
+            self.settings.orchestrator_addr = format!("https://{POD_GATEWAY}:{port}");
         }
+        // The orchestrator's own least-privilege credentials, never the harness's admin.
+        let kubeconfig = integration::credentials::orchestrator_kubeconfig()
+            .expect("the orchestrator's kubeconfig (integration/kubernetes/local.sh up)");
+        let kube = app::kube_client(Some(&kubeconfig))
+            .await
+            .expect("the orchestrator's kube client");
         let running = app::start(
             Parts {
                 store: self.store.clone(),
-                kube: self.cluster.client(),
+                kube,
+                tls: Some(tls()),
                 pods: self.settings.clone(),
                 service: ServiceSettings::default(),
                 resync_interval: RESYNC,
@@ -169,14 +219,16 @@ impl Prepared {
         )
         .await
         .expect("orchestrator starts");
-        let port = running.addr.port();
-        let client = OrchestratorClient::connect(format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connect to the orchestrator");
+        let url = format!("https://127.0.0.1:{}", running.addr.port());
+        let anonymous = OrchestratorClient::new(
+            integration::platform::channel_with(&url, "a pod", None).expect("channel"),
+        );
         Fixture {
             store: self.store,
-            client,
-            pods: self.namespace.pods(),
+            url,
+            clients: Mutex::new(HashMap::new()),
+            anonymous,
+            kube: self.cluster.client(),
             settings: self.settings,
             _running: running,
             _filestore: self.filestore,
@@ -187,14 +239,50 @@ impl Prepared {
     }
 }
 
+/// The request of a report from the pod of `generation` of `user`.
+fn report_request(
+    user: &str,
+    session: &str,
+    generation: u64,
+    ip: &str,
+    port: u32,
+) -> ReportReadyRequest {
+    ReportReadyRequest {
+        user_id: user.into(),
+        repo_hash: HASH.into(),
+        session_id: session.into(),
+        pod_name: pod_name(user, HASH, generation),
+        pod_ip: ip.into(),
+        command_port: port,
+    }
+}
+
 impl Fixture {
     async fn start(image: &str) -> Fixture {
         Prepared::new(image).await.serve().await
     }
 
-    async fn get_server(&self, user: &str, session: &str) -> Server {
-        self.client
+    /// A client that authenticates as `user` (its certificate is made on first use).
+    fn client(&self, user: &str) -> OrchestratorClient<Channel> {
+        let mut clients = self.clients.lock().expect("clients");
+        clients
+            .entry(user.to_string())
+            .or_insert_with(|| {
+                OrchestratorClient::new(
+                    integration::platform::user_channel(&self.url, user)
+                        .unwrap_or_else(|e| panic!("a channel as {user}: {e:?}")),
+                )
+            })
             .clone()
+    }
+
+    /// `user`'s pods (in the user's namespace).
+    fn pods(&self, user: &str) -> Api<Pod> {
+        self.namespace.user_pods(user)
+    }
+
+    async fn get_server(&self, user: &str, session: &str) -> Server {
+        self.client(user)
             .get_server(GetServerRequest {
                 user_id: user.into(),
                 repo_hash: HASH.into(),
@@ -207,14 +295,51 @@ impl Fixture {
             .expect("server")
     }
 
-    /// A report from the row's current pod (generation).
-    async fn report_ready(&self, user: &str, session: &str, ip: &str, port: u32) -> bool {
-        let generation = self.row(user).await.map_or(1, |r| r.generation);
-        self.report_ready_from(user, session, generation, ip, port)
+    /// The bound token of `user`'s live pod of `generation`: what that pod's supervisor
+    /// presents.
+    async fn pod_token(&self, user: &str, generation: u64) -> String {
+        let name = pod_name(user, HASH, generation);
+        let pod = self.pods(user).get(&name).await.expect("the reporting pod");
+        let uid = pod.metadata.uid.expect("uid");
+        self.namespace
+            .pod_token(user, &name, &uid)
             .await
+            .expect("a token for the pod")
     }
 
-    async fn row(&self, user: &str) -> Option<orchestrator::session::SessionRow> {
+    /// ReportReady with `token` (None: no credential), as a pod sends it.
+    async fn report(
+        &self,
+        request: ReportReadyRequest,
+        token: Option<&str>,
+    ) -> Result<bool, tonic::Status> {
+        let mut request = tonic::Request::new(request);
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header value"),
+            );
+        }
+        self.anonymous
+            .clone()
+            .report_ready(request)
+            .await
+            .map(|r| r.into_inner().accepted)
+    }
+
+    /// A genuine report from the row's current pod (generation), with its own token.
+    async fn report_ready(&self, user: &str, session: &str, ip: &str, port: u32) -> bool {
+        let generation = self.row(user).await.map_or(1, |r| r.generation);
+        let token = self.pod_token(user, generation).await;
+        self.report(
+            report_request(user, session, generation, ip, port),
+            Some(&token),
+        )
+        .await
+        .unwrap_or_else(|s| panic!("ReportReady({user}, {session}): {s}"))
+    }
+
+    async fn row(&self, user: &str) -> Option<SessionRow> {
         let key = SessionKey::new(
             UserId::parse(user).expect("valid"),
             RepoHash::parse(HASH).expect("valid"),
@@ -225,37 +350,50 @@ impl Fixture {
             .expect("read row")
     }
 
-    /// A report from the pod of `generation`.
-    async fn report_ready_from(
-        &self,
-        user: &str,
-        session: &str,
-        generation: u64,
-        ip: &str,
-        port: u32,
-    ) -> bool {
-        self.client
-            .clone()
-            .report_ready(ReportReadyRequest {
-                user_id: user.into(),
-                repo_hash: HASH.into(),
-                session_id: session.into(),
-                pod_name: pod_name(user, HASH, generation),
-                pod_ip: ip.into(),
-                command_port: port,
-            })
+    /// `user`'s row and the (name, uid) of every platform pod: what a refused report
+    /// must leave as it was.
+    async fn state(&self, user: &str) -> (Option<SessionRow>, Vec<(String, String)>) {
+        let mut pods: Vec<_> = self
+            .platform_pods()
             .await
-            .unwrap_or_else(|s| panic!("ReportReady({user}, {session}): {s}"))
-            .into_inner()
-            .accepted
+            .into_iter()
+            .map(|p| {
+                (
+                    p.metadata.name.unwrap_or_default(),
+                    p.metadata.uid.unwrap_or_default(),
+                )
+            })
+            .collect();
+        pods.sort();
+        (self.row(user).await, pods)
     }
 
+    /// Every platform pod of this platform: in the user namespaces made under its
+    /// namespace (and in its own namespace, where none should be).
     async fn platform_pods(&self) -> Vec<Pod> {
-        self.pods
+        let selector = format!("{LABEL_PLATFORM_NAMESPACE}={}", self.namespace.name());
+        let mut namespaces: HashSet<String> = Api::<Namespace>::all(self.kube.clone())
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("list the user namespaces")
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        namespaces.insert(self.namespace.name().to_string());
+        Api::<Pod>::all(self.kube.clone())
             .list(&ListParams::default().labels(APP_SELECTOR))
             .await
             .expect("list pods")
             .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|n| namespaces.contains(n))
+            })
+            .collect()
     }
 
     async fn row_count(&self) -> i64 {
@@ -268,8 +406,15 @@ impl Fixture {
         row.column::<i64>(0).expect("count column")
     }
 
-    /// Waits until the pod named `name` exists with `session` and another UID than `not_uid`.
-    async fn wait_pod_of(&self, name: &str, session: &str, not_uid: Option<&str>) -> Pod {
+    /// Waits until `user`'s pod named `name` exists with `session` and another UID than
+    /// `not_uid`.
+    async fn wait_pod_of(
+        &self,
+        user: &str,
+        name: &str,
+        session: &str,
+        not_uid: Option<&str>,
+    ) -> Pod {
         let session = session.to_string();
         let not_uid = not_uid.map(str::to_string);
         let cond = move |p: Option<&Pod>| {
@@ -283,17 +428,17 @@ impl Fixture {
                     && p.metadata.uid != not_uid
             })
         };
-        tokio::time::timeout(WAIT, await_condition(self.pods.clone(), name, cond))
+        tokio::time::timeout(WAIT, await_condition(self.pods(user), name, cond))
             .await
             .unwrap_or_else(|_| panic!("pod {name} of the session did not appear"))
             .expect("watch")
             .expect("pod")
     }
 
-    async fn wait_gone(&self, name: &str, uid: &str) {
+    async fn wait_gone(&self, user: &str, name: &str, uid: &str) {
         tokio::time::timeout(
             WAIT,
-            await_condition(self.pods.clone(), name, conditions::is_deleted(uid)),
+            await_condition(self.pods(user), name, conditions::is_deleted(uid)),
         )
         .await
         .unwrap_or_else(|_| panic!("pod {name} ({uid}) was not deleted"))
@@ -307,8 +452,8 @@ impl Fixture {
         &self,
         user: &str,
         what: &str,
-        cond: impl Fn(Option<&orchestrator::session::SessionRow>) -> bool,
-    ) -> Option<orchestrator::session::SessionRow> {
+        cond: impl Fn(Option<&SessionRow>) -> bool,
+    ) -> Option<SessionRow> {
         let key = SessionKey::new(
             UserId::parse(user).expect("valid"),
             RepoHash::parse(HASH).expect("valid"),
@@ -325,11 +470,11 @@ impl Fixture {
     }
 }
 
-/// Re-evaluates `check` every 50 ms until it yields a value, failing after `deadline`.
 fn sid(s: &str) -> SessionId {
     SessionId::parse(s).expect("valid session id")
 }
 
+/// Re-evaluates `check` every 50 ms until it yields a value, failing after `deadline`.
 async fn until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -356,7 +501,7 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     let server = f.get_server(&alice, "desk-1").await;
     assert_eq!(server.status(), ServerStatus::Pending);
     assert_eq!(server.pod_name, pod_name(&alice, HASH, 1));
-    assert_eq!(server.namespace, f.namespace.name());
+    assert_eq!(server.namespace, f.namespace.user_namespace(&alice));
     assert_eq!(server.session_id, "desk-1");
     assert_eq!(server.pod_ip, "");
 
@@ -364,6 +509,11 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     assert_eq!(pods.len(), 1, "exactly one pod");
     let pod = &pods[0];
     assert_eq!(pod.metadata.name.as_deref(), Some(server.pod_name.as_str()));
+    assert_eq!(
+        pod.metadata.namespace.as_deref(),
+        Some(server.namespace.as_str()),
+        "the user's own namespace"
+    );
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels["app.kubernetes.io/name"], "jbazel-server");
     assert_eq!(labels["jbazel.dev/user"], alice);
@@ -398,7 +548,13 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     assert_eq!(env["REPO_HASH"], HASH);
     assert_eq!(env["SESSION_ID"], "desk-1");
     assert_eq!(env["MOCK_FILESTORE_PATH"], root);
-    assert_eq!(env["ORCHESTRATOR_ADDR"], "http://10.244.0.1:1");
+    assert_eq!(env["ORCHESTRATOR_ADDR"], "https://10.244.0.1:1");
+    assert_eq!(env["ORCHESTRATOR_CA_PEM"], cluster_ca_pem());
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("jbazel-server"),
+        "the pod's token is its ReportReady credential"
+    );
     assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
     assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
     let volume = spec
@@ -426,10 +582,18 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     );
     let sc = c.security_context.clone().expect("securityContext");
     assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    let added = caps.add.unwrap_or_default();
     assert_eq!(
-        sc.capabilities.and_then(|c| c.add),
-        Some(vec!["SYS_ADMIN".to_string()])
+        added,
+        orchestrator::pods::manifest::POD_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        "exactly the supervisor's capabilities, nothing privileged grants beyond them"
     );
+    assert!(added.iter().any(|c| c == "SYS_ADMIN"), "{added:?}");
     assert_eq!(spec.termination_grace_period_seconds, Some(2));
 
     // Again with the same session: the same pod, nothing new.
@@ -449,7 +613,7 @@ async fn fifty_concurrent_get_server_on_one_key_make_one_session_and_one_pod() {
     let started = Instant::now();
     let calls: Vec<_> = (0..50)
         .map(|_| {
-            let mut client = f.client.clone();
+            let mut client = f.client(&carol);
             let carol = carol.clone();
             tokio::spawn(async move {
                 client
@@ -496,15 +660,45 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     let bob = user("bob");
     let name = pod_name(&bob, HASH, 1);
     f.get_server(&bob, "boot-1").await;
-    let old = f.wait_pod_of(&name, "boot-1", None).await;
+    let old = f.wait_pod_of(&bob, &name, "boot-1", None).await;
     let old_uid = old.metadata.uid.clone().expect("uid");
-    let running = wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
+    let running = wait_for_pod(&f.pods(&bob), &name, PodGoal::Running, WAIT)
         .await
         .expect("the first session's pod runs");
     let ip = running.status.and_then(|s| s.pod_ip).expect("pod IP");
-    // A report naming another address than the pod's is not believed.
-    assert!(!f.report_ready(&bob, "boot-1", "10.244.0.250", 9001).await);
-    assert!(f.report_ready(&bob, "boot-1", &ip, 9001).await);
+    let old_token = f.pod_token(&bob, 1).await;
+    let genuine = || report_request(&bob, "boot-1", 1, &ip, 9001);
+    let before = f.state(&bob).await;
+    // Forged reports change nothing. Without the pod's token: not authenticated.
+    let err = f.report(genuine(), None).await.expect_err("no credential");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    // With the user's own certificate (no pod's credential): refused.
+    let err = f
+        .client(&bob)
+        .report_ready(genuine())
+        .await
+        .expect_err("a user is no pod");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // With the pod's own token, naming another address than the pod's: not believed.
+    let forged_ip = report_request(&bob, "boot-1", 1, "10.244.0.250", 9001);
+    assert_eq!(
+        f.report(forged_ip, Some(&old_token))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(false)
+    );
+    assert_eq!(
+        f.state(&bob).await,
+        before,
+        "refused reports change nothing"
+    );
+    // The pod's own report, with its token, is believed.
+    assert_eq!(
+        f.report(genuine(), Some(&old_token))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(true)
+    );
     assert_eq!(
         f.get_server(&bob, "boot-1").await.status(),
         ServerStatus::Ready
@@ -519,15 +713,40 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     // The new generation's pod is created at once, under its own name, while the old
     // one is deleted (its server releases the output base; the new one waits for that).
     assert_eq!(server.pod_name, pod_name(&bob, HASH, 2));
-    let new = f.wait_pod_of(&server.pod_name, "boot-2", None).await;
+    let new = f.wait_pod_of(&bob, &server.pod_name, "boot-2", None).await;
     eprintln!("bounce: new pod created in {:?}", t0.elapsed());
-    f.wait_gone(&name, &old_uid).await;
+    f.wait_gone(&bob, &name, &old_uid).await;
     eprintln!("bounce: old pod gone after {:?}", t0.elapsed());
     assert_ne!(new.metadata.uid.as_deref(), Some(old_uid.as_str()));
     assert_eq!(f.platform_pods().await.len(), 1);
 
-    // The old pod's late report is fenced off.
-    assert!(!f.report_ready_from(&bob, "boot-1", 1, &ip, 9001).await);
+    // The old pod's late report, with the token it had, is refused (its pod is gone: the
+    // review fails, or, while the verified token is cached, the cluster has no such pod).
+    let before = f.state(&bob).await;
+    match f.report(genuine(), Some(&old_token)).await {
+        Ok(accepted) => assert!(!accepted, "a gone pod's report is not believed"),
+        Err(e) => assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}"),
+    }
+    // The new pod's token cannot speak for the old pod ...
+    let new_token = f.pod_token(&bob, 2).await;
+    let err = f
+        .report(genuine(), Some(&new_token))
+        .await
+        .expect_err("another pod's token");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // ... and the new pod's own report naming the old session is fenced off.
+    let stale = report_request(&bob, "boot-1", 2, &ip, 9001);
+    assert_eq!(
+        f.report(stale, Some(&new_token))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(false)
+    );
+    assert_eq!(
+        f.state(&bob).await,
+        before,
+        "refused reports change nothing"
+    );
     let row = f.row(&bob).await.expect("row");
     assert_eq!(
         (row.session_id.as_str(), row.status),
@@ -541,9 +760,9 @@ async fn a_pod_deleted_by_hand_demotes_the_row_and_the_platform_recreates_it() {
     let dave = user("dave");
     let name = pod_name(&dave, HASH, 1);
     f.get_server(&dave, "s1").await;
-    let pod = f.wait_pod_of(&name, "s1", None).await;
+    let pod = f.wait_pod_of(&dave, &name, "s1", None).await;
     let uid = pod.metadata.uid.clone().expect("uid");
-    let running = wait_for_pod(&f.pods, &name, PodGoal::Running, WAIT)
+    let running = wait_for_pod(&f.pods(&dave), &name, PodGoal::Running, WAIT)
         .await
         .expect("the pod runs");
     let ip = running.status.and_then(|s| s.pod_ip).expect("pod IP");
@@ -556,11 +775,11 @@ async fn a_pod_deleted_by_hand_demotes_the_row_and_the_platform_recreates_it() {
         "the reported command port is served back"
     );
 
-    f.pods
+    f.pods(&dave)
         .delete(&name, &DeleteParams::default())
         .await
         .expect("delete by hand");
-    f.wait_gone(&name, &uid).await;
+    f.wait_gone(&dave, &name, &uid).await;
     // The reconciler saw it go: the row leaves READY.
     f.wait_row(&dave, "row leaves READY", |r| {
         r.is_some_and(|r| r.status == Status::Pending && r.pod_ip.is_none())
@@ -568,7 +787,7 @@ async fn a_pod_deleted_by_hand_demotes_the_row_and_the_platform_recreates_it() {
     .await;
 
     // ... and makes the pod again by itself, before the user's next command.
-    let new = f.wait_pod_of(&name, "s1", Some(&uid)).await;
+    let new = f.wait_pod_of(&dave, &name, "s1", Some(&uid)).await;
     assert_ne!(new.metadata.uid.as_deref(), Some(uid.as_str()));
     let server = f.get_server(&dave, "s1").await;
     assert_eq!(server.status(), ServerStatus::Pending);
@@ -583,6 +802,7 @@ async fn the_reconciler_deletes_orphan_pods() {
     let erin = user("erin");
     let no_row = p
         .running_pod(
+            &erin,
             &PodSpecFor {
                 user_id: &UserId::parse(&erin).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
@@ -607,6 +827,7 @@ async fn the_reconciler_deletes_orphan_pods() {
     }
     let other_session = p
         .running_pod(
+            &frank,
             &PodSpecFor {
                 user_id: &UserId::parse(&frank).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
@@ -630,6 +851,7 @@ async fn the_reconciler_deletes_orphan_pods() {
         .expect("row");
     let keep = p
         .running_pod(
+            &keep_key,
             &PodSpecFor {
                 user_id: &UserId::parse(&keep_key).expect("valid"),
                 repo_hash: &RepoHash::parse(HASH).expect("valid"),
@@ -642,8 +864,9 @@ async fn the_reconciler_deletes_orphan_pods() {
 
     let t0 = Instant::now();
     let f = p.serve().await;
-    for pod in [&no_row, &other_session] {
+    for (owner, pod) in [(&erin, &no_row), (&frank, &other_session)] {
         f.wait_gone(
+            owner,
             pod.metadata.name.as_deref().expect("name"),
             pod.metadata.uid.as_deref().expect("uid"),
         )
@@ -655,7 +878,7 @@ async fn the_reconciler_deletes_orphan_pods() {
     );
     // Frank's PENDING row without its pod is repaired by the platform: generation 2 made.
     let made = f
-        .wait_pod_of(&pod_name(&frank, HASH, 2), "current", None)
+        .wait_pod_of(&frank, &pod_name(&frank, HASH, 2), "current", None)
         .await;
     eprintln!(
         "PENDING row without a pod repaired {:?} after start",
@@ -698,12 +921,14 @@ async fn the_reconciler_deletes_orphan_pods() {
             "no-such-node".to_string(),
         )]));
     }
+    user_namespace_ready(&f.kube, &f.namespace, &hugo).await;
     let created = f
-        .pods
+        .pods(&hugo)
         .create(&PostParams::default(), &orphan)
         .await
         .expect("create orphan");
     f.wait_gone(
+        &hugo,
         &pod_name(&hugo, HASH, 1),
         created.metadata.uid.as_deref().expect("uid"),
     )
@@ -735,7 +960,8 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
     if let Some(spec) = pod.spec.as_mut() {
         spec.containers[0].readiness_probe = None;
     }
-    f.pods
+    user_namespace_ready(&f.kube, &f.namespace, &gina).await;
+    f.pods(&gina)
         .create(&PostParams::default(), &pod)
         .await
         .expect("create pod");
@@ -745,7 +971,11 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
         })
         .await
         .expect("row");
-    let live = f.pods.get(&pod_name(&gina, HASH, 1)).await.expect("pod");
+    let live = f
+        .pods(&gina)
+        .get(&pod_name(&gina, HASH, 1))
+        .await
+        .expect("pod");
     let ip = live.status.and_then(|s| s.pod_ip).expect("pod IP");
     assert_eq!(row.pod_ip.as_deref(), Some(ip.as_str()));
     assert_eq!(row.session_id, "s1");
@@ -764,8 +994,7 @@ async fn watch_events(
 ) -> (Vec<ServerEvent>, Option<tonic::Status>, Duration) {
     let t0 = Instant::now();
     let mut stream = f
-        .client
-        .clone()
+        .client(user)
         .watch_server(WatchServerRequest {
             user_id: user.into(),
             repo_hash: HASH.into(),
@@ -818,8 +1047,7 @@ async fn watch_server_follows_the_pod_and_ends_with_ready() {
     let name = pod_name(&ivan, HASH, 1);
     f.get_server(&ivan, "s1").await;
     let mut stream = f
-        .client
-        .clone()
+        .client(&ivan)
         .watch_server(WatchServerRequest {
             user_id: ivan.clone(),
             repo_hash: HASH.into(),
@@ -835,7 +1063,7 @@ async fn watch_server_follows_the_pod_and_ends_with_ready() {
             let e = stream.message().await.expect("stream").expect("an event");
             stages.push(e.stage());
             if e.stage() == Stage::ContainerRunning {
-                let pod = f.pods.get(&name).await.expect("pod");
+                let pod = f.pods(&ivan).get(&name).await.expect("pod");
                 break pod.status.and_then(|s| s.pod_ip).expect("pod IP");
             }
         }
@@ -873,8 +1101,7 @@ async fn watch_server_follows_the_pod_and_ends_with_ready() {
     // A superseded session is told so.
     f.get_server(&ivan, "s2").await;
     let err = f
-        .client
-        .clone()
+        .client(&ivan)
         .watch_server(WatchServerRequest {
             user_id: ivan.clone(),
             repo_hash: HASH.into(),
@@ -926,7 +1153,10 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         ("alice".into(), HASH.into(), "s\n".into()),
     ];
     assert!(cases.len() >= 20);
-    let mut client = f.client.clone();
+    // Names are checked first, whoever calls: alice's certificate, and no credential at
+    // all for ReportReady.
+    let mut client = f.client("alice");
+    let mut pod_client = f.anonymous.clone();
     for (u, h, s) in &cases {
         let what = format!("({:.40?}, {:.40?}, {:.40?})", u, h, s);
         let err = client
@@ -959,7 +1189,7 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
             tonic::Code::InvalidArgument,
             "WatchServer {what}"
         );
-        let err = client
+        let err = pod_client
             .report_ready(ReportReadyRequest {
                 user_id: u.clone(),
                 repo_hash: h.clone(),
@@ -983,7 +1213,7 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         (alices.clone(), "not-an-ip", 9001),
         (alices.clone(), "10.244.0.9", 70000),
     ] {
-        let err = client
+        let err = pod_client
             .report_ready(ReportReadyRequest {
                 user_id: "alice".into(),
                 repo_hash: HASH.into(),
@@ -996,6 +1226,38 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
             .expect_err(&pod);
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
+    assert_eq!(f.row_count().await, 0, "no row written");
+    assert!(f.platform_pods().await.is_empty(), "no pod created");
+
+    // Valid names, but no credential, or another user's: refused, nothing done.
+    let alice_s = || GetServerRequest {
+        user_id: "alice".into(),
+        repo_hash: HASH.into(),
+        session_id: "s".into(),
+    };
+    let alice_watch = || WatchServerRequest {
+        user_id: "alice".into(),
+        repo_hash: HASH.into(),
+        session_id: "s".into(),
+    };
+    let err = pod_client
+        .get_server(alice_s())
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = pod_client
+        .watch_server(alice_watch())
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let mut bob = f.client("bob");
+    let err = bob.get_server(alice_s()).await.expect_err("bob for alice");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let err = bob
+        .watch_server(alice_watch())
+        .await
+        .expect_err("bob for alice");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     assert_eq!(f.row_count().await, 0, "no row written");
     assert!(f.platform_pods().await.is_empty(), "no pod created");
     // The same service still works for a good request.
@@ -1011,6 +1273,28 @@ async fn bad_inputs_are_invalid_argument_and_nothing_is_written_or_created() {
         .filter_map(|p| p.metadata.name)
         .collect();
     assert_eq!(names, HashSet::from([pod_name("alice", HASH, 1)]));
+
+    // Alice's pod's token cannot report for another user's pod (a forged report with a
+    // real token): refused, nothing changes.
+    let token = f.pod_token("alice", 1).await;
+    let before = (f.state("alice").await, f.row("bob").await);
+    let err = f
+        .report(
+            ReportReadyRequest {
+                user_id: "bob".into(),
+                repo_hash: HASH.into(),
+                session_id: "s".into(),
+                pod_name: pod_name("bob", HASH, 1),
+                pod_ip: "10.244.0.9".into(),
+                command_port: 9001,
+            },
+            Some(&token),
+        )
+        .await
+        .expect_err("another user's token");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert_eq!((f.state("alice").await, f.row("bob").await), before);
+    assert_eq!(f.row_count().await, 1);
 }
 
 /// The real image: the supervisor pivots, starts Bazel, passes /readyz and pushes
@@ -1033,7 +1317,7 @@ async fn the_real_supervisor_reports_ready_through_the_gateway() {
     let last = events.last().expect("events");
     assert_eq!(last.stage(), Stage::Ready, "{events:#?}");
     let server = last.server.clone().expect("server");
-    let pod = f.pods.get(&server.pod_name).await.expect("pod");
+    let pod = f.pods(&jack).get(&server.pod_name).await.expect("pod");
     let ip = pod.status.and_then(|s| s.pod_ip).expect("pod IP");
     assert_eq!(server.pod_ip, ip);
     assert_eq!(server.command_port, 9001);
@@ -1067,7 +1351,11 @@ async fn the_real_readiness_probe_makes_the_row_ready_when_the_push_is_lost() {
         "{events:#?}"
     );
     let row = f.row(&kate).await.expect("row");
-    let pod = f.pods.get(&pod_name(&kate, HASH, 1)).await.expect("pod");
+    let pod = f
+        .pods(&kate)
+        .get(&pod_name(&kate, HASH, 1))
+        .await
+        .expect("pod");
     assert_eq!(row.status, Status::Ready);
     assert_eq!(row.pod_ip, pod.status.and_then(|s| s.pod_ip));
 }

@@ -1,6 +1,8 @@
-//! The `orchestrator` binary as the demo runs it: flags and env, `--create-database` on a
-//! fresh database, the namespace created at start, the standard health service, the
-//! "Creating Pod for repo" log line with its fields, and a clean exit on SIGTERM.
+//! The `orchestrator` binary as the demo runs it: flags and env, TLS with the cluster CA
+//! for users' certificates, its own least-privilege kubeconfig, `--create-database` on a
+//! fresh database, the namespace created at start, the standard health service, callers
+//! authenticated, the user's namespace made on the first spawn, the "Creating Pod for repo"
+//! log line with its fields, and a clean exit on SIGTERM.
 //! Needs the local cluster (integration/kubernetes/local.sh up).
 
 use std::io::Read;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use integration::kubernetes::{kubeconfig_path, Cluster, PAUSE_IMAGE};
 use integration::spanner::SpannerEmulator;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
@@ -22,18 +24,29 @@ use tonic_health::pb::HealthCheckRequest;
 
 const HASH: &str = "0123456789abcdef0123456789abcdef";
 
-/// Deletes the namespace the binary created, whatever happens in the test.
+/// Deletes the namespace the binary created and the user namespaces it made under it,
+/// whatever happens in the test.
 struct NamespaceGuard(String);
 
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .args(["delete", "namespace", &self.0, "--wait=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let users = format!(
+            "{}={}",
+            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            self.0
+        );
+        for args in [
+            ["delete", "namespace", "-l", &users, "--wait=false"].as_slice(),
+            ["delete", "namespace", &self.0, "--wait=false"].as_slice(),
+        ] {
+            let _ = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(kubeconfig_path())
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -63,6 +76,12 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     let log_path = filestore.path().join("orchestrator.log");
     let port = testkit::free_port().expect("free port");
     let log = std::fs::File::create(&log_path).expect("log");
+    let (tls_cert, tls_key) = integration::credentials::orchestrator_tls()
+        .expect("the orchestrator's certificate (integration/kubernetes/local.sh up)");
+    let ca = integration::credentials::cluster_ca().expect("the cluster CA");
+    // The orchestrator's own ServiceAccount, never the admin's.
+    let kubeconfig = integration::credentials::orchestrator_kubeconfig()
+        .expect("the orchestrator's kubeconfig (integration/kubernetes/local.sh up)");
     let child = Command::new(
         integration::platform::workspace_binary("orchestrator").expect("cargo build --bins first"),
     )
@@ -80,11 +99,17 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     .args(["--listen", &format!("127.0.0.1:{port}")])
     .arg("--pod-orchestrator-addr")
     .arg(format!(
-        "http://{}:{port}",
+        "https://{}:{port}",
         integration::kubernetes::POD_GATEWAY
     ))
+    .arg("--tls-cert-file")
+    .arg(&tls_cert)
+    .arg("--tls-private-key-file")
+    .arg(&tls_key)
+    .arg("--client-ca-file")
+    .arg(&ca)
     .env("SPANNER_EMULATOR_HOST", emulator.host())
-    .env("KUBECONFIG", kubeconfig_path())
+    .env("KUBECONFIG", &kubeconfig)
     .env("RUST_LOG", "info")
     .env("NO_COLOR", "1")
     .stdin(Stdio::null())
@@ -94,18 +119,15 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     .spawn()
     .expect("start the orchestrator binary");
     let mut child = ProcessGuard(child);
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
 
-    // Up when the standard health service says SERVING (bounded wait).
+    // Up when it accepts connections (bounded wait); then the standard health service
+    // (no credential needed) says SERVING.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())
-            .expect("url")
-            .connect()
-            .await
-        {
-            break channel;
-        }
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!(
                 "orchestrator exited with {status}: {}",
@@ -114,8 +136,9 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
         }
         assert!(Instant::now() < deadline, "orchestrator did not listen");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let health = HealthClient::new(channel.clone())
+    }
+    let anonymous = integration::platform::channel_with(&url, "health", None).expect("TLS channel");
+    let health = HealthClient::new(anonymous.clone())
         .check(HealthCheckRequest {
             service: "jbazel.orchestrator.v1.Orchestrator".into(),
         })
@@ -128,20 +151,38 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     let ns: Api<Namespace> = Api::all(cluster.client());
     assert!(ns.get_opt(&namespace).await.expect("get ns").is_some());
 
+    let zoes = || GetServerRequest {
+        user_id: "zoe".into(),
+        repo_hash: HASH.into(),
+        session_id: "s1".into(),
+    };
+    // Without a credential: refused.
+    let err = OrchestratorClient::new(anonymous)
+        .get_server(zoes())
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    // Zoe, with her certificate.
+    let channel = integration::platform::user_channel(&url, "zoe").expect("zoe's channel");
     let server = OrchestratorClient::new(channel)
-        .get_server(GetServerRequest {
-            user_id: "zoe".into(),
-            repo_hash: HASH.into(),
-            session_id: "s1".into(),
-        })
+        .get_server(zoes())
         .await
         .expect("GetServer")
         .into_inner()
         .server
         .expect("server");
     assert_eq!(server.status(), ServerStatus::Pending);
-    assert_eq!(server.namespace, namespace);
-    let pods: Api<Pod> = Api::namespaced(cluster.client(), &namespace);
+    let zoe_namespace = orchestrator::pods::manifest::user_namespace(&namespace, "zoe");
+    assert_eq!(server.namespace, zoe_namespace);
+    // Her namespace was made on the first spawn, with the pods' service account.
+    assert!(ns.get_opt(&zoe_namespace).await.expect("get ns").is_some());
+    let sa: Api<ServiceAccount> = Api::namespaced(cluster.client(), &zoe_namespace);
+    assert!(sa
+        .get_opt(orchestrator::auth::SERVER_SERVICE_ACCOUNT)
+        .await
+        .expect("get service account")
+        .is_some());
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), &zoe_namespace);
     let names: Vec<_> = pods
         .list(&ListParams::default())
         .await

@@ -242,7 +242,9 @@ try symlink cat evil/alice_link/app/BUILD
 try mount mount -t tmpfs none /tmp
 try umount umount "$R"
 try unshare_mount unshare -m true
+try userns unshare -U -r true
 try userns_umount unshare -U -r -m sh -c "umount '$R' && ls '$A/src'"
+try ptrace_pid1 cat /proc/1/environ
 try token cat /var/run/secrets/jbazel/token
 try host_shadow cat /etc/shadow
 }} > "$out"
@@ -374,7 +376,9 @@ async fn hostile_users_reach_nothing_of_another_user() {
         "mount",
         "umount",
         "unshare_mount",
+        "userns",
         "userns_umount",
+        "ptrace_pid1",
         "token",
         "host_shadow",
     ] {
@@ -473,6 +477,25 @@ async fn hostile_users_reach_nothing_of_another_user() {
             &format!("GetServer with an {what} certificate"),
         );
     }
+
+    // ... and jbazel itself with the expired kubeconfig: a final error, not a retry loop.
+    let mut cmd = world.alice.jbazel(&url, ALICE_SESSION).expect("jbazel");
+    cmd.env("KUBECONFIG", &expired.kubeconfig)
+        .args(["info", "release"]);
+    let t = std::time::Instant::now();
+    let out = cmd.output().expect("jbazel runs");
+    let took = t.elapsed();
+    eprintln!("{}", show("jbazel with an expired certificate", &out, took));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(30),
+        "refused at once, not retried: {took:?}"
+    );
+    assert_unchanged(
+        &before,
+        &world.snapshot().await,
+        "jbazel with an expired certificate",
+    );
 
     // 22. Plaintext to the TLS port.
     let plain = tonic::transport::Endpoint::from_shared(url.replace("https://", "http://"))

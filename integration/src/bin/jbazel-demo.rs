@@ -339,7 +339,7 @@ async fn demo(args: &Args) -> Result<()> {
             "\nLeft running (emulator {}, orchestrator {}, pod in namespace {}). Tear down: ./integration/demo.sh --down",
             args.spanner,
             orchestrator.url(),
-            args.namespace
+            user_ns
         );
     }
     if failures > 0 {
@@ -446,7 +446,8 @@ async fn tear_down(args: &Args) -> Result<()> {
     if let Ok(cluster) = Cluster::connect().await {
         // Wait until the old pods are gone, so the next run starts cold and measures it,
         // and two Bazel servers never share the output base.
-        let pods: Api<Pod> = Api::namespaced(cluster.client(), &args.namespace);
+        let user_ns = orchestrator::pods::manifest::user_namespace(&args.namespace, &args.user);
+        let pods: Api<Pod> = Api::namespaced(cluster.client(), &user_ns);
         let old = pods
             .list(&ListParams::default().labels(APP_SELECTOR))
             .await
