@@ -388,6 +388,31 @@ async fn hostile_users_reach_nothing_of_another_user() {
             "the build's attempt {attack:?}"
         );
     }
+    // The user namespace's NetworkPolicy: the server pods' egress goes to the orchestrator
+    // only (this cluster's bridge CNI does not enforce NetworkPolicy: the object is checked,
+    // its effect is not).
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(
+        world.stack.cluster.client(),
+        &world.stack.namespace.user_namespace("mallory"),
+    );
+    let policy = policies
+        .get(orchestrator::pods::tenancy::NETWORK_POLICY)
+        .await
+        .expect("mallory's namespace has the egress policy");
+    let spec = policy.spec.expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Egress".to_string()]));
+    let egress = spec.egress.unwrap_or_default();
+    let peers: Vec<String> = egress
+        .iter()
+        .flat_map(|r| r.to.clone().unwrap_or_default())
+        .filter_map(|p| p.ip_block.map(|b| b.cidr))
+        .collect();
+    assert_eq!(
+        peers,
+        vec![format!("{}/32", integration::kubernetes::POD_GATEWAY)],
+        "egress to the orchestrator only"
+    );
+
     // Mallory's own build changed nothing of anyone else (her pod and row are new).
     let mut after = world.snapshot().await;
     after.rows.retain(|row| row.0 != "mallory");

@@ -163,6 +163,12 @@ pub struct Config {
     #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
     pub pod_orchestrator_ca_file: Option<PathBuf>,
 
+    /// A CIDR the server pods may reach besides the orchestrator (repeatable), e.g. an
+    /// artifact mirror or the node's DNS; every other egress of a pod is denied by its user
+    /// namespace's NetworkPolicy (on a CNI that enforces NetworkPolicy).
+    #[arg(long = "pod-egress-allow-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub pod_egress_allow_cidr: Vec<String>,
+
     /// Serve plaintext gRPC on a non-loopback address (credentials and cookies would cross
     /// the network in clear). Without TLS files, only a loopback --listen is served.
     #[arg(long)]
@@ -207,6 +213,19 @@ pub fn transport(
         _ if listen.ip().is_loopback() || insecure_plaintext => Ok(Transport::Plaintext),
         _ => Err(PlaintextRefused { listen }),
     }
+}
+
+/// An IPv4 or IPv6 CIDR (`10.0.0.0/8`, `192.0.2.1/32`).
+fn parse_cidr(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)");
+    let (ip, bits) = s.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let bits: u8 = bits.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if bits > max {
+        return Err(bad());
+    }
+    Ok(s.to_string())
 }
 
 /// A Kubernetes resource quantity: a decimal number and an optional suffix.
@@ -277,6 +296,7 @@ impl Config {
                 cpu_limit: self.pod_cpu_limit.clone(),
                 memory_limit: Some(self.pod_memory_limit.clone()),
             },
+            egress_allow: self.pod_egress_allow_cidr.clone(),
         }
     }
 
@@ -316,6 +336,16 @@ mod tests {
         }
     }
     use clap::CommandFactory;
+
+    #[test]
+    fn cidrs() {
+        for ok in ["10.0.0.0/8", "192.0.2.1/32", "fd00::/8"] {
+            assert_eq!(parse_cidr(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "", "10.0.0.0/8; rm"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn plaintext_only_on_loopback_or_when_asked() {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use proto::names::UserId;
 
 use super::manifest::{user_namespace, PodSettings, PodSpecFor, LABEL_REPO_HASH, LABEL_USER};
-use super::tenancy::{TenancyError, UserNamespaces};
+use super::tenancy::{Egress, TenancyError, UserNamespaces};
 use super::view;
 use crate::session::{pod_step, PodStep, SessionKey};
 
@@ -84,7 +84,11 @@ pub struct PodClient {
 impl PodClient {
     pub fn new(client: Client, settings: PodSettings) -> Self {
         PodClient {
-            namespaces: UserNamespaces::new(client.clone(), settings.namespace.clone()),
+            namespaces: UserNamespaces::new(client.clone(), settings.namespace.clone())
+                .with_egress(Egress::new(
+                    &settings.orchestrator_addr,
+                    &settings.egress_allow,
+                )),
             client,
             settings: Arc::new(settings),
         }

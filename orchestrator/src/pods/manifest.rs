@@ -154,6 +154,9 @@ pub struct PodSettings {
     pub idle_timeout_secs: u64,
     /// Container requests and limits (Kubernetes quantities); `None`: not set.
     pub resources: PodResources,
+    /// CIDRs the pods may reach besides the orchestrator (an artifact mirror, DNS); the
+    /// user namespace's NetworkPolicy denies every other egress.
+    pub egress_allow: Vec<String>,
 }
 
 /// The container's requests and limits. The supervisor sizes the JVM heap from the
@@ -202,6 +205,7 @@ impl Default for PodSettings {
             // Bazel's own default idle time (3 h).
             idle_timeout_secs: 3 * 3600,
             resources: PodResources::default(),
+            egress_allow: Vec::new(),
         }
     }
 }

@@ -9,8 +9,16 @@
 //!   (Kubernetes user name = UserId): get/list/watch pods and port-forward to them, in this
 //!   namespace only. That is the whole of a user's rights on the cluster.
 //!
-//! The orchestrator's own rights for this are create on namespaces, serviceaccounts and
-//! rolebindings, and `bind` on that one ClusterRole (it does not hold the role's verbs
+//! - the NetworkPolicy [`NETWORK_POLICY`]: the server pods' egress goes to the orchestrator
+//!   (ReportReady; every call there needs a credential a build cannot read) and to the
+//!   operator's `--pod-egress-allow-cidr` list, nowhere else: not other users' pods, not the
+//!   cluster's API, not the node. Ingress stays open (desktops dial the pod IP; the cookie
+//!   guards it), and another pod cannot send anyway. Enforced by any CNI that implements
+//!   NetworkPolicy (Calico, Cilium, GKE Dataplane V2); the local harness's bridge CNI does
+//!   not, so there the policy is made and checked but not enforced.
+//!
+//! The orchestrator's own rights for this are create on namespaces, serviceaccounts,
+//! rolebindings and networkpolicies, and `bind` on that one ClusterRole (it does not hold the role's verbs
 //! itself). Namespaces seen to exist are remembered, so only a user's first spawn per
 //! orchestrator process pays three GETs.
 
@@ -18,18 +26,118 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, Resource};
 use proto::names::UserId;
 use serde::de::DeserializeOwned;
 
 use super::manifest::{
-    user_namespace, LABEL_MANAGED_BY, LABEL_USER, MANAGED_BY, SERVER_SERVICE_ACCOUNT,
+    user_namespace, APP, LABEL_APP, LABEL_MANAGED_BY, LABEL_USER, MANAGED_BY,
+    SERVER_SERVICE_ACCOUNT,
 };
 
 /// The ClusterRole bound to each user in their namespace (made by the platform's install).
 pub const USER_CLUSTER_ROLE: &str = "jbazel-user";
+/// The NetworkPolicy of each user namespace.
+pub const NETWORK_POLICY: &str = "jbazel-server-egress";
+
+/// Where the server pods may connect to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// The orchestrator as the pods reach it: `(ip, port)` when its URL names an IP; a host
+    /// name gives `(None, port)`: that port to anywhere.
+    pub orchestrator: Option<(Option<String>, u16)>,
+    /// Other CIDRs, any port.
+    pub allow: Vec<String>,
+}
+
+impl Egress {
+    /// From the pods' orchestrator URL and the operator's CIDRs. Pure.
+    pub fn new(orchestrator_url: &str, allow: &[String]) -> Egress {
+        let orchestrator = orchestrator_url.split_once("://").map(|(scheme, rest)| {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let default_port = if scheme == "https" { 443 } else { 80 };
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                    (h, p.parse().unwrap_or(default_port))
+                }
+                _ => (authority, default_port),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            (
+                host.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| ip.to_string()),
+                port,
+            )
+        });
+        Egress {
+            orchestrator,
+            allow: allow.to_vec(),
+        }
+    }
+
+    /// The policy of the server pods of one namespace. Pure.
+    pub fn policy(&self, meta: ObjectMeta) -> NetworkPolicy {
+        let mut rules = Vec::new();
+        if let Some((ip, port)) = &self.orchestrator {
+            rules.push(NetworkPolicyEgressRule {
+                to: ip.as_ref().map(|ip| {
+                    let bits = if ip.contains(':') { 128 } else { 32 };
+                    vec![NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: format!("{ip}/{bits}"),
+                            except: None,
+                        }),
+                        ..Default::default()
+                    }]
+                }),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(*port))),
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                }]),
+            });
+        }
+        if !self.allow.is_empty() {
+            rules.push(NetworkPolicyEgressRule {
+                to: Some(
+                    self.allow
+                        .iter()
+                        .map(|cidr| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: cidr.clone(),
+                                except: None,
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ports: None,
+            });
+        }
+        NetworkPolicy {
+            metadata: meta,
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(LABEL_APP.to_string(), APP.to_string())])),
+                    ..Default::default()
+                }),
+                policy_types: Some(vec!["Egress".to_string()]),
+                egress: Some(rules),
+                ingress: None,
+            }),
+        }
+    }
+}
+
 /// Label of a user namespace (and of its pods): the platform namespace it belongs to.
 pub const LABEL_PLATFORM_NAMESPACE: &str = super::manifest::LABEL_PLATFORM;
 
@@ -49,16 +157,25 @@ pub struct TenancyError {
 pub struct UserNamespaces {
     client: Client,
     platform: String,
+    egress: Egress,
     ready: Arc<Mutex<HashSet<String>>>,
 }
 
 impl UserNamespaces {
+    /// Namespaces whose pods may reach nothing (see [`UserNamespaces::with_egress`]).
     pub fn new(client: Client, platform: String) -> Self {
         UserNamespaces {
             client,
             platform,
+            egress: Egress::default(),
             ready: Arc::default(),
         }
+    }
+
+    /// Where the pods may connect to.
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// Makes `user`'s namespace, service account and role binding exist.
@@ -125,6 +242,12 @@ impl UserNamespaces {
         )
         .await
         .map_err(err("role binding", USER_CLUSTER_ROLE))?;
+        create_missing(
+            Api::<NetworkPolicy>::namespaced(self.client.clone(), &ns),
+            &self.egress.policy(meta(NETWORK_POLICY, Some(&ns))),
+        )
+        .await
+        .map_err(err("network policy", NETWORK_POLICY))?;
         tracing::info!(user = %user, namespace = %ns, "user namespace ready");
         if let Ok(mut r) = self.ready.lock() {
             r.insert(ns.clone());
@@ -147,5 +270,56 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_reaches_the_orchestrator_and_the_allowed_cidrs_only() {
+        let e = Egress::new("https://10.244.0.1:50051", &["10.9.0.0/16".to_string()]);
+        assert_eq!(
+            e.orchestrator,
+            Some((Some("10.244.0.1".to_string()), 50051))
+        );
+        let p = e.policy(ObjectMeta::default());
+        let spec = p.spec.expect("spec");
+        assert_eq!(spec.policy_types, Some(vec!["Egress".to_string()]));
+        let rules = spec.egress.expect("rules");
+        assert_eq!(rules.len(), 2);
+        let peer = |r: &NetworkPolicyEgressRule| {
+            r.to.as_ref()
+                .and_then(|t| t[0].ip_block.as_ref())
+                .map(|b| b.cidr.clone())
+        };
+        assert_eq!(peer(&rules[0]).as_deref(), Some("10.244.0.1/32"));
+        assert_eq!(
+            rules[0].ports.as_ref().and_then(|p| p[0].port.clone()),
+            Some(IntOrString::Int(50051))
+        );
+        assert_eq!(peer(&rules[1]).as_deref(), Some("10.9.0.0/16"));
+        // Nothing configured: no egress at all.
+        let none = Egress::default().policy(ObjectMeta::default());
+        assert_eq!(none.spec.and_then(|s| s.egress), Some(vec![]));
+    }
+
+    #[test]
+    fn orchestrator_urls() {
+        assert_eq!(
+            Egress::new("https://orch.example:8443", &[]).orchestrator,
+            Some((None, 8443)),
+            "a host name: its port to anywhere"
+        );
+        assert_eq!(
+            Egress::new("https://[fd00::1]:50051", &[]).orchestrator,
+            Some((Some("fd00::1".to_string()), 50051))
+        );
+        assert_eq!(
+            Egress::new("http://192.0.2.1", &[]).orchestrator,
+            Some((Some("192.0.2.1".to_string()), 80))
+        );
+        assert_eq!(Egress::new("", &[]).orchestrator, None);
     }
 }
