@@ -486,6 +486,36 @@ async fn hostile_users_reach_nothing_of_another_user() {
         "GetServer with a garbage token",
     );
 
+    // ... and a genuine token of an identity that is no user (the orchestrator's own
+    // ServiceAccount, verified by a real TokenReview).
+    let kc = kube::config::Kubeconfig::read_from(
+        credentials::orchestrator_kubeconfig().expect("orchestrator kubeconfig"),
+    )
+    .expect("kubeconfig");
+    let sa_token = kc
+        .auth_infos
+        .iter()
+        .find_map(|a| a.auth_info.as_ref().and_then(|i| i.token.clone()))
+        .expect("a token");
+    let mut req = tonic::Request::new(get_request("alice", &alice_hash, "sa"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", secrecy::ExposeSecret::expose_secret(&sa_token))
+            .parse()
+            .expect("ascii"),
+    );
+    let e = anon
+        .get_server(req)
+        .await
+        .expect_err("a service account is no user");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("not a jbazel user"), "{}", e.message());
+    assert_unchanged(
+        &before,
+        &world.snapshot().await,
+        "GetServer with a service account's token",
+    );
+
     // 20-21. An expired certificate, and one of a CA the platform does not trust.
     let (expired, _keep1) = credentials::expired_credential("alice").expect("expired cert");
     let (foreign, _keep2) = credentials::foreign_ca_credential("alice").expect("foreign cert");
