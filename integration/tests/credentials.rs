@@ -150,10 +150,12 @@ async fn a_user_kubeconfig_authenticates_as_that_user_and_sees_nothing_by_defaul
         "{}",
         status.message
     );
-    // No cluster-wide binding: not even alice's own namespace before the orchestrator binds it.
+    // No cluster-wide binding: a namespace the orchestrator never bound for her is closed
+    // too (jbazel-alice itself may be bound already, by the demo or an earlier run).
+    let unbound = format!("jbazel-unbound-{}", std::process::id());
     let status = refused(
-        "alice lists pods in jbazel-alice",
-        list_pods(&alice, "jbazel-alice").await,
+        "alice lists pods in a namespace of nobody",
+        list_pods(&alice, &unbound).await,
     );
     assert_eq!(status.code, 403, "{status:?}");
 }

@@ -260,6 +260,12 @@ try host_shadow cat /etc/shadow
          cmd = \"bash $(location probe.sh) $@\",\n    tags = [\"no-sandbox\", \"no-cache\", \"no-remote\"],\n    local = 1,\n)\n",
     )
     .expect("BUILD");
+    // A `run` target whose binary is a link out of the user's trees: the pod would have the
+    // desktop exec whatever that path holds there.
+    std::os::unix::fs::symlink("/usr/bin/id", dir.join("esc.sh")).expect("esc symlink");
+    let mut build = fs::read_to_string(dir.join("BUILD")).expect("BUILD");
+    build.push_str("sh_binary(name = \"esc\", srcs = [\"esc.sh\"])\n");
+    fs::write(dir.join("BUILD"), build).expect("BUILD");
     // A source symlink into alice's tree (the pod resolves it in its own view).
     std::os::unix::fs::symlink(alice_tree.join("src"), dir.join("alice_link")).expect("symlink");
     let (uid, gid) = desktop_owner("mallory");
@@ -715,6 +721,28 @@ async fn hostile_users_reach_nothing_of_another_user() {
         &before,
         &world.snapshot().await,
         "a pod-written rc importing /etc/passwd",
+    );
+
+    // 29. An exec request for a binary outside the user's trees: refused on the desktop.
+    let marker = world.stack.scratch().join("ran-outside");
+    let out = world.jbazel(
+        &world.mallory,
+        MALLORY_SESSION,
+        &["run", "//evil:esc", "--", marker.to_string_lossy().as_ref()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a binary outside the trees is not run"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to run"),
+        "the refusal is named"
+    );
+    assert_unchanged(
+        &before,
+        &world.snapshot().await,
+        "an exec request for a binary outside the trees",
     );
 
     // Alice still works, on the same pod.
