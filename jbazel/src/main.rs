@@ -616,6 +616,18 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         if let Err(e) = std::fs::create_dir_all(&staging) {
             tracing::warn!(dir = %staging.display(), error = %ErrorChain(&e), "cannot create the staging dir for output files");
         }
+        // The server writes there as the tree's owner: a jbazel run as root (an admin, a
+        // test harness) must not leave the dir root's.
+        if nix::unistd::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(owner) = std::fs::metadata(&plan.map.mirror_out) {
+                let _ = nix::unistd::chown(
+                    &staging,
+                    Some(nix::unistd::Uid::from_raw(owner.uid())),
+                    Some(nix::unistd::Gid::from_raw(owner.gid())),
+                );
+            }
+        }
     }
     let mut outcome = client::run(channel, prepared.request.clone(), &cookies, &mut out).await;
     // The server went away or restarted since the cookies were read; nothing ran, so wait

@@ -157,7 +157,12 @@ fn in_process_bench(n: usize) {
         "true",
     ]);
     let cfg = Config::load(&cli.opts, cli.command.as_ref()).expect("config");
-    let facts = HostFacts::detect(std::path::Path::new("bwrap"));
+    // The bwrap plan runs the supervisor binary's `drop-privileges` in the view: that is
+    // the supervisor, not this bench (detect() would name the running executable).
+    let facts = HostFacts {
+        exe: Some(std::path::PathBuf::from(supervisor_bin())),
+        ..HostFacts::detect(std::path::Path::new("bwrap"))
+    };
     let bwrap = std::path::Path::new("bwrap");
     let direct = plan::plan(&cfg, ModeRequest::Direct, &facts, bwrap).expect("direct plan");
     let bw = plan::plan(&cfg, ModeRequest::Bwrap, &facts, bwrap).expect("bwrap plan");
