@@ -946,6 +946,9 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
     // The row exists (PENDING) and its pod becomes Ready, but nobody calls ReportReady.
     // The pod is the platform's manifest without the probe (the pause image serves no
     // /readyz), so the kubelet marks it Ready once it runs: what a passing probe does.
+    // The namespace first: between the row and the pod the reconciler's sweep (every
+    // RESYNC) would make the pod itself, so that window stays one API call short.
+    user_namespace_ready(&f.kube, &f.namespace, &gina).await;
     f.store
         .get_server(&key, &sid("s1"), Instant::now() + WAIT)
         .await
@@ -960,11 +963,24 @@ async fn the_reconciler_marks_ready_when_the_push_was_lost() {
     if let Some(spec) = pod.spec.as_mut() {
         spec.containers[0].readiness_probe = None;
     }
-    user_namespace_ready(&f.kube, &f.namespace, &gina).await;
-    f.pods(&gina)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
+    // Should the sweep still win the race, its pod (with the probe the pause image fails)
+    // is replaced by this one.
+    let name = pod_name(&gina, HASH, 1);
+    for attempt in 0.. {
+        match f.pods(&gina).create(&PostParams::default(), &pod).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {
+                let theirs = f.pods(&gina).get(&name).await.expect("get pod");
+                let uid = theirs.metadata.uid.clone().unwrap_or_default();
+                f.pods(&gina)
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .expect("delete the reconciler's pod");
+                f.wait_gone(&gina, &name, &uid).await;
+            }
+            Err(e) => panic!("create pod: {e:?}"),
+        }
+    }
     let row = f
         .wait_row(&gina, "row READY from the watch", |r| {
             r.is_some_and(|r| r.status == Status::Ready)
