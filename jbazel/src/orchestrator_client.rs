@@ -826,9 +826,18 @@ mod tests {
         c.load(Ordering::SeqCst)
     }
 
+    /// `await_ready` with the test ids and no credential (the fakes check none).
+    async fn ask(
+        addr: &str,
+        deadline: Duration,
+        progress: &mut dyn Progress,
+    ) -> Result<ServerLocation, OrchestratorError> {
+        await_ready(addr, &Credential::default(), &ids(), deadline, progress).await
+    }
+
     async fn run(f: Fake, deadline: Duration) -> Result<ServerLocation, OrchestratorError> {
         let addr = serve(f).await;
-        await_ready(&addr, &Credential::default(), &ids(), deadline, &mut Silent).await
+        ask(&addr, deadline, &mut Silent).await
     }
 
     /// Records what would be shown (each stage as one described line), and lets a test
@@ -928,15 +937,7 @@ mod tests {
         let watches = f.watch_calls.clone();
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(
-            &addr,
-            &Credential::default(),
-            &ids(),
-            LONG,
-            &mut rec.clone(),
-        )
-        .await
-        .expect("ready");
+        let loc = ask(&addr, LONG, &mut rec.clone()).await.expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.9");
         assert_eq!(calls(&watches), 0);
         // The only status was the quiet one: a warm command prints nothing.
@@ -966,15 +967,7 @@ mod tests {
         );
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(
-            &addr,
-            &Credential::default(),
-            &ids(),
-            LONG,
-            &mut rec.clone(),
-        )
-        .await
-        .expect("ready");
+        let loc = ask(&addr, LONG, &mut rec.clone()).await.expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.7");
         assert_eq!(loc.pod_name, "bazel-server-alice-01234567");
         assert_eq!(
@@ -1042,15 +1035,7 @@ mod tests {
         let gets = f.get_calls.clone();
         let rec = Record::new();
         let addr = serve(f).await;
-        let loc = await_ready(
-            &addr,
-            &Credential::default(),
-            &ids(),
-            LONG,
-            &mut rec.clone(),
-        )
-        .await
-        .expect("ready");
+        let loc = ask(&addr, LONG, &mut rec.clone()).await.expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.3");
         assert_eq!(calls(&gets), 3);
         let lines = rec.lines();
@@ -1100,15 +1085,9 @@ mod tests {
         let upstream = serve(f).await;
         let proxy = Proxy::start(&upstream, 3).await;
         let rec = Record::new();
-        let loc = await_ready(
-            &proxy.addr,
-            &Credential::default(),
-            &ids(),
-            LONG,
-            &mut rec.clone(),
-        )
-        .await
-        .expect("ready");
+        let loc = ask(&proxy.addr, LONG, &mut rec.clone())
+            .await
+            .expect("ready");
         assert_eq!(loc.pod_ip, "10.244.0.5");
         assert_eq!(calls(&proxy.accepted), 4, "3 dropped, then one served");
         assert_eq!(calls(&gets), 1);
@@ -1212,15 +1191,9 @@ mod tests {
         let addr = format!("http://127.0.0.1:{port}");
         let rec = Record::new();
         let t = std::time::Instant::now();
-        let err = await_ready(
-            &addr,
-            &Credential::default(),
-            &ids(),
-            Duration::from_millis(700),
-            &mut rec.clone(),
-        )
-        .await
-        .expect_err("unreachable");
+        let err = ask(&addr, Duration::from_millis(700), &mut rec.clone())
+            .await
+            .expect_err("unreachable");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         let chain = ErrorChain(&err).to_string();
         assert!(
@@ -1242,15 +1215,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_address_is_final() {
-        let err = await_ready(
-            "not a url",
-            &Credential::default(),
-            &ids(),
-            LONG,
-            &mut Silent,
-        )
-        .await
-        .expect_err("bad address");
+        let err = ask("not a url", LONG, &mut Silent)
+            .await
+            .expect_err("bad address");
         assert!(matches!(err, OrchestratorError::BadAddress { .. }), "{err}");
     }
 }
