@@ -299,10 +299,8 @@ impl Authenticator {
             Audience::Pod => vec![POD_AUDIENCE.to_string()],
         };
         let verdict = match self.reviewer.review(&key.0, &audiences).await {
-            Ok(status) if status.authenticated == Some(true) => Ok(status),
-            Ok(status) => Err(reviewed_name(&status).err().unwrap_or_else(|| {
-                AuthError::Unauthenticated("token rejected by the API server".into())
-            })),
+            // The verdict is the refusal reviewed_name gives, or the status itself.
+            Ok(status) => reviewed_name(&status).map(|_| status),
             // The API server did not answer: the caller may retry; nothing is cached.
             Err(e) => return Err(AuthError::Review(Arc::new(e))),
         };
