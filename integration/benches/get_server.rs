@@ -75,7 +75,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::Api;
 use orchestrator::app::{self, Parts, Running, TlsMaterial};
-use orchestrator::config::Transport;
 use orchestrator::engine::SessionStore;
 use orchestrator::pods::manifest::APP_SELECTOR;
 use orchestrator::pods::tenancy::UserNamespaces;
@@ -298,16 +297,8 @@ async fn round(
 /// The orchestrator's TLS: its serving certificate, users' certificates verified against
 /// the cluster CA.
 fn tls() -> TlsMaterial {
-    let (cert, key) = integration::credentials::orchestrator_tls()
-        .expect("the orchestrator's certificate (integration/kubernetes/local.sh up)");
-    let ca = integration::credentials::cluster_ca().expect("the cluster CA");
-    app::read_tls(&Transport::Tls {
-        cert,
-        key,
-        client_ca: Some(ca),
-    })
-    .expect("read the TLS files")
-    .expect("TLS material")
+    integration::credentials::orchestrator_tls_material()
+        .expect("the orchestrator's TLS files (integration/kubernetes/local.sh up)")
 }
 
 /// A replica as production runs it (TLS, its own kubeconfig), and its URL.

@@ -181,6 +181,38 @@ pub fn orchestrator_tls() -> Result<(PathBuf, PathBuf), CredentialError> {
     ))
 }
 
+/// The orchestrator binary's TLS flags: its serving certificate and key, and the cluster
+/// CA for users' client certificates.
+pub fn orchestrator_tls_args() -> Result<Vec<std::ffi::OsString>, CredentialError> {
+    let (cert, key) = orchestrator_tls()?;
+    Ok(vec![
+        "--tls-cert-file".into(),
+        cert.into(),
+        "--tls-private-key-file".into(),
+        key.into(),
+        "--client-ca-file".into(),
+        cluster_ca()?.into(),
+    ])
+}
+
+/// The orchestrator's TLS material as an in-process orchestrator takes it: its serving
+/// certificate, and the cluster CA for users' client certificates.
+pub fn orchestrator_tls_material() -> Result<orchestrator::app::TlsMaterial, CredentialError> {
+    let (cert, key) = orchestrator_tls()?;
+    let read = |path: PathBuf| {
+        std::fs::read(&path).map_err(|source| CredentialError::Fs {
+            what: "read",
+            path,
+            source,
+        })
+    };
+    Ok(orchestrator::app::TlsMaterial {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        client_ca_pem: Some(read(cluster_ca()?)?),
+    })
+}
+
 /// The orchestrator's kubeconfig: ServiceAccount `jbazel/jbazel-orchestrator` and its token,
 /// bound to ClusterRole `jbazel-orchestrator`.
 pub fn orchestrator_kubeconfig() -> Result<PathBuf, CredentialError> {

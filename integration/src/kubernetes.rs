@@ -246,6 +246,20 @@ impl TestNamespace {
         orchestrator::pods::manifest::user_namespace(&self.name, user)
     }
 
+    /// Every server pod of the platform whose namespace this is, in whichever namespace
+    /// (they carry it in `jbazel.dev/platform-namespace`).
+    pub async fn platform_pods(&self) -> Result<Vec<Pod>, ClusterError> {
+        let selector = orchestrator::pods::manifest::platform_selector(&self.name);
+        Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(|source| ClusterError::Api {
+                action: format!("listing the pods of platform {}", self.name),
+                source,
+            })
+    }
+
     /// The server pods of `user` (in [`TestNamespace::user_namespace`]).
     pub fn user_pods(&self, user: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.user_namespace(user))

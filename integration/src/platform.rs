@@ -186,8 +186,7 @@ impl Orchestrator {
     /// Starts the orchestrator binary and waits until it accepts connections.
     pub fn start(opts: &OrchestratorOptions) -> Result<Self, PlatformError> {
         let bin = workspace_binary("orchestrator")?;
-        let (tls_cert, tls_key) = crate::credentials::orchestrator_tls()?;
-        let ca = crate::credentials::cluster_ca()?;
+        let tls = crate::credentials::orchestrator_tls_args()?;
         let log = fs::File::create(&opts.log_path).map_err(fs_err("create", &opts.log_path))?;
         let log_err = log.try_clone().map_err(fs_err("open", &opts.log_path))?;
         let mut cmd = Command::new(&bin);
@@ -212,12 +211,7 @@ impl Orchestrator {
                 opts.port
             ))
             // TLS with the cluster's CA: users present their kubeconfig certificate.
-            .arg("--tls-cert-file")
-            .arg(&tls_cert)
-            .arg("--tls-private-key-file")
-            .arg(&tls_key)
-            .arg("--client-ca-file")
-            .arg(&ca)
+            .args(&tls)
             .args(&opts.extra_args)
             .env("SPANNER_EMULATOR_HOST", &opts.spanner_host)
             .env("KUBECONFIG", &opts.kubeconfig)

@@ -19,15 +19,14 @@ use integration::kubernetes::{
     wait_for_pod, Cluster, PodGoal, TestNamespace, IMAGE, PAUSE_IMAGE, POD_GATEWAY,
 };
 use integration::spanner::SpannerEmulator;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Api;
 use orchestrator::app::{self, Parts, Running, TlsMaterial};
-use orchestrator::config::Transport;
 use orchestrator::engine::SessionStore;
-use orchestrator::pods::manifest::{APP_SELECTOR, LABEL_SESSION};
-use orchestrator::pods::tenancy::{UserNamespaces, LABEL_PLATFORM_NAMESPACE};
+use orchestrator::pods::manifest::LABEL_SESSION;
+use orchestrator::pods::tenancy::UserNamespaces;
 use orchestrator::pods::{pod_name, PodSettings, PodSpecFor};
 use orchestrator::service::ServiceSettings;
 use orchestrator::session::{SessionKey, SessionRow, Status};
@@ -86,16 +85,8 @@ struct Prepared {
 /// The orchestrator's TLS: its serving certificate, users' certificates verified against
 /// the cluster CA.
 fn tls() -> TlsMaterial {
-    let (cert, key) = integration::credentials::orchestrator_tls()
-        .expect("the orchestrator's certificate (integration/kubernetes/local.sh up)");
-    let ca = integration::credentials::cluster_ca().expect("the cluster CA");
-    app::read_tls(&Transport::Tls {
-        cert,
-        key,
-        client_ca: Some(ca),
-    })
-    .expect("read the TLS files")
-    .expect("TLS material")
+    integration::credentials::orchestrator_tls_material()
+        .expect("the orchestrator's TLS files (integration/kubernetes/local.sh up)")
 }
 
 /// The cluster CA (PEM), which the pods verify the orchestrator with.
@@ -368,32 +359,9 @@ impl Fixture {
         (self.row(user).await, pods)
     }
 
-    /// Every platform pod of this platform: in the user namespaces made under its
-    /// namespace (and in its own namespace, where none should be).
+    /// Every server pod of this platform (each user's in the user's namespace).
     async fn platform_pods(&self) -> Vec<Pod> {
-        let selector = format!("{LABEL_PLATFORM_NAMESPACE}={}", self.namespace.name());
-        let mut namespaces: HashSet<String> = Api::<Namespace>::all(self.kube.clone())
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .expect("list the user namespaces")
-            .items
-            .into_iter()
-            .filter_map(|n| n.metadata.name)
-            .collect();
-        namespaces.insert(self.namespace.name().to_string());
-        Api::<Pod>::all(self.kube.clone())
-            .list(&ListParams::default().labels(APP_SELECTOR))
-            .await
-            .expect("list pods")
-            .items
-            .into_iter()
-            .filter(|p| {
-                p.metadata
-                    .namespace
-                    .as_ref()
-                    .is_some_and(|n| namespaces.contains(n))
-            })
-            .collect()
+        self.namespace.platform_pods().await.expect("list pods")
     }
 
     async fn row_count(&self) -> i64 {

@@ -76,9 +76,8 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
     let log_path = filestore.path().join("orchestrator.log");
     let port = testkit::free_port().expect("free port");
     let log = std::fs::File::create(&log_path).expect("log");
-    let (tls_cert, tls_key) = integration::credentials::orchestrator_tls()
+    let tls = integration::credentials::orchestrator_tls_args()
         .expect("the orchestrator's certificate (integration/kubernetes/local.sh up)");
-    let ca = integration::credentials::cluster_ca().expect("the cluster CA");
     // The orchestrator's own ServiceAccount, never the admin's.
     let kubeconfig = integration::credentials::orchestrator_kubeconfig()
         .expect("the orchestrator's kubeconfig (integration/kubernetes/local.sh up)");
@@ -102,12 +101,7 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
         "https://{}:{port}",
         integration::kubernetes::POD_GATEWAY
     ))
-    .arg("--tls-cert-file")
-    .arg(&tls_cert)
-    .arg("--tls-private-key-file")
-    .arg(&tls_key)
-    .arg("--client-ca-file")
-    .arg(&ca)
+    .args(&tls)
     .env("SPANNER_EMULATOR_HOST", emulator.host())
     .env("KUBECONFIG", &kubeconfig)
     .env("RUST_LOG", "info")

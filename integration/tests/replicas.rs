@@ -5,7 +5,7 @@
 //! not about Bazel (the e2e and lifecycle tests run the real image), and a 2-core node
 //! cannot start a Bazel server for each of hundreds of spawns.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use orchestrator::engine::SessionStore;
-use orchestrator::pods::manifest::APP_SELECTOR;
 use orchestrator::pods::{pod_name, view};
 use orchestrator::session::{SessionKey, SessionRow, Status};
 use orchestrator::store::Store;
@@ -132,25 +131,20 @@ async fn token_of(namespace: &TestNamespace, user: &str, pod: &Pod) -> Option<St
     namespace.pod_token(user, name, uid).await.ok()
 }
 
-/// Every server pod of the platform (each user's in the user's namespace), and any in the
-/// platform namespace itself (where there must be none).
-async fn platform_pods(kube: &kube::Client, namespace: &TestNamespace) -> Vec<Pod> {
-    let mut namespaces: HashSet<String> =
-        USERS.iter().map(|u| namespace.user_namespace(u)).collect();
-    namespaces.insert(namespace.name().to_string());
-    Api::<Pod>::all(kube.clone())
-        .list(&ListParams::default().labels(APP_SELECTOR))
+/// Every server pod of the platform (each user's in the user's namespace).
+async fn platform_pods(namespace: &TestNamespace) -> Vec<Pod> {
+    namespace.platform_pods().await.expect("list pods")
+}
+
+/// The uids of the platform's pods, sorted: what a refused call must not change.
+async fn pod_uids(namespace: &TestNamespace) -> Vec<Option<String>> {
+    let mut uids: Vec<_> = platform_pods(namespace)
         .await
-        .expect("list pods")
-        .items
         .into_iter()
-        .filter(|p| {
-            p.metadata
-                .namespace
-                .as_ref()
-                .is_some_and(|n| namespaces.contains(n))
-        })
-        .collect()
+        .map(|p| p.metadata.uid)
+        .collect();
+    uids.sort();
+    uids
 }
 
 /// The live pods of one key.
@@ -273,7 +267,6 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
     let store = Store::connect(&p.emulator.database_path(), &p.emulator.host())
         .await
         .expect("store");
-    let kube = p.cluster.client();
     let namespace = &p.namespace;
     let keys = keys();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0013);
@@ -437,7 +430,7 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
     let mut last: Vec<String>;
     loop {
         let rows = rows(&store, &keys).await;
-        let list = platform_pods(&kube, namespace).await;
+        let list = platform_pods(namespace).await;
         last = violations(&rows, &list);
         if last.is_empty() {
             let by_status: BTreeMap<String, usize> =
@@ -510,15 +503,10 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
         };
         // Forged first: without the token, and with another key's pod's token. Refused,
         // nothing changes.
-        let before = (rows(&store, std::slice::from_ref(k)).await, {
-            let mut uids: Vec<_> = platform_pods(&kube, namespace)
-                .await
-                .into_iter()
-                .map(|p| p.metadata.uid)
-                .collect();
-            uids.sort();
-            uids
-        });
+        let before = (
+            rows(&store, std::slice::from_ref(k)).await,
+            pod_uids(namespace).await,
+        );
         let err = report(&a, request.clone(), None)
             .await
             .expect_err("a report without a token");
@@ -536,15 +524,10 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
                 assert_eq!(err.code(), tonic::Code::PermissionDenied, "{k}: {err}");
             }
         }
-        let after = (rows(&store, std::slice::from_ref(k)).await, {
-            let mut uids: Vec<_> = platform_pods(&kube, namespace)
-                .await
-                .into_iter()
-                .map(|p| p.metadata.uid)
-                .collect();
-            uids.sort();
-            uids
-        });
+        let after = (
+            rows(&store, std::slice::from_ref(k)).await,
+            pod_uids(namespace).await,
+        );
         assert_eq!(after, before, "{k}: refused reports change nothing");
         let accepted = report(&a, request, Some(&token))
             .await
@@ -552,7 +535,7 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
         assert!(accepted, "{k}: the current pod's own report");
     }
     let rows_now = rows(&store, &keys).await;
-    let list = platform_pods(&kube, namespace).await;
+    let list = platform_pods(namespace).await;
     assert!(
         rows_now
             .values()

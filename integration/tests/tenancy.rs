@@ -84,24 +84,22 @@ impl World {
                     .unwrap_or_default(),
             ));
         }
-        let mut pods = BTreeMap::new();
-        for user in ["alice", "bob", "mallory"] {
-            let list = self
-                .stack
-                .namespace
-                .user_pods(user)
-                .list(&ListParams::default().labels(APP_SELECTOR))
-                .await
-                .expect("list pods");
-            for p in list.items {
-                if p.metadata.deletion_timestamp.is_none() {
-                    pods.insert(
-                        format!("{}/{}", self.stack.namespace.user_namespace(user), name(&p)),
-                        p.metadata.uid.clone().unwrap_or_default(),
-                    );
-                }
-            }
-        }
+        let pods = self
+            .stack
+            .namespace
+            .platform_pods()
+            .await
+            .expect("list pods")
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                (
+                    format!("{ns}/{}", name(&p)),
+                    p.metadata.uid.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
         let mut files = BTreeMap::new();
         for user in ["alice", "bob"] {
             collect(&self.stack.filestore.join(user), &mut files);
