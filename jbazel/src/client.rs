@@ -14,9 +14,12 @@
 //!   without one) and exit with the code the server left in the output base
 //!   ([`crate::mirror::Mirror::take_abrupt_exit_code`]: 37 unless Bazel wrote another).
 
+use crate::expunge::HeldError;
 use crate::paths::StreamRewriter;
 use proto::command_server::command_server_client::CommandServerClient;
-use proto::command_server::{CancelRequest, ExecRequest, PingRequest, RunRequest, RunResponse};
+use proto::command_server::{
+    CancelRequest, ExecRequest, FailureDetail, PingRequest, RunRequest, RunResponse,
+};
 use proto::error_chain::ErrorChain;
 use std::io::Write;
 use std::path::Path;
@@ -35,8 +38,8 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How the command ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Exit with this code.
-    Exit(i32),
+    /// Exit with this code; why, when the server said (`RunResponse.failure_detail`).
+    Exit(i32, Option<FailureDetail>),
     /// `bazel run`: exec this (pod paths, not yet rewritten).
     Exec(ExecRequest),
     /// Die by this signal (after the Cancel was sent).
@@ -82,6 +85,9 @@ pub enum ClientError {
 pub struct Output {
     pub stdout: Option<StreamRewriter>,
     pub stderr: Option<StreamRewriter>,
+    /// For `clean`: Bazel's report of the failed `rmdir` of the output base, held back
+    /// until the command's end (see [`crate::expunge`]).
+    pub held: Option<HeldError>,
 }
 
 impl Output {
@@ -97,11 +103,46 @@ impl Output {
         write_all(to_stdout, &data)
     }
 
+    fn write_stderr(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.held {
+            Some(h) => {
+                let shown = h.push(bytes);
+                Output::write(&mut self.stderr, false, &shown)
+            }
+            None => Output::write(&mut self.stderr, false, bytes),
+        }
+    }
+
     fn finish(&mut self) {
+        if let Some(rest) = self.held.as_mut().map(HeldError::rest) {
+            let _ = Output::write(&mut self.stderr, false, &rest);
+        }
         for (rw, to_stdout) in [(&mut self.stdout, true), (&mut self.stderr, false)] {
             if let Some(r) = rw {
                 let _ = write_all(to_stdout, &r.finish());
             }
+        }
+    }
+
+    /// Forgets the held line (the command is sent again).
+    pub fn drop_held(&mut self) {
+        if let Some(h) = &mut self.held {
+            h.take_held();
+        }
+    }
+
+    /// Shows the held line after all (the command did not end as an expunge of a mount
+    /// point), rewritten like the rest of stderr.
+    pub fn release_held(&mut self) {
+        let Some(line) = self.held.as_mut().map(HeldError::take_held) else {
+            return;
+        };
+        if line.is_empty() {
+            return;
+        }
+        let _ = Output::write(&mut self.stderr, false, &line);
+        if let Some(r) = &mut self.stderr {
+            let _ = write_all(false, &r.finish());
         }
     }
 }
@@ -265,7 +306,7 @@ pub async fn run(
                     }
                     if !pipe_broken {
                         let w = Output::write(&mut out.stdout, true, &resp.standard_output)
-                            .and_then(|_| Output::write(&mut out.stderr, false, &resp.standard_error));
+                            .and_then(|_| out.write_stderr(&resp.standard_error));
                         if let Err(e) = w {
                             pipe_broken = true;
                             want_cancel = true;
@@ -327,7 +368,7 @@ pub async fn run(
     let last = last.ok_or(ClientError::NoExitCode)?;
     match last.exec_request {
         Some(exec) if !exec.argv.is_empty() => Ok(Outcome::Exec(exec)),
-        _ => Ok(Outcome::Exit(last.exit_code)),
+        _ => Ok(Outcome::Exit(last.exit_code, last.failure_detail)),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod credential;
 pub mod endpoint_cache;
+pub mod expunge;
 pub mod file_flags;
 pub mod hop;
 pub mod identity;

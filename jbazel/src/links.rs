@@ -47,6 +47,12 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot remove the convenience symlink {}", link.display())]
+    Remove {
+        link: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `rest` when `target` is `prefix` or below it, with no `..` or `.` anywhere after it.
@@ -120,6 +126,34 @@ pub fn flip(root: &Path, map: &PathMap, to: Form) -> Result<usize, LinkError> {
         }
     }
     Ok(flips.len())
+}
+
+/// The links of `entries` that point into the output base, in either form: what Bazel's
+/// `clean --expunge` removes (by name, `bazel-*` or the `--symlink_prefix`'s).
+pub fn into_output_base(entries: &[(String, PathBuf)], map: &PathMap) -> Vec<String> {
+    let pod_out = Path::new(POD_OUT);
+    entries
+        .iter()
+        .filter(|(_, target)| {
+            under(target, pod_out).is_some() || under(target, &map.mirror_out).is_some()
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Removes the convenience links of the workspace `root` (see [`into_output_base`]), as
+/// Bazel's expunge does when it can finish. Returns how many went.
+pub fn remove(root: &Path, map: &PathMap) -> Result<usize, LinkError> {
+    let names = into_output_base(&symlinks(root)?, map);
+    for name in &names {
+        let link = root.join(name);
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LinkError::Remove { link, source }),
+        }
+    }
+    Ok(names.len())
 }
 
 #[cfg(test)]
@@ -243,5 +277,40 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 2, "no temporary link left: {names:?}");
+    }
+
+    #[test]
+    fn remove_takes_only_links_into_the_output_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let link = |target: &str, name: &str| {
+            std::os::unix::fs::symlink(target, root.join(name)).expect("link")
+        };
+        link(
+            "/work/out/execroot/__main__/bazel-out/k8-fastbuild/bin",
+            "bazel-bin",
+        );
+        link(&format!("{OUT}/execroot/__main__"), "bazel-my repo");
+        link("/work/out", "out-root");
+        link("/work/outside/x", "bazel-lookalike");
+        link("/work/out/../../etc", "bazel-escape");
+        link("third_party/lib", "lib");
+        std::fs::create_dir(root.join("bazel-dir")).expect("dir");
+        let m = map();
+        let mut gone = into_output_base(&symlinks(root).expect("list"), &m);
+        gone.sort();
+        assert_eq!(gone, ["bazel-bin", "bazel-my repo", "out-root"]);
+        assert_eq!(remove(root, &m).expect("remove"), 3);
+        let mut left: Vec<_> = std::fs::read_dir(root)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["bazel-dir", "bazel-escape", "bazel-lookalike", "lib"]
+        );
+        assert_eq!(remove(root, &m).expect("again"), 0, "idempotent");
     }
 }

@@ -602,6 +602,7 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
     };
     let prepared = prepare(plan, start)?;
     let rewriter = plan.map.to_desktop();
+    let is_clean = plan.cl.command == "clean";
     let mut out = Output {
         stdout: prepared
             .translate_stdout
@@ -609,6 +610,7 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         stderr: prepared
             .translate_stderr
             .then(|| StreamRewriter::new(rewriter.clone())),
+        held: is_clean.then(jbazel::expunge::HeldError::default),
     };
     convenience_links(plan, links::Form::Pod);
     if !prepared.deliveries.is_empty() {
@@ -629,7 +631,14 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             }
         }
     }
-    let mut outcome = client::run(channel, prepared.request.clone(), &cookies, &mut out).await;
+    let (mut channel, mut cookies) = (channel, cookies);
+    let mut outcome = client::run(
+        channel.clone(),
+        prepared.request.clone(),
+        &cookies,
+        &mut out,
+    )
+    .await;
     // The server went away or restarted since the cookies were read; nothing ran, so wait
     // for it and send the command again (once). A bad cookie counts only when the file
     // changed meanwhile: the same cookie rejected again means a mirror of another server.
@@ -645,17 +654,58 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         _ => None,
     };
     if let Some(why) = retry {
-        let (channel, cookies) = wait_for_server(plan, &target, deadline, &why).await?;
-        outcome = client::run(channel, prepared.request, &cookies, &mut out).await;
+        (channel, cookies) = wait_for_server(plan, &target, deadline, &why).await?;
+        outcome = client::run(
+            channel.clone(),
+            prepared.request.clone(),
+            &cookies,
+            &mut out,
+        )
+        .await;
     }
-    convenience_links(plan, links::Form::Desktop);
+    // `--expunge_async` could not move the mount point aside and deleted nothing: expunge
+    // in the foreground instead (see jbazel::expunge). Not after a `--`: what follows it
+    // is not parsed as options.
+    let move_failed = is_clean
+        && matches!(&outcome, Ok(Outcome::Exit(code, detail))
+            if jbazel::expunge::could_not_move_aside(*code, detail.as_ref()))
+        && !plan.cl.args.iter().any(|a| a == "--");
+    if move_failed {
+        out.drop_held();
+        eprintln!(
+            "INFO: jbazel: the output base is a mount point in the pod and cannot be moved \
+             aside; expunging in the foreground instead."
+        );
+        let mut request = prepared.request.clone();
+        request.arg.extend(
+            jbazel::expunge::FOREGROUND_EXPUNGE
+                .iter()
+                .map(|a| a.as_bytes().to_vec()),
+        );
+        outcome = client::run(channel, request, &cookies, &mut out).await;
+    }
+    // `clean --expunge` emptied the output base and failed only on the mount point: finish
+    // it as Bazel does on the desktop (see jbazel::expunge).
+    let expunged = is_clean
+        && matches!(&outcome, Ok(Outcome::Exit(code, detail))
+            if jbazel::expunge::only_the_mount_point_left(*code, detail.as_ref()));
+    if expunged {
+        tracing::debug!("clean --expunge: the output base is emptied; only its mount point stays");
+        if let Err(e) = links::remove(&plan.root, &plan.map) {
+            eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
+        }
+        outcome = Ok(Outcome::Exit(0, None));
+    } else {
+        out.release_held();
+        convenience_links(plan, links::Form::Desktop);
+    }
     for d in &prepared.deliveries {
         if let Err(e) = file_flags::deliver(d, &plan.map) {
             eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
         }
     }
     match outcome {
-        Ok(Outcome::Exit(code)) => Ok(Done::Exit(code)),
+        Ok(Outcome::Exit(code, _)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
         Ok(Outcome::Exec(req)) => {
             // The binary runs from a desktop view of its runfiles tree (the pod's is made of
