@@ -37,6 +37,10 @@
 //! to Bazel's HTTP/2 SETTINGS), and the CPU per command of kube-apiserver, kubelet,
 //! containerd, etcd and the orchestrator (/proc utime+stime over a block of commands of one
 //! kind, divided by the count; the local-bazel block is the cluster's background).
+//! And authentication alone (issue 10: it may add only a few ms): the user's credential
+//! loaded as jbazel loads it, a TCP connect to the orchestrator, GetServer on a fresh mTLS
+//! channel and on a kept one; the handshake is fresh - kept - TCP, and credential +
+//! handshake is what a command pays to prove who it is, shown against local's median.
 //! No sleeps: the pod's start is bounded by jbazel's `JBAZEL_DEADLINE_SECS`, each probe by a
 //! timeout; the commands are waited for to their exit, as in `tests/e2e.rs` (a polling
 //! deadline would blur the timings).
@@ -602,6 +606,63 @@ async fn main() -> Result<()> {
         .map(|(a, b)| (a - b) / args.iterations as f64)
         .collect();
 
+    // Authentication alone: what a command pays to prove who it is, against what it pays
+    // anyway. Each round: the credential loaded as jbazel loads it (kubeconfig, PEM); a TCP
+    // connect to the orchestrator; GetServer on a fresh channel (TCP, TLS with the client
+    // certificate, HTTP/2, the call); GetServer on a kept channel (the call alone, with
+    // the server's per-request identity check). Fresh minus kept minus TCP is the mTLS
+    // handshake (an upper bound: HTTP/2's set-up is in it too).
+    let orch_addr = url.trim_start_matches("https://").to_string();
+    let user_kubeconfig = integration::credentials::user_credential(USER)?.kubeconfig;
+    let request = GetServerRequest {
+        user_id: USER.into(),
+        repo_hash: desktop.repo_hash.to_string(),
+        session_id: SESSION.into(),
+    };
+    let mut kept = OrchestratorClient::new(integration::platform::user_channel(&url, USER)?);
+    kept.get_server(request.clone()).await?;
+    let mut auth: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..args.iterations {
+        let started = Instant::now();
+        let kc = kube::config::Kubeconfig::read_from(&user_kubeconfig)?;
+        let cred = jbazel::credential::from_kubeconfig(&kc)?;
+        auth[0].push(started.elapsed());
+        let (Some((cert, key)), Some(ca)) = (cred.identity, cred.ca_pem) else {
+            bail!(
+                "{} has no client certificate or cluster CA",
+                user_kubeconfig.display()
+            );
+        };
+
+        let started = Instant::now();
+        let tcp = with_deadline("TCP to the orchestrator", async {
+            Ok(tokio::net::TcpStream::connect(&orch_addr).await?)
+        })
+        .await?;
+        auth[1].push(started.elapsed());
+        drop(tcp);
+
+        let started = Instant::now();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        let mut fresh =
+            OrchestratorClient::new(integration::platform::channel_with(&url, USER, Some(tls))?);
+        with_deadline("GetServer on a fresh channel", async {
+            Ok(fresh.get_server(request.clone()).await?)
+        })
+        .await?;
+        auth[2].push(started.elapsed());
+        drop(fresh);
+
+        let started = Instant::now();
+        with_deadline("GetServer on a kept channel", async {
+            Ok(kept.get_server(request.clone()).await?)
+        })
+        .await?;
+        auth[3].push(started.elapsed());
+    }
+
     // Nothing restarted under the bench.
     let uid_after = pod_uid(pods.get(&server.pod_name).await?);
     if uid_after != uid_before || remote_pid() != remote_pid_before {
@@ -662,6 +723,38 @@ async fn main() -> Result<()> {
         ms(median(&ip_open)),
         ms(pct(&ip_open, 0.1)),
         ms(pct(&ip_open, 0.9))
+    );
+    let handshake = median(&auth[2])
+        .saturating_sub(median(&auth[3]))
+        .saturating_sub(median(&auth[1]));
+    let per_command = median(&auth[0]) + handshake;
+    println!(
+        "authentication alone, {} each (in this process, aws-lc; jbazel uses ring):",
+        args.iterations
+    );
+    for (label, v) in [
+        "credential load (kubeconfig, PEM)",
+        "TCP connect to the orchestrator",
+        "GetServer, fresh mTLS channel",
+        "GetServer, kept channel",
+    ]
+    .iter()
+    .zip(&auth)
+    {
+        println!(
+            "  {label:<36} median {:>6.2} ms, p10 {:>6.2} ms, p90 {:>6.2} ms",
+            ms(median(v)),
+            ms(pct(v, 0.1)),
+            ms(pct(v, 0.9))
+        );
+    }
+    println!(
+        "  per command: credential {:.2} ms + mTLS handshake {:.2} ms (fresh - kept - TCP) = \
+         {:.2} ms, {:.1}% of local bazel's warm no-op median",
+        ms(median(&auth[0])),
+        ms(handshake),
+        ms(per_command),
+        100.0 * per_command.as_secs_f64() / local_median
     );
     println!(
         "CPU ms per command ({} in a row of each; /proc utime+stime; the local-bazel row is \
