@@ -132,4 +132,95 @@ async fn every_hop_mode_reaches_the_server_and_a_stale_endpoint_is_never_used() 
         cached.contains(" s2 ") && cached.contains(&format!(" {} ", pod_ip(&second))),
         "the cache follows the new server: {cached}"
     );
+
+    // A kubeconfig whose user is an exec plugin (as GKE's, EKS's and OIDC logins are): the
+    // plugin's ExecCredential (here the user's own certificate and key) authenticates both
+    // hops. A plugin that fails stops the command with its own message.
+    let plugin_kubeconfig = exec_plugin_kubeconfig(&stack.scratch().join("exec"), USER);
+    for hop in ["port-forward", "pod-ip"] {
+        let mut cmd = desktop
+            .jbazel(&orchestrator.url(), "s2")
+            .expect("jbazel binary");
+        cmd.args(["build", "//app:hello"])
+            .env("KUBECONFIG", &plugin_kubeconfig)
+            .env("JBAZEL_HOP", hop)
+            .env("XDG_CACHE_HOME", &cache_home);
+        let started = Instant::now();
+        let out = cmd.output().expect("jbazel must start");
+        ok(
+            &format!("exec plugin credential, {hop}"),
+            (out, started.elapsed()),
+        );
+    }
+    let failing = stack.scratch().join("exec/plugin");
+    fs::write(
+        &failing,
+        "#!/bin/sh\necho 'your login expired: run login' >&2\nexit 1\n",
+    )
+    .expect("write the failing plugin");
+    let mut cmd = desktop
+        .jbazel(&orchestrator.url(), "s2")
+        .expect("jbazel binary");
+    cmd.args(["build", "//app:hello"])
+        .env("KUBECONFIG", &plugin_kubeconfig);
+    let started = Instant::now();
+    let out = cmd.output().expect("jbazel must start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "hops: failing exec plugin -> exit {:?}: {}",
+        out.status.code(),
+        stderr.trim()
+    );
+    assert!(
+        out.status.code() != Some(0) && stderr.contains("your login expired: run login"),
+        "{}",
+        show("failing exec plugin", &out, started.elapsed())
+    );
+}
+
+/// A copy of `user`'s kubeconfig whose credential comes from an exec plugin (`dir/plugin`,
+/// printing the user's certificate and key as an ExecCredential).
+fn exec_plugin_kubeconfig(dir: &std::path::Path, user: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).expect("exec dir");
+    let cred = integration::credentials::user_credential(user).expect("user credential");
+    let read = |p: &std::path::Path| fs::read_to_string(p).expect("read the user's PEM");
+    let exec_credential = serde_json::json!({
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {
+            "clientCertificateData": read(&cred.cert_pem),
+            "clientKeyData": read(&cred.key_pem),
+        },
+    });
+    let json = dir.join("credential.json");
+    fs::write(&json, exec_credential.to_string()).expect("write the ExecCredential");
+    let plugin = dir.join("plugin");
+    fs::write(
+        &plugin,
+        format!("#!/bin/sh\nexec cat '{}'\n", json.display()),
+    )
+    .expect("write the plugin");
+    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o755)).expect("chmod the plugin");
+
+    let mut kc = kube::config::Kubeconfig::read_from(&cred.kubeconfig).expect("user kubeconfig");
+    let exec: kube::config::ExecConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": plugin,
+        "interactiveMode": "Never",
+    }))
+    .expect("exec config");
+    for named in &mut kc.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo {
+            exec: Some(exec.clone()),
+            ..Default::default()
+        });
+    }
+    let path = dir.join("kubeconfig");
+    fs::write(
+        &path,
+        serde_json::to_string(&kc).expect("kubeconfig as JSON"),
+    )
+    .expect("write the kubeconfig");
+    path
 }

@@ -7,6 +7,11 @@
 //!   cluster CA and takes the certificate's CN as the user.
 //! - Else a bearer token (`token`, `token-file`) goes in the `authorization` header; the
 //!   orchestrator verifies it with a TokenReview.
+//! - Else an exec plugin (`user.exec`, e.g. `gke-gcloud-auth-plugin`, `aws eks get-token`,
+//!   `kubelogin`) is run as kubectl runs it (`KUBERNETES_EXEC_INFO`, the plugin's `env`,
+//!   stdin and stderr the terminal's unless `interactiveMode: Never`), and its
+//!   `ExecCredential` status gives a token or a certificate and key (PEM), used as above.
+//!   The plugin caches what it fetched, as it does for kubectl.
 //! - The orchestrator's certificate is verified against `JBAZEL_ORCHESTRATOR_CA` when set,
 //!   else the kubeconfig cluster's CA (the platform's certificate is signed by it).
 //!
@@ -16,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kube::config::{AuthInfo, Kubeconfig};
+use kube::config::{AuthInfo, Cluster, ExecConfig, ExecInteractiveMode, Kubeconfig};
 use secrecy::ExposeSecret;
 
 /// Why no credential could be had.
@@ -32,6 +37,22 @@ pub enum CredentialError {
         #[source]
         source: base64::DecodeError,
     },
+    #[error("kubeconfig exec plugin {command:?} could not be started{hint}")]
+    ExecStart {
+        command: String,
+        /// The kubeconfig's `installHint`, on its own line, when the program is missing.
+        hint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kubeconfig exec plugin {command:?} failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    ExecFailed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("kubeconfig exec plugin {command:?} printed no usable ExecCredential: {why}")]
+    ExecOutput { command: String, why: String },
     #[error("cannot read {what} {path}")]
     Read {
         what: &'static str,
@@ -141,6 +162,13 @@ pub fn from_kubeconfig(kc: &Kubeconfig) -> Result<Credential, CredentialError> {
             ))
         }
     };
+    let (identity, exec_token) = match (&identity, &auth.token, &auth.token_file, &auth.exec) {
+        (None, None, None, Some(exec)) => {
+            let c = run_exec_plugin(exec, cluster)?;
+            (c.identity, c.bearer)
+        }
+        _ => (identity, None),
+    };
     let bearer = match (&auth.token, &auth.token_file) {
         (Some(t), _) => Some(t.expose_secret().trim().to_string()),
         (None, Some(path)) => Some(
@@ -148,13 +176,121 @@ pub fn from_kubeconfig(kc: &Kubeconfig) -> Result<Credential, CredentialError> {
                 .trim()
                 .to_string(),
         ),
-        (None, None) => None,
+        (None, None) => exec_token,
     }
     .filter(|t| !t.is_empty());
     Ok(Credential {
         identity,
         bearer,
         ca_pem,
+    })
+}
+
+/// What kubectl puts in `KUBERNETES_EXEC_INFO` for `exec` (the cluster only when the
+/// plugin asks for it with `provideClusterInfo`).
+pub fn exec_info(exec: &ExecConfig, cluster: Option<&Cluster>) -> serde_json::Value {
+    let interactive = exec.interactive_mode != Some(ExecInteractiveMode::Never);
+    let mut spec = serde_json::json!({ "interactive": interactive });
+    if exec.provide_cluster_info {
+        if let Some(c) = cluster {
+            spec["cluster"] = serde_json::json!({
+                "server": c.server,
+                "certificate-authority-data": c.certificate_authority_data,
+                "insecure-skip-tls-verify": c.insecure_skip_tls_verify,
+                "proxy-url": c.proxy_url,
+                "tls-server-name": c.tls_server_name,
+            });
+        }
+    }
+    serde_json::json!({
+        "apiVersion": exec
+            .api_version
+            .as_deref()
+            .unwrap_or("client.authentication.k8s.io/v1"),
+        "kind": "ExecCredential",
+        "spec": spec,
+    })
+}
+
+/// The credential in a plugin's `ExecCredential` output: `status.token`, or
+/// `status.clientCertificateData` with `status.clientKeyData` (PEM).
+pub fn parse_exec_output(stdout: &[u8]) -> Result<Credential, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(stdout).map_err(|e| format!("not JSON ({e})"))?;
+    if v["kind"] != "ExecCredential" {
+        return Err(format!("kind is {}, not \"ExecCredential\"", v["kind"]));
+    }
+    let status = &v["status"];
+    let text = |field: &str| {
+        status[field]
+            .as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let identity = match (text("clientCertificateData"), text("clientKeyData")) {
+        (Some(c), Some(k)) => Some((c.into_bytes(), k.into_bytes())),
+        (None, None) => None,
+        _ => return Err("a client certificate needs its key (and a key its certificate)".into()),
+    };
+    let bearer = text("token");
+    if identity.is_none() && bearer.is_none() {
+        return Err("status has neither a token nor a client certificate".into());
+    }
+    Ok(Credential {
+        identity,
+        bearer,
+        ca_pem: None,
+    })
+}
+
+/// Runs `exec` as kubectl does and reads its credential.
+fn run_exec_plugin(
+    exec: &ExecConfig,
+    cluster: Option<&Cluster>,
+) -> Result<Credential, CredentialError> {
+    let Some(program) = exec.command.clone().filter(|c| !c.is_empty()) else {
+        return Err(CredentialError::Incomplete("exec has no command".into()));
+    };
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(exec.args.iter().flatten());
+    for pair in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {
+            cmd.env(name, value);
+        }
+    }
+    for name in exec.drop_env.iter().flatten() {
+        cmd.env_remove(name);
+    }
+    cmd.env("KUBERNETES_EXEC_INFO", exec_info(exec, cluster).to_string());
+    let interactive = exec.interactive_mode != Some(ExecInteractiveMode::Never);
+    cmd.stdout(std::process::Stdio::piped());
+    if interactive {
+        cmd.stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit());
+    } else {
+        cmd.stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+    }
+    let out = cmd.output().map_err(|source| CredentialError::ExecStart {
+        command: program.clone(),
+        hint: match exec.install_hint.as_deref() {
+            Some(h) if source.kind() == std::io::ErrorKind::NotFound => format!("\n{}", h.trim()),
+            _ => String::new(),
+        },
+        source,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(CredentialError::ExecFailed {
+            command: program,
+            status: out.status,
+            stderr,
+        });
+    }
+    parse_exec_output(&out.stdout).map_err(|why| CredentialError::ExecOutput {
+        command: program,
+        why,
     })
 }
 
@@ -204,5 +340,120 @@ mod tests {
     fn debug_shows_no_secret() {
         let c = from_kubeconfig(&kubeconfig("    token: s3cr3t\n")).expect("credential");
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    /// A kubeconfig whose user is the exec plugin `script` (a shell script in `dir`).
+    fn exec_kubeconfig(dir: &Path, script: &str, extra: &str) -> Kubeconfig {
+        use std::os::unix::fs::PermissionsExt;
+        let plugin = dir.join("plugin");
+        std::fs::write(&plugin, format!("#!/bin/sh\n{script}")).expect("write plugin");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        kubeconfig(&format!(
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      \
+             command: {}\n      args: [one]\n      env:\n      - name: GREETING\n        \
+             value: hi\n      interactiveMode: Never\n{extra}",
+            plugin.display()
+        ))
+    }
+
+    #[test]
+    fn exec_plugin_token_or_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The plugin sees its args, its env and KUBERNETES_EXEC_INFO, as under kubectl.
+        let kc = exec_kubeconfig(
+            dir.path(),
+            r#"case "$1/$GREETING/$KUBERNETES_EXEC_INFO" in
+  'one/hi/{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{"interactive":false}}') ;;
+  *) echo "unexpected: $1/$GREETING/$KUBERNETES_EXEC_INFO" >&2; exit 3 ;;
+esac
+echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t0k"}}'
+"#,
+            "",
+        );
+        let c = from_kubeconfig(&kc).expect("credential");
+        assert_eq!(c.bearer.as_deref(), Some("t0k"));
+        assert!(c.identity.is_none());
+        assert_eq!(
+            c.ca_pem.as_deref(),
+            Some(&b"CA"[..]),
+            "the CA stays the cluster's"
+        );
+
+        let kc = exec_kubeconfig(
+            dir.path(),
+            r#"printf '%s' '{"kind":"ExecCredential","status":{"clientCertificateData":"-----CERT\n","clientKeyData":"-----KEY\n"}}'"#,
+            "",
+        );
+        let c = from_kubeconfig(&kc).expect("credential");
+        assert_eq!(
+            c.identity,
+            Some((b"-----CERT".to_vec(), b"-----KEY".to_vec()))
+        );
+        assert!(c.bearer.is_none());
+    }
+
+    #[test]
+    fn exec_plugin_failures_are_clear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kc = exec_kubeconfig(dir.path(), "echo 'login expired' >&2; exit 1\n", "");
+        let e = from_kubeconfig(&kc).expect_err("fails");
+        assert!(matches!(e, CredentialError::ExecFailed { .. }), "{e}");
+        assert!(e.to_string().contains("login expired"), "{e}");
+
+        let kc = exec_kubeconfig(
+            dir.path(),
+            "echo '{\"kind\":\"ExecCredential\",\"status\":{}}'\n",
+            "",
+        );
+        let e = from_kubeconfig(&kc).expect_err("empty status");
+        assert!(e.to_string().contains("neither a token"), "{e}");
+
+        let kc = kubeconfig(
+            "    exec:\n      command: /nonexistent/plugin\n      installHint: install it with apt\n",
+        );
+        let e = from_kubeconfig(&kc).expect_err("missing");
+        assert!(e.to_string().contains("install it with apt"), "{e}");
+    }
+
+    #[test]
+    fn exec_output_parsing() {
+        assert!(parse_exec_output(b"not json")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(
+            parse_exec_output(br#"{"kind":"Other","status":{"token":"x"}}"#)
+                .unwrap_err()
+                .contains("not \"ExecCredential\"")
+        );
+        assert!(parse_exec_output(
+            br#"{"kind":"ExecCredential","status":{"clientCertificateData":"c"}}"#
+        )
+        .unwrap_err()
+        .contains("needs its key"));
+        let c = parse_exec_output(br#"{"kind":"ExecCredential","status":{"token":" t \n"}}"#)
+            .expect("token");
+        assert_eq!(c.bearer.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn exec_info_carries_the_cluster_only_when_asked() {
+        let exec = |provide: bool| -> ExecConfig {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "p",
+                "provideClusterInfo": provide,
+            }))
+            .expect("exec config")
+        };
+        let cluster = Cluster {
+            server: Some("https://k:6443".into()),
+            ..Cluster::default()
+        };
+        let v = exec_info(&exec(false), Some(&cluster));
+        assert_eq!(v["apiVersion"], "client.authentication.k8s.io/v1beta1");
+        assert_eq!(v["spec"]["interactive"], true);
+        assert!(v["spec"].get("cluster").is_none());
+        let v = exec_info(&exec(true), Some(&cluster));
+        assert_eq!(v["spec"]["cluster"]["server"], "https://k:6443");
     }
 }
