@@ -34,6 +34,11 @@ pub const OUTPUT_BASE_TEMP_MOVE_FAILURE: i32 = 5;
 /// aside (Bazel 4.2.3 parses options left to right: the last word wins).
 pub const FOREGROUND_EXPUNGE: [&str; 2] = ["--expunge", "--noasync"];
 
+/// Whether `why` reads as one strerror text ("Permission denied"), not a path or more.
+fn is_strerror(why: &str) -> bool {
+    !why.is_empty() && !why.contains(['/', '(', ')', '\n'])
+}
+
 /// Whether `message` (an IOException's "<path> (<strerror>)") names the pod's output base
 /// itself, not something below or beside it.
 pub fn names_the_output_base(message: &str) -> bool {
@@ -41,7 +46,7 @@ pub fn names_the_output_base(message: &str) -> bool {
         .strip_prefix(POD_OUT)
         .and_then(|rest| rest.strip_prefix(" ("))
         .and_then(|rest| rest.strip_suffix(')'))
-        .is_some_and(|why| !why.is_empty() && !why.contains(['/', '(', ')', '\n']))
+        .is_some_and(is_strerror)
 }
 
 /// Whether `message` is the failed rename of the pod's output base aside ("/work/out ->
@@ -58,9 +63,21 @@ pub fn names_the_output_base_moved_aside(message: &str) -> bool {
                 && tmp
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                && why
-                    .strip_suffix(')')
-                    .is_some_and(|w| !w.is_empty() && !w.contains(['/', '(', ')', '\n']))
+                && why.strip_suffix(')').is_some_and(is_strerror)
+        })
+}
+
+/// Whether a command ended with exit 36, the clean command's failure `code`, and a message
+/// `names` accepts.
+fn clean_failure(
+    exit_code: i32,
+    detail: Option<&FailureDetail>,
+    code: i32,
+    names: fn(&str) -> bool,
+) -> bool {
+    exit_code == LOCAL_ENVIRONMENTAL_ERROR
+        && detail.is_some_and(|d| {
+            d.clean_command.as_ref().is_some_and(|c| c.code == code) && names(&d.message)
         })
 }
 
@@ -69,25 +86,23 @@ pub fn names_the_output_base_moved_aside(message: &str) -> bool {
 /// still up. jbazel then expunges in the foreground (`--expunge --noasync`), which ends
 /// as [`only_the_mount_point_left`].
 pub fn could_not_move_aside(exit_code: i32, detail: Option<&FailureDetail>) -> bool {
-    exit_code == LOCAL_ENVIRONMENTAL_ERROR
-        && detail.is_some_and(|d| {
-            d.clean_command
-                .as_ref()
-                .is_some_and(|c| c.code == OUTPUT_BASE_TEMP_MOVE_FAILURE)
-                && names_the_output_base_moved_aside(&d.message)
-        })
+    clean_failure(
+        exit_code,
+        detail,
+        OUTPUT_BASE_TEMP_MOVE_FAILURE,
+        names_the_output_base_moved_aside,
+    )
 }
 
 /// Whether a command that ended with `exit_code` and `detail` is an expunge that emptied
 /// the output base and failed only to remove the mount point.
 pub fn only_the_mount_point_left(exit_code: i32, detail: Option<&FailureDetail>) -> bool {
-    exit_code == LOCAL_ENVIRONMENTAL_ERROR
-        && detail.is_some_and(|d| {
-            d.clean_command
-                .as_ref()
-                .is_some_and(|c| c.code == OUTPUT_BASE_DELETE_FAILURE)
-                && names_the_output_base(&d.message)
-        })
+    clean_failure(
+        exit_code,
+        detail,
+        OUTPUT_BASE_DELETE_FAILURE,
+        names_the_output_base,
+    )
 }
 
 /// `line` without ANSI escape sequences (Bazel colours "ERROR:" under `--color=yes`).
