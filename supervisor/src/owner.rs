@@ -196,35 +196,19 @@ pub enum IdError {
 /// build planted leads only where the owner could write anyway. Dropping it restores 0.
 #[derive(Debug)]
 pub struct OwnerFs {
-    uid: u32,
-    gid: u32,
+    /// The ids were switched (and are switched back on drop).
     active: bool,
 }
 
-fn set_fsgid(gid: u32) -> Result<(), IdError> {
-    // SAFETY: plain syscalls; setfsgid(-1) only reads the current value.
+/// Sets this thread's filesystem id with `set` (setfsuid or setfsgid) and reads it back
+/// (`-1` only reads): the calls report no error of their own.
+fn set_fs_id(set: unsafe extern "C" fn(u32) -> libc::c_int, id: u32) -> bool {
+    // SAFETY: plain syscalls on integers.
     let now = unsafe {
-        libc::setfsgid(gid);
-        libc::setfsgid(u32::MAX)
+        set(id);
+        set(u32::MAX)
     };
-    if now as u32 == gid {
-        Ok(())
-    } else {
-        Err(IdError::FsGid(gid))
-    }
-}
-
-fn set_fsuid(uid: u32) -> Result<(), IdError> {
-    // SAFETY: as above.
-    let now = unsafe {
-        libc::setfsuid(uid);
-        libc::setfsuid(u32::MAX)
-    };
-    if now as u32 == uid {
-        Ok(())
-    } else {
-        Err(IdError::FsUid(uid))
-    }
+    now as u32 == id
 }
 
 impl OwnerFs {
@@ -232,27 +216,21 @@ impl OwnerFs {
     /// nothing otherwise (root's tree, or a supervisor that already is its own user).
     pub fn enter(run_as: &RunAs) -> Result<OwnerFs, IdError> {
         if !run_as.switch {
-            return Ok(OwnerFs {
-                uid: run_as.uid,
-                gid: run_as.gid,
-                active: false,
-            });
+            return Ok(OwnerFs { active: false });
         }
-        set_fsgid(run_as.gid)?;
-        if let Err(e) = set_fsuid(run_as.uid) {
-            let _ = set_fsgid(0);
-            return Err(e);
+        if !set_fs_id(libc::setfsgid, run_as.gid) {
+            return Err(IdError::FsGid(run_as.gid));
+        }
+        if !set_fs_id(libc::setfsuid, run_as.uid) {
+            set_fs_id(libc::setfsgid, 0);
+            return Err(IdError::FsUid(run_as.uid));
         }
         tracing::debug!(
             uid = run_as.uid,
             gid = run_as.gid,
             "the supervisor now touches files as the owner"
         );
-        Ok(OwnerFs {
-            uid: run_as.uid,
-            gid: run_as.gid,
-            active: true,
-        })
+        Ok(OwnerFs { active: true })
     }
 
     /// The current thread's filesystem ids (for logs and tests).
@@ -265,17 +243,13 @@ impl OwnerFs {
             )
         }
     }
-
-    pub fn ids(&self) -> (u32, u32) {
-        (self.uid, self.gid)
-    }
 }
 
 impl Drop for OwnerFs {
     fn drop(&mut self) {
         if self.active {
-            let _ = set_fsuid(0);
-            let _ = set_fsgid(0);
+            set_fs_id(libc::setfsuid, 0);
+            set_fs_id(libc::setfsgid, 0);
         }
     }
 }
