@@ -319,7 +319,7 @@ impl TestNamespace {
         };
         let selector = format!(
             "{}={}",
-            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            orchestrator::pods::manifest::LABEL_PLATFORM,
             self.name
         );
         let users = api
@@ -349,7 +349,7 @@ impl Drop for TestNamespace {
         // anyway (killed test) carries TEST_NAMESPACE_LABEL for `kubernetes/local.sh up` to collect.
         let users = format!(
             "{}={}",
-            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            orchestrator::pods::manifest::LABEL_PLATFORM,
             self.name
         );
         let _ = std::process::Command::new("kubectl")

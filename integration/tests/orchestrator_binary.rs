@@ -32,7 +32,7 @@ impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let users = format!(
             "{}={}",
-            orchestrator::pods::tenancy::LABEL_PLATFORM_NAMESPACE,
+            orchestrator::pods::manifest::LABEL_PLATFORM,
             self.0
         );
         for args in [

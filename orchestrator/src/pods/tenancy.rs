@@ -39,7 +39,7 @@ use proto::names::UserId;
 use serde::de::DeserializeOwned;
 
 use super::manifest::{
-    user_namespace, APP, LABEL_APP, LABEL_MANAGED_BY, LABEL_USER, MANAGED_BY,
+    user_namespace, APP, LABEL_APP, LABEL_MANAGED_BY, LABEL_PLATFORM, LABEL_USER, MANAGED_BY,
     SERVER_SERVICE_ACCOUNT,
 };
 
@@ -61,22 +61,17 @@ pub struct Egress {
 impl Egress {
     /// From the pods' orchestrator URL and the operator's CIDRs. Pure.
     pub fn new(orchestrator_url: &str, allow: &[String]) -> Egress {
-        let orchestrator = orchestrator_url.split_once("://").map(|(scheme, rest)| {
-            let authority = rest.split('/').next().unwrap_or_default();
-            let default_port = if scheme == "https" { 443 } else { 80 };
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                    (h, p.parse().unwrap_or(default_port))
-                }
-                _ => (authority, default_port),
-            };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            (
-                host.parse::<std::net::IpAddr>()
-                    .ok()
-                    .map(|ip| ip.to_string()),
-                port,
-            )
+        let orchestrator = orchestrator_url.parse::<http::Uri>().ok().and_then(|uri| {
+            let scheme = uri.scheme_str()?;
+            let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            let ip = host
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| ip.to_string());
+            Some((ip, port))
         });
         Egress {
             orchestrator,
@@ -86,18 +81,16 @@ impl Egress {
 
     /// The policy of the server pods of one namespace. Pure.
     pub fn policy(&self, meta: ObjectMeta) -> NetworkPolicy {
+        let peer = |cidr: String| NetworkPolicyPeer {
+            ip_block: Some(IPBlock { cidr, except: None }),
+            ..Default::default()
+        };
         let mut rules = Vec::new();
         if let Some((ip, port)) = &self.orchestrator {
             rules.push(NetworkPolicyEgressRule {
                 to: ip.as_ref().map(|ip| {
                     let bits = if ip.contains(':') { 128 } else { 32 };
-                    vec![NetworkPolicyPeer {
-                        ip_block: Some(IPBlock {
-                            cidr: format!("{ip}/{bits}"),
-                            except: None,
-                        }),
-                        ..Default::default()
-                    }]
+                    vec![peer(format!("{ip}/{bits}"))]
                 }),
                 ports: Some(vec![NetworkPolicyPort {
                     port: Some(IntOrString::Int(i32::from(*port))),
@@ -108,18 +101,7 @@ impl Egress {
         }
         if !self.allow.is_empty() {
             rules.push(NetworkPolicyEgressRule {
-                to: Some(
-                    self.allow
-                        .iter()
-                        .map(|cidr| NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: cidr.clone(),
-                                except: None,
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                to: Some(self.allow.iter().cloned().map(peer).collect()),
                 ports: None,
             });
         }
@@ -137,9 +119,6 @@ impl Egress {
         }
     }
 }
-
-/// Label of a user namespace (and of its pods): the platform namespace it belongs to.
-pub const LABEL_PLATFORM_NAMESPACE: &str = super::manifest::LABEL_PLATFORM;
 
 /// Why a user's namespace could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +166,7 @@ impl UserNamespaces {
         let labels = BTreeMap::from([
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_USER.to_string(), user.to_string()),
-            (LABEL_PLATFORM_NAMESPACE.to_string(), self.platform.clone()),
+            (LABEL_PLATFORM.to_string(), self.platform.clone()),
         ]);
         let meta = |name: &str, namespace: Option<&str>| ObjectMeta {
             name: Some(name.to_string()),
