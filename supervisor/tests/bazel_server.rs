@@ -115,24 +115,9 @@ struct Setup {
 fn start_supervisor(mode: &str, orchestrator: Option<&str>) -> Setup {
     let fs = Filestore::new();
     let rc = fs.with_sample_workspace();
-    let health_port = free_port();
-    let command_port = free_port();
-    let mut cmd = fs.supervisor();
-    cmd.env("SESSION_ID", "session-1")
-        .env("POD_NAME", "bazel-server-alice-01234567")
-        .env("POD_IP", "127.0.0.1")
-        .env("SYSTEM_BAZELRC", &rc)
-        .env("BAZEL_COMMAND_PORT", command_port.to_string())
-        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
-        .env("HEALTH_INTERVAL_SECS", "1")
-        .env("GRACE_PERIOD_SECS", GRACE_SECS.to_string())
-        .args(["--mode", mode]);
-    if let Some(addr) = orchestrator {
-        cmd.env("ORCHESTRATOR_ADDR", addr);
-    }
-    let log = fs.root().join("supervisor.log");
-    let out = fs.out();
-    let sup = Running::start(cmd, log, out, health_port, command_port);
+    let mut env = vec![("POD_NAME", "bazel-server-alice-01234567")];
+    env.extend(orchestrator.map(|addr| ("ORCHESTRATOR_ADDR", addr)));
+    let sup = fs.start_bazel_job_in(mode, &rc, "supervisor.log", &env);
     Setup { fs, sup, rc }
 }
 
@@ -393,25 +378,13 @@ fn bazel_runs_as_the_tree_owner(mode: &str) {
     )
     .expect("BUILD");
     fs.own_by(OWNER);
-    let health_port = free_port();
-    let command_port = free_port();
-    let mut cmd = fs.supervisor();
-    cmd.env("SESSION_ID", "session-1")
-        .env("POD_NAME", "bazel-server-alice-owner")
-        .env("POD_IP", "127.0.0.1")
-        .env("SYSTEM_BAZELRC", &rc)
-        .env("BAZEL_COMMAND_PORT", command_port.to_string())
-        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
-        .env("HEALTH_INTERVAL_SECS", "1")
-        .env("GRACE_PERIOD_SECS", GRACE_SECS.to_string())
-        .args(["--mode", mode]);
-    let mut sup = Running::start(
-        cmd,
-        fs.scratch().join("supervisor.log"),
-        fs.out(),
-        health_port,
-        command_port,
+    let mut sup = fs.start_bazel_job_in(
+        mode,
+        &rc,
+        "supervisor.log",
+        &[("POD_NAME", "bazel-server-alice-owner")],
     );
+    let command_port = sup.command_port;
     assert!(
         sup.wait_ready(READY_DEADLINE),
         "{mode}: not ready:\n{}",

@@ -158,8 +158,7 @@ fn exit_codes_pass_through() {
         ("bwrap", "kill -TERM $$", 143),
     ];
     for (mode, snippet, want) in cases {
-        let mut c = fs.supervisor();
-        c.args(["--mode", mode, "run", "--", "sh", "-c", snippet]);
+        let c = fs.run_sh(mode, snippet);
         let (status, _, stderr) = run_to_end(c, Duration::from_secs(30));
         assert_eq!(status.code(), Some(want), "{mode} {snippet:?}: {stderr}");
     }
@@ -194,8 +193,7 @@ fn hostile_build_is_contained(mode: &str, owner: Option<u32>) {
          cat /work/src/MARKER",
         root = root.display()
     );
-    let mut cmd = fs.supervisor();
-    cmd.args(["--mode", mode, "run", "--", "sh", "-c", &script]);
+    let cmd = fs.run_sh(mode, &script);
     let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
     assert!(stdout.contains("caps=0000000000000000"), "{mode}: {stdout}");
@@ -256,8 +254,7 @@ fn hostile_build_runs_as_the_owner(mode: &str) {
         f = root_file.display(),
         d = root_dir.display()
     );
-    let mut cmd = fs.supervisor();
-    cmd.args(["--mode", mode, "run", "--", "sh", "-c", &script]);
+    let cmd = fs.run_sh(mode, &script);
     let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{mode}: {stdout}\n{stderr}");
     let lines: Vec<String> = stdout
@@ -310,16 +307,10 @@ fn a_hostile_build_runs_as_the_tree_owner_bwrap() {
 fn a_root_owned_tree_runs_as_root_with_no_capability() {
     for mode in ["direct", "bwrap"] {
         let fs = Filestore::new();
-        let mut cmd = fs.supervisor();
-        cmd.args([
-            "--mode",
+        let cmd = fs.run_sh(
             mode,
-            "run",
-            "--",
-            "sh",
-            "-c",
             "grep -E '^(Uid|CapEff|CapPrm|CapBnd):' /proc/self/status",
-        ]);
+        );
         let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
         let lines: Vec<String> = stdout
@@ -348,17 +339,11 @@ fn sigterm_reaches_a_command_of_the_tree_owner() {
         let fs = Filestore::new();
         fs.own_by(OWNER);
         let ready = fs.out().join("ready");
-        let mut cmd = fs.supervisor();
-        cmd.args([
-            "--mode",
+        let cmd = fs.run_sh(
             mode,
-            "run",
-            "--",
-            "sh",
-            "-c",
             "trap 'exit 42' TERM; echo up > /work/out/ready; \
              for i in $(seq 300); do sleep 0.1; done",
-        ]);
+        );
         let log = fs.scratch().join("run.log");
         let mut sup = Running::start(cmd, log, fs.out(), 0, 0);
         assert!(

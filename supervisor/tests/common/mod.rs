@@ -158,10 +158,28 @@ impl Filestore {
         c
     }
 
+    /// `supervisor --mode <mode> run -- sh -c <script>` on this filestore.
+    pub fn run_sh(&self, mode: &str, script: &str) -> Command {
+        let mut c = self.supervisor();
+        c.args(["--mode", mode, "run", "--", "sh", "-c", script]);
+        c
+    }
+
     /// The supervisor's Bazel job on this filestore (direct mode): the system rc `rc`, fresh
     /// health and command ports, health checks every second, the log in `<root>/<log_name>`,
     /// and `env` on top. Started in the background.
     pub fn start_bazel_job(&self, rc: &Path, log_name: &str, env: &[(&str, &str)]) -> Running {
+        self.start_bazel_job_in("direct", rc, log_name, env)
+    }
+
+    /// [`Filestore::start_bazel_job`] in `mode` (`direct`, `bwrap`, ...).
+    pub fn start_bazel_job_in(
+        &self,
+        mode: &str,
+        rc: &Path,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Running {
         let health_port = free_port();
         let command_port = free_port();
         let mut cmd = self.supervisor();
@@ -176,7 +194,7 @@ impl Filestore {
             .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
             .env("HEALTH_INTERVAL_SECS", "1")
             .env("GRACE_PERIOD_SECS", "20")
-            .args(["--mode", "direct"]);
+            .args(["--mode", mode]);
         for (k, v) in env {
             cmd.env(k, v);
         }
