@@ -163,8 +163,16 @@ pub fn transient(status: &tonic::Status) -> bool {
 
 /// Whether an error's chain says TLS refused the peer (an untrusted, expired or revoked
 /// certificate on either side): waiting does not fix that, the user's kubeconfig or the
-/// orchestrator's certificate must change.
+/// orchestrator's certificate must change. Only the transport's own errors count: a status
+/// the orchestrator sent (it has no source; say, "no client certificate or bearer token")
+/// is never a TLS refusal. Read from the text, as no type survives: h2 hands rustls' alert
+/// up as a string ("received fatal alert: CertificateExpired").
 pub fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| std::error::Error::source(s).is_none())
+    {
+        return false;
+    }
     let text = ErrorChain(e).to_string().to_ascii_lowercase();
     [
         "certificate",
@@ -1065,9 +1073,8 @@ mod tests {
                 .expect("bind the orchestrator's port");
             serve_on(f, l);
         };
-        let (ids, mut shown) = (ids(), rec.clone());
-        let cred = Credential::default();
-        let (loc, ()) = tokio::join!(await_ready(&addr, &cred, &ids, LONG, &mut shown), bring_up);
+        let mut shown = rec.clone();
+        let (loc, ()) = tokio::join!(ask(&addr, LONG, &mut shown), bring_up);
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.4");
         assert_eq!(calls(&gets), 1, "GetServer once it was up");
     }
@@ -1125,9 +1132,8 @@ mod tests {
             rec.wait_for("pod scheduled").await;
             proxy.cut();
         };
-        let (ids, mut shown) = (ids(), rec.clone());
-        let cred = Credential::default();
-        let (loc, ()) = tokio::join!(await_ready(&proxy.addr, &cred, &ids, LONG, &mut shown), cut);
+        let mut shown = rec.clone();
+        let (loc, ()) = tokio::join!(ask(&proxy.addr, LONG, &mut shown), cut);
         assert_eq!(loc.expect("ready").pod_ip, "10.244.0.6");
         assert_eq!((calls(&gets), calls(&watches)), (2, 2));
         let lines = rec.lines();
@@ -1211,6 +1217,22 @@ mod tests {
             "several attempts: {:?}",
             rec.lines()
         );
+    }
+
+    #[test]
+    fn only_the_transport_can_say_tls_refused() {
+        // What a refused client certificate looks like (measured: h2 keeps only the text).
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateExpired",
+        );
+        let status = tonic::Status::from_error(Box::new(alert));
+        assert!(tls_refused(&status), "{status:?}");
+        let reset = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
+        assert!(!tls_refused(&tonic::Status::from_error(Box::new(reset))));
+        // What the orchestrator says is never a TLS refusal, whatever its words.
+        let said = tonic::Status::unauthenticated("no client certificate or bearer token");
+        assert!(!tls_refused(&said));
     }
 
     #[tokio::test]
