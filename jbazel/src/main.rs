@@ -222,6 +222,52 @@ fn convenience_links(plan: &Plan, form: links::Form) {
     }
 }
 
+/// A `clean` whose expunge only the pod's mount point `/work/out` stopped, finished as Bazel
+/// does on the desktop (see [`jbazel::expunge`]): `--expunge_async`, which could not move
+/// the output base aside and deleted nothing, is sent again in the foreground (not after a
+/// `--`: what follows it is not parsed as options); an expunge that emptied the output base
+/// and failed only on its `rmdir` removes the convenience links and ends 0. Anything else
+/// is `outcome` as it was, with the held ERROR line shown.
+async fn finish_expunge(
+    plan: &Plan,
+    channel: Channel,
+    cookies: &Cookies,
+    request: &RunRequest,
+    out: &mut Output,
+    mut outcome: Result<Outcome, client::ClientError>,
+) -> Result<Outcome, client::ClientError> {
+    let ended =
+        |outcome: &Result<Outcome, client::ClientError>,
+         test: fn(i32, Option<&proto::command_server::FailureDetail>) -> bool| {
+            matches!(outcome, Ok(Outcome::Exit(code, detail)) if test(*code, detail.as_ref()))
+        };
+    if ended(&outcome, jbazel::expunge::could_not_move_aside)
+        && !plan.cl.args.iter().any(|a| a == "--")
+    {
+        out.drop_held();
+        eprintln!(
+            "INFO: jbazel: the output base is a mount point in the pod and cannot be moved \
+             aside; expunging in the foreground instead."
+        );
+        let mut again = request.clone();
+        again.arg.extend(
+            jbazel::expunge::FOREGROUND_EXPUNGE
+                .iter()
+                .map(|a| a.as_bytes().to_vec()),
+        );
+        outcome = client::run(channel, again, cookies, out).await;
+    }
+    if !ended(&outcome, jbazel::expunge::only_the_mount_point_left) {
+        out.release_held();
+        return outcome;
+    }
+    tracing::debug!("clean --expunge: the output base is emptied; only its mount point stays");
+    if let Err(e) = links::remove(&plan.root, &plan.map) {
+        eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
+    }
+    Ok(Outcome::Exit(0, None))
+}
+
 /// The RunRequest and what is needed to read the reply.
 struct Prepared {
     request: RunRequest,
@@ -585,7 +631,7 @@ fn read_cookies(m: &Mirror) -> Result<Cookies, Fail> {
 async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
     let (target, early) = find_target(plan).await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
-    let (channel, cookies) = match read_cookies(&plan.mirror) {
+    let (mut channel, mut cookies) = match read_cookies(&plan.mirror) {
         Ok(cookies) => {
             let channel = match early {
                 Some(channel) => channel,
@@ -631,7 +677,6 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
             }
         }
     }
-    let (mut channel, mut cookies) = (channel, cookies);
     let mut outcome = client::run(
         channel.clone(),
         prepared.request.clone(),
@@ -663,42 +708,18 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         )
         .await;
     }
-    // `--expunge_async` could not move the mount point aside and deleted nothing: expunge
-    // in the foreground instead (see jbazel::expunge). Not after a `--`: what follows it
-    // is not parsed as options.
-    let move_failed = is_clean
-        && matches!(&outcome, Ok(Outcome::Exit(code, detail))
-            if jbazel::expunge::could_not_move_aside(*code, detail.as_ref()))
-        && !plan.cl.args.iter().any(|a| a == "--");
-    if move_failed {
-        out.drop_held();
-        eprintln!(
-            "INFO: jbazel: the output base is a mount point in the pod and cannot be moved \
-             aside; expunging in the foreground instead."
-        );
-        let mut request = prepared.request.clone();
-        request.arg.extend(
-            jbazel::expunge::FOREGROUND_EXPUNGE
-                .iter()
-                .map(|a| a.as_bytes().to_vec()),
-        );
-        outcome = client::run(channel, request, &cookies, &mut out).await;
+    if is_clean {
+        outcome = finish_expunge(
+            plan,
+            channel,
+            &cookies,
+            &prepared.request,
+            &mut out,
+            outcome,
+        )
+        .await;
     }
-    // `clean --expunge` emptied the output base and failed only on the mount point: finish
-    // it as Bazel does on the desktop (see jbazel::expunge).
-    let expunged = is_clean
-        && matches!(&outcome, Ok(Outcome::Exit(code, detail))
-            if jbazel::expunge::only_the_mount_point_left(*code, detail.as_ref()));
-    if expunged {
-        tracing::debug!("clean --expunge: the output base is emptied; only its mount point stays");
-        if let Err(e) = links::remove(&plan.root, &plan.map) {
-            eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
-        }
-        outcome = Ok(Outcome::Exit(0, None));
-    } else {
-        out.release_held();
-        convenience_links(plan, links::Form::Desktop);
-    }
+    convenience_links(plan, links::Form::Desktop);
     for d in &prepared.deliveries {
         if let Err(e) = file_flags::deliver(d, &plan.map) {
             eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
