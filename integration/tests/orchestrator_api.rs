@@ -318,16 +318,20 @@ impl Fixture {
             .map(|r| r.into_inner().accepted)
     }
 
+    /// Whether the orchestrator believes `request`, sent with a pod `token`; it must answer.
+    async fn verdict(&self, request: ReportReadyRequest, token: &str) -> bool {
+        let what = format!("ReportReady({}, {})", request.user_id, request.session_id);
+        self.report(request, Some(token))
+            .await
+            .unwrap_or_else(|s| panic!("{what}: {s}"))
+    }
+
     /// A genuine report from the row's current pod (generation), with its own token.
     async fn report_ready(&self, user: &str, session: &str, ip: &str, port: u32) -> bool {
         let generation = self.row(user).await.map_or(1, |r| r.generation);
         let token = self.pod_token(user, generation).await;
-        self.report(
-            report_request(user, session, generation, ip, port),
-            Some(&token),
-        )
-        .await
-        .unwrap_or_else(|s| panic!("ReportReady({user}, {session}): {s}"))
+        self.verdict(report_request(user, session, generation, ip, port), &token)
+            .await
     }
 
     async fn row(&self, user: &str) -> Option<SessionRow> {
@@ -649,24 +653,14 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     // With the pod's own token, naming another address than the pod's: not believed.
     let forged_ip = report_request(&bob, "boot-1", 1, "10.244.0.250", 9001);
-    assert_eq!(
-        f.report(forged_ip, Some(&old_token))
-            .await
-            .map_err(|e| e.to_string()),
-        Ok(false)
-    );
+    assert!(!f.verdict(forged_ip, &old_token).await, "not believed");
     assert_eq!(
         f.state(&bob).await,
         before,
         "refused reports change nothing"
     );
     // The pod's own report, with its token, is believed.
-    assert_eq!(
-        f.report(genuine(), Some(&old_token))
-            .await
-            .map_err(|e| e.to_string()),
-        Ok(true)
-    );
+    assert!(f.verdict(genuine(), &old_token).await, "believed");
     assert_eq!(
         f.get_server(&bob, "boot-1").await.status(),
         ServerStatus::Ready
@@ -704,12 +698,7 @@ async fn a_bounce_deletes_the_old_pod_and_creates_a_new_one() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     // ... and the new pod's own report naming the old session is fenced off.
     let stale = report_request(&bob, "boot-1", 2, &ip, 9001);
-    assert_eq!(
-        f.report(stale, Some(&new_token))
-            .await
-            .map_err(|e| e.to_string()),
-        Ok(false)
-    );
+    assert!(!f.verdict(stale, &new_token).await, "not believed");
     assert_eq!(
         f.state(&bob).await,
         before,
