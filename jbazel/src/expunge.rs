@@ -22,10 +22,9 @@
 
 use proto::command_server::FailureDetail;
 
+use crate::client::LOCAL_ENVIRONMENTAL_ERROR;
 use crate::paths::POD_OUT;
 
-/// Bazel's exit code for an environment problem (what the failed `rmdir` gives).
-pub const LOCAL_ENVIRONMENTAL_ERROR: i32 = 36;
 /// `failure_details.CleanCommand.Code.OUTPUT_BASE_DELETE_FAILURE`.
 pub const OUTPUT_BASE_DELETE_FAILURE: i32 = 4;
 /// `failure_details.CleanCommand.Code.OUTPUT_BASE_TEMP_MOVE_FAILURE`.
