@@ -7,12 +7,20 @@
 //!   shared by all three programs.
 //! - [`error_chain`]: the one printer of an error and its causes, used by all three.
 //! - [`tls`]: the one process-wide rustls crypto provider choice, used by all three.
+//! - [`pod`]: the orchestrator/supervisor contract of a server pod (env names, capabilities,
+//!   the filestore root's default, the idle exit's termination message).
+//! - [`mirror`]: the output base's layout that the supervisor writes and jbazel reads.
+//! - [`backoff`]: the one retry-pause policy (exponential, capped, jittered).
 //!
-//! Architecture invariant: no network or file I/O and no program logic here; only the wire types and the
-//! pure rules every side of the wire must agree on.
+//! Architecture invariant: no network or file I/O and no program logic here; only the wire
+//! types, the contracts between the programs, and the pure rules every side of the wire must
+//! agree on.
 
+pub mod backoff;
 pub mod error_chain;
+pub mod mirror;
 pub mod names;
+pub mod pod;
 pub mod tls;
 
 /// The orchestrator API (`orchestrator.proto`).
