@@ -1,8 +1,9 @@
 //! The one process-wide TLS choice of every program: rustls with the aws-lc-rs provider.
 //!
 //! kube, tonic and the Spanner client all use rustls. With more than one crypto provider
-//! compiled in, rustls cannot pick one by itself and panics at the first handshake
-//! (environment.md), so each program calls [`install_crypto_provider`] first thing.
+//! compiled in (kube's aws-lc-rs and jbazel's ring, say), rustls cannot pick one by itself
+//! and panics at the first handshake ("no process-level CryptoProvider available"), so each
+//! program calls [`install_crypto_provider`] first thing.
 
 /// Installs aws-lc-rs as the process default. Idempotent: a second call, or a provider
 /// installed already, leaves the first in place.
