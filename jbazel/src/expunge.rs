@@ -138,32 +138,50 @@ pub fn is_the_error_line(line: &[u8]) -> bool {
     })
 }
 
+/// The longest unfinished stderr line held back to see whether it is the error line (that
+/// line is under 200 bytes): a longer one is passed through as it comes, so the pod's
+/// server cannot make jbazel hold an endless line in memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// At most this many bytes of error lines are held; more are passed through.
+pub const MAX_HELD_BYTES: usize = 4 * 1024;
+
 /// A `clean` command's stderr, passed through line by line, except Bazel's report of the
-/// failed `rmdir` of the output base, which is held until the command's end decides.
+/// failed `rmdir` of the output base, which is held until the command's end decides. Both
+/// buffers are bounded ([`MAX_LINE_BYTES`], [`MAX_HELD_BYTES`]).
 #[derive(Debug, Default)]
 pub struct HeldError {
     partial: Vec<u8>,
     held: Vec<u8>,
+    /// Inside a line already passed through for its length: its rest goes through too.
+    passing: bool,
 }
 
 impl HeldError {
-    /// What of `chunk` can be written now (whole lines; the held line excepted).
+    /// What of `chunk` can be written now (whole lines; the held line excepted; a line over
+    /// [`MAX_LINE_BYTES`] as it comes).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.partial.extend_from_slice(chunk);
         let mut out = Vec::new();
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
-            if is_the_error_line(&line) {
+            if std::mem::take(&mut self.passing) {
+                out.extend_from_slice(&line);
+            } else if is_the_error_line(&line) && self.held.len() + line.len() <= MAX_HELD_BYTES {
                 self.held.extend_from_slice(&line);
             } else {
                 out.extend_from_slice(&line);
             }
+        }
+        if self.partial.len() > MAX_LINE_BYTES {
+            out.append(&mut self.partial);
+            self.passing = true;
         }
         out
     }
 
     /// The unfinished last line, at the end of the stream.
     pub fn rest(&mut self) -> Vec<u8> {
+        self.passing = false;
         std::mem::take(&mut self.partial)
     }
 
@@ -269,5 +287,34 @@ mod tests {
         assert!(h.rest().is_empty());
         assert_eq!(h.take_held(), b"ERROR: /work/out (Permission denied)\n");
         assert!(h.take_held().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn an_endless_line_is_passed_through_not_held() {
+        let mut h = HeldError::default();
+        let mut shown = 0;
+        let chunk = vec![b'x'; 16 * 1024];
+        // 64 MiB without a newline: what is held never exceeds the cap plus a chunk.
+        for _ in 0..4096 {
+            shown += h.push(&chunk).len();
+            assert!(h.partial.len() <= MAX_LINE_BYTES + chunk.len());
+        }
+        assert!(shown > 4096 * chunk.len() - MAX_LINE_BYTES - chunk.len());
+        // The long line's end, even if it reads like the error line, is passed through.
+        let tail = h.push(b"ERROR: /work/out (Permission denied)\n");
+        assert!(tail.ends_with(b"ERROR: /work/out (Permission denied)\n"));
+        assert!(h.take_held().is_empty());
+        // The next line is judged again.
+        assert!(h.push(b"ERROR: /work/out (Permission denied)\n").is_empty());
+        assert_eq!(h.take_held(), b"ERROR: /work/out (Permission denied)\n");
+        // Many error lines: held up to the cap, then shown.
+        let line = b"ERROR: /work/out (Device or resource busy)\n";
+        let mut shown = Vec::new();
+        for _ in 0..1000 {
+            shown.extend(h.push(line));
+        }
+        let held = h.take_held();
+        assert!(held.len() <= MAX_HELD_BYTES && !held.is_empty());
+        assert_eq!(held.len() + shown.len(), 1000 * line.len());
     }
 }

@@ -32,4 +32,5 @@ pub mod progress;
 pub mod rc;
 pub mod runfiles;
 pub mod terminal;
+pub mod untrusted_fs;
 pub mod workspace;

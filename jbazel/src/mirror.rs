@@ -3,16 +3,22 @@
 //! log `server/jvm.out`, and `exit_code_to_use_on_abrupt_exit`, in the output base itself)
 //! and what the supervisor publishes (`jbazel/system.bazelrc`, `jbazel/client-env`).
 //! Whoever can read the output base may talk to its server, as with a local Bazel.
+//!
+//! The build in the pod writes this tree: every file here is read through
+//! [`crate::untrusted_fs`] (no links, no FIFOs, regular files only, a size cap each).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use proto::mirror::{
+    ABRUPT_EXIT_FILE, CLIENT_ENV, REQUEST_COOKIE, RESPONSE_COOKIE, SERVER_LOG, SYSTEM_RC,
+};
+
+use crate::untrusted_fs::{self, UntrustedFileError};
+
 /// Bazel's client's exit code for a server that died mid-command without leaving another
 /// (`blaze_exit_code::INTERNAL_ERROR`).
 pub const ABRUPT_EXIT_DEFAULT: i32 = 37;
-/// Where Bazel's server leaves the code its client should exit with if the server dies
-/// (`CustomExitCodePublisher`: in the output base itself, e.g. 33 after an OutOfMemoryError).
-const ABRUPT_EXIT_FILE: &str = "exit_code_to_use_on_abrupt_exit";
 /// More than this in the abrupt-exit file is not an exit code.
 pub const ABRUPT_EXIT_MAX_BYTES: u64 = 64;
 
@@ -44,34 +50,31 @@ pub fn abrupt_exit_code(content: Option<&[u8]>, removed: bool) -> i32 {
     }
 }
 
-/// A regular file's first bytes, never following a link nor blocking on a FIFO; `limit`+1
-/// bytes at most, so an overlong file reads as invalid.
-fn read_small_regular_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
+/// A regular file's first bytes below `root` (see [`untrusted_fs::open_beneath`]);
+/// `limit`+1 bytes at most, so an overlong file reads as invalid rather than as an error.
+fn read_prefix(root: &Path, rel: &str, limit: u64) -> Result<Vec<u8>, UntrustedFileError> {
+    let f = untrusted_fs::open_beneath(root, Path::new(rel))?;
     let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf)?;
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| UntrustedFileError::Read {
+            path: root.join(rel),
+            source,
+        })?;
     Ok(buf)
 }
+
+/// More than this in a cookie file is not a cookie (Bazel's are 36-character UUIDs).
+pub const COOKIE_MAX_BYTES: u64 = 4096;
+/// More than this in the published client env is not the supervisor's.
+pub const CLIENT_ENV_MAX_BYTES: u64 = 64 * 1024;
 
 /// PATH sent when the supervisor has not published `jbazel/client-env`: Debian's default,
 /// which is what the pod image has.
 pub const FALLBACK_POD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A file of the mirror that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read {}", path.display())]
-pub struct MirrorError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
+/// A file of the mirror that could not be read (it names the file).
+pub type MirrorError = UntrustedFileError;
 
 /// The mirror of one output base.
 #[derive(Debug, Clone)]
@@ -86,30 +89,34 @@ impl Mirror {
         }
     }
 
-    fn read(&self, rel: &str) -> Result<String, MirrorError> {
-        let path = self.out.join(rel);
-        std::fs::read_to_string(&path).map_err(|source| MirrorError { path, source })
+    fn read(&self, rel: &str, limit: u64) -> Result<String, MirrorError> {
+        untrusted_fs::read_beneath_to_string(&self.out, Path::new(rel), limit)
     }
 
     pub fn request_cookie_path(&self) -> PathBuf {
-        self.out.join("server/request_cookie")
+        self.out.join(REQUEST_COOKIE)
+    }
+
+    pub fn response_cookie_path(&self) -> PathBuf {
+        self.out.join(RESPONSE_COOKIE)
     }
 
     /// The cookie every request must carry.
     pub fn request_cookie(&self) -> Result<String, MirrorError> {
-        self.read("server/request_cookie")
+        self.read(REQUEST_COOKIE, COOKIE_MAX_BYTES)
             .map(|s| s.trim().to_string())
     }
 
     /// The cookie every response must carry.
     pub fn response_cookie(&self) -> Result<String, MirrorError> {
-        self.read("server/response_cookie")
+        self.read(RESPONSE_COOKIE, COOKIE_MAX_BYTES)
             .map(|s| s.trim().to_string())
     }
 
-    /// The server's log, which Bazel's client names when the server died.
+    /// The server's log, which Bazel's client names when the server died (named, never
+    /// read).
     pub fn server_log(&self) -> PathBuf {
-        self.out.join("server/jvm.out")
+        self.out.join(SERVER_LOG)
     }
 
     pub fn abrupt_exit_code_path(&self) -> PathBuf {
@@ -122,11 +129,11 @@ impl Mirror {
     /// be removed, or is not an exit code (see [`parse_exit_code`]).
     pub fn take_abrupt_exit_code(&self) -> i32 {
         let path = self.abrupt_exit_code_path();
-        let content = match read_small_regular_file(&path, ABRUPT_EXIT_MAX_BYTES) {
+        let content = match read_prefix(&self.out, ABRUPT_EXIT_FILE, ABRUPT_EXIT_MAX_BYTES) {
             Ok(c) => Some(c),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.is_not_found() => None,
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "abrupt-exit code not read");
+                tracing::debug!(path = %path.display(), error = %proto::error_chain::ErrorChain(&e), "abrupt-exit code not read");
                 None
             }
         };
@@ -158,20 +165,27 @@ impl Mirror {
         }
     }
 
-    /// The pod image's system rc, as published by the supervisor.
+    /// The pod image's system rc, as published by the supervisor (read by [`crate::rc`],
+    /// the same safe way).
     pub fn system_rc(&self) -> PathBuf {
-        self.out.join("jbazel/system.bazelrc")
+        self.out.join(SYSTEM_RC)
     }
 
     pub fn client_env_path(&self) -> PathBuf {
-        self.out.join("jbazel/client-env")
+        self.out.join(CLIENT_ENV)
     }
 
-    /// The pod-side client env (`KEY=VALUE` lines), or None when not published.
+    /// The pod-side client env (`KEY=VALUE` lines), or None when not published (or not
+    /// readable the safe way: logged).
     pub fn client_env(&self) -> Option<Vec<(String, String)>> {
-        self.read("jbazel/client-env")
-            .ok()
-            .map(|t| crate::args::parse_env_file(&t))
+        match self.read(CLIENT_ENV, CLIENT_ENV_MAX_BYTES) {
+            Ok(t) => Some(crate::args::parse_env_file(&t)),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                tracing::warn!(error = %proto::error_chain::ErrorChain(&e), "the pod's client env is not read");
+                None
+            }
+        }
     }
 }
 
@@ -186,12 +200,12 @@ mod tests {
         assert!(m.request_cookie().is_err());
         assert_eq!(m.take_abrupt_exit_code(), 37);
         assert!(m.client_env().is_none());
-        std::fs::create_dir_all(t.path().join("server")).expect("mkdir");
-        std::fs::create_dir_all(t.path().join("jbazel")).expect("mkdir");
-        std::fs::write(t.path().join("server/request_cookie"), "abc\n").expect("write");
-        std::fs::write(t.path().join("server/response_cookie"), "def").expect("write");
-        std::fs::write(t.path().join("exit_code_to_use_on_abrupt_exit"), "33").expect("write");
-        std::fs::write(t.path().join("jbazel/client-env"), "PATH=/a:/b\n").expect("write");
+        std::fs::create_dir_all(t.path().join(proto::mirror::SERVER_DIR)).expect("mkdir");
+        std::fs::create_dir_all(t.path().join(proto::mirror::JBAZEL_DIR)).expect("mkdir");
+        std::fs::write(t.path().join(REQUEST_COOKIE), "abc\n").expect("write");
+        std::fs::write(t.path().join(RESPONSE_COOKIE), "def").expect("write");
+        std::fs::write(t.path().join(ABRUPT_EXIT_FILE), "33").expect("write");
+        std::fs::write(t.path().join(CLIENT_ENV), "PATH=/a:/b\n").expect("write");
         assert_eq!(m.request_cookie().expect("cookie"), "abc");
         assert_eq!(m.response_cookie().expect("cookie"), "def");
         assert_eq!(m.take_abrupt_exit_code(), 33);
@@ -200,7 +214,9 @@ mod tests {
             "taken, as Bazel's client does"
         );
         assert_eq!(m.take_abrupt_exit_code(), 37, "not reused");
-        assert_eq!(m.server_log(), t.path().join("server/jvm.out"));
+        assert_eq!(m.server_log(), t.path().join(SERVER_LOG));
+        assert_eq!(m.response_cookie_path(), t.path().join(RESPONSE_COOKIE));
+        assert_eq!(m.system_rc(), t.path().join(SYSTEM_RC));
         assert_eq!(m.client_env(), Some(vec![("PATH".into(), "/a:/b".into())]));
         let err = Mirror::new(&t.path().join("nope"))
             .request_cookie()
@@ -209,6 +225,91 @@ mod tests {
             err.to_string().contains("nope/server/request_cookie"),
             "{err}"
         );
+    }
+
+    /// Runs `f` on a thread; the test fails unless it returns within `limit` (a blocking
+    /// read would otherwise hang the run).
+    fn within<T: Send + 'static>(
+        limit: std::time::Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .expect("returned in time, without blocking")
+    }
+
+    #[test]
+    fn a_planted_link_is_never_followed() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let desktop = tempfile::tempdir().expect("tempdir");
+        let canary = desktop.path().join("credentials");
+        std::fs::write(&canary, "CANARY aws_secret_access_key=x").expect("write");
+        let m = Mirror::new(t.path());
+        std::fs::create_dir_all(t.path().join(proto::mirror::SERVER_DIR)).expect("mkdir");
+        std::fs::create_dir_all(t.path().join(proto::mirror::JBAZEL_DIR)).expect("mkdir");
+        // request_cookie -> ~/.aws/credentials: refused, the canary never returned.
+        std::os::unix::fs::symlink(&canary, t.path().join(REQUEST_COOKIE)).expect("symlink");
+        let err = m.request_cookie().expect_err("a link");
+        assert!(matches!(err, UntrustedFileError::Link { .. }), "{err}");
+        assert!(!err.to_string().contains("CANARY"));
+        std::os::unix::fs::symlink(&canary, t.path().join(RESPONSE_COOKIE)).expect("symlink");
+        assert!(m.response_cookie().is_err());
+        std::os::unix::fs::symlink(&canary, t.path().join(CLIENT_ENV)).expect("symlink");
+        assert_eq!(m.client_env(), None);
+        // A symlinked server/ directory, with a genuine-looking cookie behind it.
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::write(desktop.path().join("request_cookie"), "CANARY").expect("write");
+        std::os::unix::fs::symlink(desktop.path(), t.path().join(proto::mirror::SERVER_DIR))
+            .expect("symlink");
+        let m = Mirror::new(t.path());
+        let err = m.request_cookie().expect_err("a linked directory");
+        assert!(matches!(err, UntrustedFileError::Link { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_dev_zero_cookie_fails_promptly() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join(proto::mirror::SERVER_DIR)).expect("mkdir");
+        std::fs::create_dir_all(t.path().join(proto::mirror::JBAZEL_DIR)).expect("mkdir");
+        nix::unistd::mkfifo(
+            &t.path().join(REQUEST_COOKIE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("mkfifo");
+        std::os::unix::fs::symlink("/dev/zero", t.path().join(RESPONSE_COOKIE)).expect("symlink");
+        nix::unistd::mkfifo(
+            &t.path().join(CLIENT_ENV),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("mkfifo");
+        let m = Mirror::new(t.path());
+        let (req, resp, env) = within(std::time::Duration::from_secs(10), move || {
+            (m.request_cookie(), m.response_cookie(), m.client_env())
+        });
+        assert!(
+            matches!(req, Err(UntrustedFileError::NotRegular { .. })),
+            "{req:?}"
+        );
+        assert!(
+            matches!(resp, Err(UntrustedFileError::Link { .. })),
+            "{resp:?}"
+        );
+        assert_eq!(env, None);
+    }
+
+    #[test]
+    fn an_oversize_cookie_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join(proto::mirror::SERVER_DIR)).expect("mkdir");
+        let f = std::fs::File::create(t.path().join(REQUEST_COOKIE)).expect("create");
+        f.set_len(1 << 40).expect("sparse");
+        let m = Mirror::new(t.path());
+        let err = m.request_cookie().expect_err("too large");
+        assert!(matches!(err, UntrustedFileError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains(REQUEST_COOKIE), "{err}");
     }
 
     #[test]
