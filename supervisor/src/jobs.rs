@@ -183,7 +183,7 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
             eprintln!("supervisor: {}", ErrorChain(&e));
             break 1;
         }
-        tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
+        tracing::info!(dir = %out.join(proto::mirror::JBAZEL_DIR).display(), "published system.bazelrc and client-env");
         // Bazel's home, when it runs as the owner (made with the owner's filesystem ids).
         if let Some(home) = &plan.bazel_home {
             if let Err(e) = owner::prepare_home(home, plan.run_as.uid) {
@@ -347,7 +347,7 @@ fn classify_end(
 
 /// The idle exit's termination message, for Kubernetes (and the orchestrator) to read.
 fn write_idle_message(path: &Path, idle_timeout_secs: u32) {
-    let message = server_end::idle_message(idle_timeout_secs);
+    let message = proto::pod::idle_message(idle_timeout_secs);
     match server_end::write_termination_message(path, &message) {
         Ok(true) => {
             tracing::info!(path = %path.display(), message = %message, "wrote the termination message")

@@ -137,7 +137,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
                     host: &facts,
                     image: &image,
                     needs: &needs,
-                    capabilities: supervisor::owner::POD_CAPABILITIES
+                    capabilities: proto::pod::CAPABILITIES
                         .iter()
                         .map(|(name, why)| Capability {
                             name: format!("CAP_{name}"),

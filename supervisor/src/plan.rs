@@ -735,12 +735,12 @@ pub fn needs(host: &HostFacts, image: &ImageFacts, mode: &ModeChoice) -> Vec<Nee
     ]
 }
 
-/// The supervisor's capabilities ([`owner::POD_CAPABILITIES`]) as `--dry-run` prints them.
+/// The supervisor's capabilities ([`proto::pod::CAPABILITIES`]) as `--dry-run` prints them.
 pub fn render_capabilities() -> String {
     let mut s = String::from(
         "the supervisor needs these capabilities (the pod's securityContext; Bazel and its actions get none):\n",
     );
-    for (cap, why) in owner::POD_CAPABILITIES {
+    for (cap, why) in proto::pod::CAPABILITIES {
         let _ = writeln!(s, "  CAP_{cap:<15} {why}");
     }
     s

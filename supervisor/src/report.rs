@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::ReportReadyRequest;
+use proto::pod::env;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
@@ -117,12 +118,8 @@ pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportRe
     }
 }
 
-/// The env var naming the pod's bound service-account token (audience: the orchestrator).
-pub const TOKEN_FILE_ENV: &str = "JBAZEL_TOKEN_FILE";
-/// The env var holding the PEM CA bundle that verifies an `https://` orchestrator.
-pub const ORCHESTRATOR_CA_ENV: &str = "ORCHESTRATOR_CA_PEM";
-
-/// The orchestrator's endpoint; `https://` verifies it with [`ORCHESTRATOR_CA_ENV`] (else
+/// The orchestrator's endpoint; `https://` verifies it with the CA bundle in
+/// [`env::ORCHESTRATOR_CA_PEM`] (else
 /// the system roots are not consulted: the CA must be given).
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let ep = Endpoint::from_shared(addr.to_owned())?;
@@ -130,7 +127,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         return Ok(ep);
     }
     let mut tls = tonic::transport::ClientTlsConfig::new();
-    if let Some(ca) = std::env::var(ORCHESTRATOR_CA_ENV)
+    if let Some(ca) = std::env::var(env::ORCHESTRATOR_CA_PEM)
         .ok()
         .filter(|c| !c.trim().is_empty())
     {
@@ -141,7 +138,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 
 /// The bound token, if the pod has one (`None` outside a platform pod).
 fn bound_token() -> Result<Option<String>, std::io::Error> {
-    let Some(path) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) else {
+    let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
     let token = std::fs::read_to_string(&path)?;

@@ -99,10 +99,10 @@ fn dry_run_json_table() {
             std::process::Command::new(supervisor_bin())
         };
         cmd.args(c.args)
-            .env("USER_ID", USER)
-            .env("REPO_HASH", HASH)
-            .env("SESSION_ID", "s-1")
-            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env(pod_env::USER_ID, USER)
+            .env(pod_env::REPO_HASH, HASH)
+            .env(pod_env::SESSION_ID, "s-1")
+            .env(pod_env::FILESTORE_ROOT, fs.root())
             .env("SYSTEM_BAZELRC", &rc)
             .env("BAZEL_COMMAND_PORT", "9123");
         let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
@@ -206,9 +206,9 @@ fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(supervisor_bin())
             .args(["--dry-run", "--format", format])
-            .env("USER_ID", USER)
-            .env("REPO_HASH", HASH)
-            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env(pod_env::USER_ID, USER)
+            .env(pod_env::REPO_HASH, HASH)
+            .env(pod_env::FILESTORE_ROOT, fs.root())
             .env("SYSTEM_BAZELRC", &missing_rc);
         let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
         assert!(status.success(), "{format}: {status:?}\n{stderr}");
@@ -279,7 +279,7 @@ fn dry_run_prints_the_heap_and_idle_decisions() {
             cmd.args(["--dry-run", "--format", format])
                 .env("SYSTEM_BAZELRC", &rc)
                 .env("CGROUP_ROOT", root)
-                .env("IDLE_TIMEOUT_SECS", "600");
+                .env(pod_env::IDLE_TIMEOUT_SECS, "600");
             let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
             assert!(status.success(), "{format}: {status:?}\n{stderr}");
             if format == "human" {

@@ -126,9 +126,9 @@ fn user_namespace_mode_as_unprivileged_user() {
         "-c",
         "cat /work/src/MARKER; id -u; echo u > /work/out/userns",
     ])
-    .env("USER_ID", USER)
-    .env("REPO_HASH", HASH)
-    .env("MOCK_FILESTORE_PATH", fs.root());
+    .env(pod_env::USER_ID, USER)
+    .env(pod_env::REPO_HASH, HASH)
+    .env(pod_env::FILESTORE_ROOT, fs.root());
     let (status, stdout, stderr) = run_to_end(c, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(
