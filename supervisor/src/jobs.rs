@@ -16,7 +16,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backoff::backoff;
 use crate::bazel::{self, Client};
 use crate::cgroup;
 use crate::config::Config;
@@ -31,6 +30,7 @@ use crate::relay;
 use crate::report;
 use crate::server_end::{self, EndFacts, ServerEnd};
 use crate::signals::Shutdown;
+use proto::backoff::{jitter, Backoff};
 
 /// Settings of the Bazel job besides the config and the plan.
 #[derive(Debug, Clone)]
@@ -43,9 +43,9 @@ pub struct ServeSettings {
     pub termination_log: PathBuf,
 }
 
-/// First restart delay after the server died or failed to start; doubles up to 30 s.
-const RESTART_FIRST: Duration = Duration::from_millis(500);
-const RESTART_MAX: Duration = Duration::from_secs(30);
+/// The pause before a restart after the server died or failed to start: 0.5 s (before
+/// jitter), doubling with each failure in a row up to 30 s.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A server that ran this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Consecutive failed health checks of a live server before it counts as hung and is replaced.
@@ -400,7 +400,7 @@ async fn acquire_lock(
 
 /// Waits the restart backoff; false when shutdown was requested meanwhile.
 async fn pause_unless_shutdown(failures: u32, shutdown: &mut Shutdown) -> bool {
-    let delay = backoff(failures, RESTART_FIRST, RESTART_MAX);
+    let delay = RESTART_BACKOFF.pause(failures, jitter());
     tracing::info!(
         delay_ms = delay.as_millis() as u64,
         "waiting before the next start"

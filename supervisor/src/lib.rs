@@ -7,7 +7,6 @@
 //! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`lock`], [`bazel`],
 //! [`server_end`], [`cgroup`], [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
 
-pub mod backoff;
 pub mod bazel;
 pub mod cgroup;
 pub mod cli;

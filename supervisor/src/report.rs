@@ -9,7 +9,6 @@
 //! address would only be refused or, worse, point jbazel nowhere.
 
 use proto::error_chain::ErrorChain;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,13 +18,11 @@ use proto::pod::env;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
-use crate::backoff::backoff;
 use crate::config::{Identity, ReportSettings};
+use proto::backoff::{jitter, Backoff};
 
-/// First retry delay (before jitter); doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest pause between two attempts (before jitter).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The pauses between attempts: 0.5 s (before jitter), doubling up to 10 s.
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 /// At most this many calls per readiness transition. With the delays above (each between
 /// half and all of 0.5, 1, 2, 4, 8, 10, 10, ... s) ten attempts span about 28-56 s of
 /// pauses: long enough to ride out an orchestrator restart, short enough that a pod does
@@ -48,37 +45,21 @@ pub enum Next {
 }
 
 /// After failed attempt number `attempt` (1-based), begun `elapsed` after the first one:
-/// retry after the backoff scaled by `jitter` (in [0, 1]: between half and all of it, so
-/// the pods of a restarted orchestrator do not call back in step), or give up after
-/// [`MAX_ATTEMPTS`] or when the pause would end past [`BUDGET`]. Pure.
+/// retry after [`BACKOFF`]'s pause for `jitter` (in [0, 1]: between half and all of the
+/// ceiling, so the pods of a restarted orchestrator do not call back in step), or give up
+/// after [`MAX_ATTEMPTS`] or when the pause would end past [`BUDGET`]. Pure.
 pub fn after_failure(attempt: u32, elapsed: Duration, jitter: f64) -> Next {
     if attempt >= MAX_ATTEMPTS {
         return Next::GiveUp;
     }
-    let full = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
-    let jitter = if jitter.is_finite() {
-        jitter.clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
-    let delay = full.mul_f64(0.5 + 0.5 * jitter);
+    // A NaN would survive the policy's clamp (and panic in Duration::mul_f64): the longest.
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter };
+    let delay = BACKOFF.pause(attempt, jitter);
     if elapsed.saturating_add(delay) >= BUDGET {
         Next::GiveUp
     } else {
         Next::Retry(delay)
     }
-}
-
-/// A number in [0, 1) that differs between processes and calls (std's per-process random
-/// hash keys; jitter needs no better randomness).
-fn jitter() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Why no report can be sent for this POD_IP.
@@ -312,14 +293,6 @@ mod tests {
         }
         assert_eq!(attempts, MAX_ATTEMPTS);
         assert!(elapsed < BUDGET, "{elapsed:?}");
-    }
-
-    #[test]
-    fn jitter_is_a_fraction() {
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j), "{j}");
-        }
     }
 
     #[test]
