@@ -85,7 +85,7 @@ pub struct EndFacts {
     pub oom_kills_after: Option<u64>,
 }
 
-/// Why the server ended.
+/// Why the server ended ([`crate::jobs::after_end`] decides what follows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEnd {
     /// Idle for `--max_idle_secs`: the pod's work is done (the supervisor exits 0).
@@ -134,11 +134,6 @@ pub fn classify(f: &EndFacts) -> ServerEnd {
 }
 
 impl ServerEnd {
-    /// Whether the supervisor starts a new server (everything but the idle exit).
-    pub fn restarts(&self) -> bool {
-        *self != ServerEnd::Idle
-    }
-
     /// Whether this counts against the crash-loop backoff (a clean exit 0 does not).
     pub fn is_failure(&self) -> bool {
         !matches!(self, ServerEnd::Idle | ServerEnd::ShutDown)
@@ -392,8 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn what_restarts_and_what_counts_as_failure() {
-        assert!(!ServerEnd::Idle.restarts());
+    fn what_counts_as_failure() {
         assert!(!ServerEnd::Idle.is_failure());
         // (end, exit status it stands for)
         let cases = [
@@ -413,7 +407,6 @@ mod tests {
             (ServerEnd::Vanished, None),
         ];
         for (e, status) in cases {
-            assert!(e.restarts(), "{e:?}");
             assert_eq!(e.is_failure(), e != ServerEnd::ShutDown, "{e:?}");
             assert_eq!(e.status(), status, "{e:?}");
         }
