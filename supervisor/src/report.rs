@@ -4,8 +4,8 @@
 //! jittered exponential backoff ([`after_failure`]) within a bounded budget, then given up
 //! with one error: the push is only the fast path. The orchestrator also marks the row READY
 //! from the pod's Ready condition (the readiness probe on `/readyz`), so a lost push delays
-//! readiness by a probe period and a watch event, nothing more (design: "two paths, one
-//! truth"). Without a usable `POD_IP` nothing is sent at all: a report without the pod's
+//! readiness by a probe period and a watch event, nothing more: the push is for speed, the
+//! pod's condition is the truth. Without a usable `POD_IP` nothing is sent at all: a report without the pod's
 //! address would only be refused or, worse, point jbazel nowhere.
 
 use proto::error_chain::ErrorChain;

@@ -243,8 +243,9 @@ pub fn server_start_argv(b: &BazelSettings, home: Option<&Path>) -> Vec<String> 
 
 /// The bwrap argv for the same binds, ending with `--` and `command`.
 ///
-/// `--dev-bind / /` keeps the host's `/dev` and `/proc`: a fresh `--proc` fails in pods that
-/// are not privileged (environment.md), and Bazel needs neither fresh.
+/// `--dev-bind / /` keeps the host's `/dev` and `/proc`: bwrap's fresh `--proc` fails ("Can't
+/// mount proc") in a pod with CAP_SYS_ADMIN that is not `privileged`, and Bazel needs neither
+/// fresh.
 pub fn bwrap_argv(
     bwrap: &Path,
     src: &Path,
