@@ -135,6 +135,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
                 src_dev = %r.src_majmin,
                 out_dev = %r.out_majmin,
                 mounts = r.mounts_in_namespace,
+                read_only_mounts = r.read_only_mounts,
                 micros = started.elapsed().as_micros() as u64,
                 "pivoted: /work/src and /work/out verified in /proc/self/mountinfo"
             ),

@@ -128,11 +128,27 @@ fn dry_run_json_table() {
         assert_eq!(v["mounts"][2]["target"], "/work/src");
         assert_eq!(v["mounts"][3]["target"], "/work/out");
         assert_eq!(v["mounts"][1]["kind"], "tmpfs");
+        // The checkout is read-only in the view; the output base is not.
+        assert_eq!(v["mounts"][2]["flags"], serde_json::json!(["rec", "ro"]));
+        assert_eq!(v["mounts"][3]["flags"], serde_json::json!(["rec"]));
+        assert_eq!(
+            v["read_only"],
+            serde_json::json!(["/work/src"]),
+            "{}",
+            c.name
+        );
         let bwrap: Vec<String> = serde_json::from_value(v["bwrap_argv"].clone()).expect("argv");
         assert!(
             bwrap
                 .windows(3)
-                .any(|w| w[0] == "--bind" && w[2] == "/work/src"),
+                .any(|w| w[0] == "--ro-bind" && w[2] == "/work/src"),
+            "{}",
+            c.name
+        );
+        assert!(
+            bwrap
+                .windows(3)
+                .any(|w| w[0] == "--bind" && w[2] == "/work/out"),
             "{}",
             c.name
         );
@@ -182,7 +198,8 @@ fn dry_run_human_shows_mounts_mode_and_bwrap() {
     for want in [
         "mode:     direct".to_owned(),
         "why:      auto: CAP_SYS_ADMIN".to_owned(),
-        format!("{} -> /work/src", src.display()),
+        format!("{} -> /work/src  (rec,ro)", src.display()),
+        "read-only: /work/src (the command writes only the output base)".to_owned(),
         "tmpfs -> /work".to_owned(),
         "command:  cat /work/src/MARKER".to_owned(),
         "bwrap:    ".to_owned(),

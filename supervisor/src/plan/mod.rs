@@ -27,7 +27,8 @@ pub use render::{render_capabilities, render_needs, shell_quote};
 
 /// Where the pivoted view lives (a tmpfs, so the host's `/work` is never touched).
 pub const WORK: &str = "/work";
-/// The user's source, bound from `R/U/H/src`.
+/// The user's source, bound read-only from `R/U/H/src`: the checkout is the desktop's, and
+/// neither Bazel nor a build action may change it (they write only the output base).
 pub const WORK_SRC: &str = "/work/src";
 /// Bazel's output base, bound from `R/U/H/out`.
 pub const WORK_OUT: &str = "/work/out";
@@ -165,6 +166,9 @@ pub struct MountPlan {
     /// Paths covered by an empty read-only tmpfs after the binds (the filestore root):
     /// the command sees its own src and out, nothing else of R.
     pub hidden: Vec<PathBuf>,
+    /// Binds of the view made read-only, submounts included ([`WORK_SRC`]): the command
+    /// writes only the output base.
+    pub read_only: Vec<PathBuf>,
     pub cwd: &'static str,
     /// What runs in the pivoted view (the Bazel client starting the server, or `run`'s CMD).
     pub command: Vec<String>,
@@ -286,7 +290,8 @@ pub fn bwrap_argv(
         [
             "--tmpfs",
             WORK,
-            "--bind",
+            // Read-only, submounts too.
+            "--ro-bind",
             &src.display().to_string(),
             WORK_SRC,
             "--bind",
@@ -413,7 +418,7 @@ pub fn plan(
             kind: MountKind::Bind,
             source: Some(cfg.dirs.src.clone()),
             target: PathBuf::from(WORK_SRC),
-            flags: vec!["rec"],
+            flags: vec!["rec", "ro"],
         },
         MountStep {
             kind: MountKind::Bind,
@@ -472,6 +477,7 @@ pub fn plan(
             &command,
         ),
         hidden,
+        read_only: vec![PathBuf::from(WORK_SRC)],
         mounts,
         cwd: WORK_SRC,
         command,
@@ -753,6 +759,19 @@ pub(super) mod tests {
             assert_eq!(p.hidden, [PathBuf::from("/fs")], "case {i}");
             assert_eq!(p.mounts[2].source.as_deref(), Some(p.src.as_path()));
             assert_eq!(p.mounts[3].source.as_deref(), Some(p.out.as_path()));
+            // The checkout is read-only in the view, the output base is not.
+            assert_eq!(p.mounts[2].flags, ["rec", "ro"], "case {i}");
+            assert_eq!(p.mounts[3].flags, ["rec"], "case {i}");
+            assert_eq!(p.read_only, [PathBuf::from(WORK_SRC)], "case {i}");
+            let bw = p.bwrap_argv.join(" ");
+            assert!(
+                bw.contains(&format!("--ro-bind {} {WORK_SRC} ", p.src.display())),
+                "case {i}: {bw}"
+            );
+            assert!(
+                bw.contains(&format!("--bind {} {WORK_OUT} ", p.out.display())),
+                "case {i}: {bw}"
+            );
             // The bwrap form ends with the same command.
             let tail = &p.bwrap_argv[p.bwrap_argv.len() - p.command.len()..];
             assert_eq!(tail, p.command.as_slice(), "case {i}");
@@ -844,7 +863,10 @@ pub(super) mod tests {
             ),
             "{s}"
         );
-        assert!(s.contains("--bind /fs/a/src /work/src --bind /fs/a/out /work/out"));
+        assert!(
+            s.contains("--ro-bind /fs/a/src /work/src --bind /fs/a/out /work/out"),
+            "{s}"
+        );
         assert!(s.ends_with("--chdir /work/src -- true"));
     }
 

@@ -64,6 +64,18 @@ impl MountPlan {
             };
             let _ = writeln!(s, "  {}. {kind:<13} {what}  ({})", i + 1, m.flags.join(","));
         }
+        if !self.read_only.is_empty() {
+            let paths: Vec<String> = self
+                .read_only
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let _ = writeln!(
+                s,
+                "read-only: {} (the command writes only the output base)",
+                join_argv(&paths)
+            );
+        }
         let _ = writeln!(s, "cwd:      {}", self.cwd);
         let _ = writeln!(
             s,
@@ -200,7 +212,11 @@ mod tests {
         .expect("plan");
         let h = p.render_human();
         assert!(h.contains("mode:     direct (new mount namespace)"), "{h}");
-        assert!(h.contains("-> /work/src"), "{h}");
+        assert!(h.contains("-> /work/src  (rec,ro)"), "{h}");
+        assert!(
+            h.contains("read-only: /work/src (the command writes only the output base)"),
+            "{h}"
+        );
         assert!(h.contains("bwrap:    /usr/bin/bwrap"), "{h}");
         assert!(h.contains("idle timeout 10800 s"), "{h}");
         assert!(
@@ -211,6 +227,8 @@ mod tests {
         assert_eq!(v["mode"], "direct");
         assert_eq!(v["user_namespace"], false);
         assert_eq!(v["mounts"][1]["kind"], "tmpfs");
+        assert_eq!(v["mounts"][2]["flags"], serde_json::json!(["rec", "ro"]));
+        assert_eq!(v["read_only"], serde_json::json!(["/work/src"]));
         assert_eq!(v["server"]["command_port"], 9001);
         assert_eq!(v["server"]["idle_timeout_secs"], 10_800);
         assert_eq!(v["server"]["heap"]["xmx_mib"], 3072);
