@@ -46,9 +46,10 @@ pub struct ServeSettings {
 
 /// The pause before a restart after the server died or failed to start: 0.5 s (before
 /// jitter), doubling with each failure in a row up to 30 s.
-const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+pub const RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A server that ran this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Consecutive failed health checks of a live server before it counts as hung and is replaced.
 const HUNG_AFTER_CHECKS: u32 = 15;
 const PING_TIMEOUT: Duration = Duration::from_secs(3);

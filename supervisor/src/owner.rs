@@ -15,7 +15,7 @@
 //! (the supervisor writes out/ as the owner). Bazel and every build action get none of them.
 //!
 //! Architecture invariant: the switch of the command itself happens in the child before exec
-//! ([`crate::pivot::drop_privileges`]): supplementary groups set to the gid alone, then
+//! (`drop_privileges` in [`crate::pivot`]): supplementary groups set to the gid alone, then
 //! setresgid, setresuid, then every capability gone (bounding set included) and
 //! no_new_privs. In bwrap mode the same function runs inside bwrap's view, as the supervisor
 //! binary's hidden `drop-privileges` subcommand (bwrap's own `--uid` only maps ids in a user

@@ -206,7 +206,7 @@ pub fn java_log_of(out: &Path, pid: i32) -> Option<PathBuf> {
         .map(|n| out.join(n))
 }
 
-/// How server `pid`'s java.log ends ([`log_end`] of its last [`JAVA_LOG_TAIL`] bytes).
+/// How server `pid`'s java.log ends ([`log_end`] of its last 64 KiB).
 pub fn read_log_end(out: &Path, pid: i32) -> LogEnd {
     let Some(path) = java_log_of(out, pid) else {
         return LogEnd::Nothing;
