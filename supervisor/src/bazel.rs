@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use proto::mirror;
+
 use crate::reaper::ExitInfo;
 
 /// Why talking to the server failed. Each names the file or the address.
@@ -63,8 +65,9 @@ pub enum BazelError {
 /// The mode of the server dir and of each cookie after [`secure_server_files`].
 pub const SERVER_DIR_MODE: u32 = 0o700;
 pub const COOKIE_MODE: u32 = 0o600;
-/// The files [`secure_server_files`] closes to everyone but their owner.
-pub const COOKIES: [&str; 2] = ["request_cookie", "response_cookie"];
+/// The files [`secure_server_files`] closes to everyone but their owner (relative to the
+/// output base, in [`mirror::SERVER_DIR`]).
+pub const COOKIES: [&str; 2] = [mirror::REQUEST_COOKIE, mirror::RESPONSE_COOKIE];
 
 /// What [`secure_server_files`] found (Bazel's own modes) before it changed them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +85,7 @@ pub struct ModesBefore {
 pub fn secure_server_files(out: &Path) -> Result<ModesBefore, BazelError> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-    let dir_path = out.join("server");
+    let dir_path = out.join(mirror::SERVER_DIR);
     let secure = |path: &Path, source| BazelError::Secure {
         path: path.to_owned(),
         source,
@@ -106,8 +109,12 @@ pub fn secure_server_files(out: &Path) -> Result<ModesBefore, BazelError> {
         server_dir: dmeta.mode() & 0o7777,
         cookies: Vec::new(),
     };
-    for name in COOKIES {
-        let path = dir_path.join(name);
+    for rel in COOKIES {
+        let path = out.join(rel);
+        let name = Path::new(rel)
+            .strip_prefix(mirror::SERVER_DIR)
+            .unwrap_or(Path::new(rel))
+            .display();
         // Relative to the dir just opened: no path component can be swapped in between.
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -127,7 +134,7 @@ pub fn secure_server_files(out: &Path) -> Result<ModesBefore, BazelError> {
             });
         }
         fchmod(&f, COOKIE_MODE, &path)?;
-        before.cookies.push((name, m.mode() & 0o7777));
+        before.cookies.push((rel, m.mode() & 0o7777));
     }
     Ok(before)
 }
@@ -135,7 +142,8 @@ pub fn secure_server_files(out: &Path) -> Result<ModesBefore, BazelError> {
 /// What the server wrote into `<output base>/server/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFiles {
-    pub dir: PathBuf,
+    /// The output base they were read from.
+    pub out: PathBuf,
     pub pid: i32,
     /// `host:port` as in `command_port` (`127.0.0.1:9001`, or `[::1]:N` without IPv4).
     pub addr: String,
@@ -159,7 +167,7 @@ pub fn parse_pid(text: &str) -> Option<i32> {
 
 /// The server's pid from `<out>/server/server.pid.txt`.
 pub fn read_pid(out: &Path) -> Result<i32, BazelError> {
-    let path = out.join("server/server.pid.txt");
+    let path = out.join(mirror::SERVER_DIR).join("server.pid.txt");
     let text = read_trimmed(&path)?;
     parse_pid(&text).ok_or_else(|| BazelError::Parse {
         path,
@@ -169,7 +177,7 @@ pub fn read_pid(out: &Path) -> Result<i32, BazelError> {
 
 /// Reads every file Ping needs.
 pub fn read_server_files(out: &Path) -> Result<ServerFiles, BazelError> {
-    let dir = out.join("server");
+    let dir = out.join(mirror::SERVER_DIR);
     let pid = read_pid(out)?;
     let addr = read_trimmed(&dir.join("command_port"))?;
     if addr.is_empty() || !addr.contains(':') {
@@ -178,21 +186,21 @@ pub fn read_server_files(out: &Path) -> Result<ServerFiles, BazelError> {
             what: "no host:port".into(),
         });
     }
-    let request_cookie = read_trimmed(&dir.join("request_cookie"))?;
-    let response_cookie = read_trimmed(&dir.join("response_cookie"))?;
-    for (name, c) in [
-        ("request_cookie", &request_cookie),
-        ("response_cookie", &response_cookie),
+    let request_cookie = read_trimmed(&out.join(mirror::REQUEST_COOKIE))?;
+    let response_cookie = read_trimmed(&out.join(mirror::RESPONSE_COOKIE))?;
+    for (rel, c) in [
+        (mirror::REQUEST_COOKIE, &request_cookie),
+        (mirror::RESPONSE_COOKIE, &response_cookie),
     ] {
         if c.is_empty() {
             return Err(BazelError::Parse {
-                path: dir.join(name),
+                path: out.join(rel),
                 what: "an empty cookie".into(),
             });
         }
     }
     Ok(ServerFiles {
-        dir,
+        out: out.to_owned(),
         pid,
         addr,
         request_cookie,
@@ -244,7 +252,7 @@ impl Client {
         if resp.into_inner().cookie != self.files.response_cookie {
             return Err(BazelError::Cookie {
                 addr: addr.clone(),
-                path: self.files.dir.join("response_cookie"),
+                path: self.files.out.join(mirror::RESPONSE_COOKIE),
             });
         }
         Ok(())
@@ -536,20 +544,23 @@ mod tests {
         std::fs::create_dir(&s).expect("mkdir");
         std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         for c in COOKIES {
-            std::fs::write(s.join(c), "c").expect("write");
-            std::fs::set_permissions(s.join(c), std::fs::Permissions::from_mode(0o644))
+            std::fs::write(t.path().join(c), "c").expect("write");
+            std::fs::set_permissions(t.path().join(c), std::fs::Permissions::from_mode(0o644))
                 .expect("chmod");
         }
         let before = secure_server_files(t.path()).expect("secured");
         assert_eq!(before.server_dir, 0o755);
         assert_eq!(
             before.cookies,
-            [("request_cookie", 0o644), ("response_cookie", 0o644)]
+            [
+                ("server/request_cookie", 0o644),
+                ("server/response_cookie", 0o644)
+            ]
         );
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
         assert_eq!(mode(&s), 0o700);
         for c in COOKIES {
-            assert_eq!(mode(&s.join(c)), 0o600, "{c}");
+            assert_eq!(mode(&t.path().join(c)), 0o600, "{c}");
         }
         // A planted link is refused, and what it points to is left alone.
         let victim = t.path().join("victim");

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use proto::pod::env;
 
 /// Default Bazel command port inside the pod (bound on 127.0.0.1).
 pub const DEFAULT_COMMAND_PORT: u16 = 9001;
@@ -15,8 +16,6 @@ pub const DEFAULT_COMMAND_PORT: u16 = 9001;
 pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
 /// Default system rc of the image.
 pub const DEFAULT_SYSTEM_BAZELRC: &str = "/etc/jbazel/system.bazelrc";
-/// Default filestore root (the contracts' `MOCK_FILESTORE_PATH`).
-pub const DEFAULT_FILESTORE_ROOT: &str = "/tmp/mock-filestore";
 /// Default parent of Bazel's home for a non-root owner.
 pub const DEFAULT_BAZEL_HOME_PARENT: &str = "/tmp";
 /// Kubernetes' default `terminationMessagePath`.
@@ -98,31 +97,31 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Opts {
     /// The user (a DNS label): the filestore subtree R/<user>.
-    #[arg(long, env = "USER_ID", global = true)]
+    #[arg(long, env = env::USER_ID, global = true)]
     pub user_id: Option<String>,
 
     /// The repository: md5 of the desktop workspace path, 32 lower-case hex digits.
-    #[arg(long, env = "REPO_HASH", global = true)]
+    #[arg(long, env = env::REPO_HASH, global = true)]
     pub repo_hash: Option<String>,
 
     /// The desktop session this pod serves (sent back in ReportReady for fencing).
-    #[arg(long, env = "SESSION_ID", global = true)]
+    #[arg(long, env = env::SESSION_ID, global = true)]
     pub session_id: Option<String>,
 
     /// Filestore root R; the repository lives at R/<user>/<repo_hash>/{src,out}.
-    #[arg(long, env = "MOCK_FILESTORE_PATH", default_value = DEFAULT_FILESTORE_ROOT, global = true)]
+    #[arg(long, env = env::FILESTORE_ROOT, default_value = proto::pod::DEFAULT_FILESTORE_ROOT, global = true)]
     pub filestore_root: PathBuf,
 
     /// Orchestrator gRPC address for ReportReady (e.g. http://10.244.0.1:50051); unset: no report.
-    #[arg(long, env = "ORCHESTRATOR_ADDR", global = true)]
+    #[arg(long, env = env::ORCHESTRATOR_ADDR, global = true)]
     pub orchestrator_addr: Option<String>,
 
     /// This pod's name (downward API), sent in ReportReady.
-    #[arg(long, env = "POD_NAME", global = true)]
+    #[arg(long, env = env::POD_NAME, global = true)]
     pub pod_name: Option<String>,
 
     /// This pod's IP (downward API), sent in ReportReady.
-    #[arg(long, env = "POD_IP", global = true)]
+    #[arg(long, env = env::POD_IP, global = true)]
     pub pod_ip: Option<String>,
 
     /// How to pivot: auto picks by capabilities and logs why.
@@ -136,7 +135,7 @@ pub struct Opts {
     /// Seconds without a command after which the Bazel server exits and the supervisor ends
     /// the pod (exit 0, termination message `idle: no command for N s`). Passed to Bazel as
     /// --max_idle_secs. A positive whole number; default 10800 (3 h, Bazel's own default).
-    #[arg(long, env = "IDLE_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = env::IDLE_TIMEOUT_SECS, global = true)]
     pub idle_timeout_secs: Option<String>,
 
     /// Where the idle exit's termination message goes (Kubernetes reads it into the
@@ -178,7 +177,7 @@ pub struct Opts {
 
     /// Seconds SIGTERM may take: protocol shutdown, then SIGTERM, then SIGKILL, all within it.
     /// Keep it below the pod's terminationGracePeriodSeconds (the orchestrator's is 10).
-    #[arg(long, env = "GRACE_PERIOD_SECS", default_value_t = 8, global = true)]
+    #[arg(long, env = env::GRACE_PERIOD_SECS, default_value_t = 8, global = true)]
     pub grace_period_secs: u64,
 
     /// Seconds one Bazel server start may take (client run + first Ping) before it counts as failed.

@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use proto::names::{InvalidName, RepoHash, SessionId, UserId};
+use proto::pod::env;
 
 use crate::cgroup::{self, MemoryLimit};
 use crate::cli::{Command, Opts};
@@ -64,11 +65,12 @@ pub enum ConfigError {
     #[error("system bazelrc {path:?}: {reason}")]
     SystemRc { path: PathBuf, reason: String },
     /// The orchestrator address is not an http(s) URL.
-    #[error("ORCHESTRATOR_ADDR {0:?} must be an http:// or https:// URL")]
+    #[error("{var} {0:?} must be an http:// or https:// URL", var = env::ORCHESTRATOR_ADDR)]
     OrchestratorAddr(String),
     /// IDLE_TIMEOUT_SECS is not a positive whole number of seconds Bazel accepts.
     #[error(
-        "IDLE_TIMEOUT_SECS {0} must be a whole number of seconds from 1 to {MAX_IDLE_TIMEOUT_SECS}"
+        "{var} {0} must be a whole number of seconds from 1 to {MAX_IDLE_TIMEOUT_SECS}",
+        var = env::IDLE_TIMEOUT_SECS
     )]
     IdleTimeout(String),
 }
@@ -147,8 +149,8 @@ pub fn validate_identity(
     repo_hash: Option<&str>,
     session_id: Option<&str>,
 ) -> Result<Identity, ConfigError> {
-    let user_id = user_id.ok_or(ConfigError::Missing("USER_ID"))?;
-    let repo_hash = repo_hash.ok_or(ConfigError::Missing("REPO_HASH"))?;
+    let user_id = user_id.ok_or(ConfigError::Missing(env::USER_ID))?;
+    let repo_hash = repo_hash.ok_or(ConfigError::Missing(env::REPO_HASH))?;
     let user_id = UserId::parse(user_id)?;
     let repo_hash = RepoHash::parse(repo_hash)?;
     // An empty SESSION_ID counts as unset (`SESSION_ID=` in a manifest).
@@ -335,7 +337,7 @@ impl Config {
         };
         if job == Job::Serve && report.orchestrator_addr.is_some() && identity.session_id.is_none()
         {
-            return Err(ConfigError::Missing("SESSION_ID"));
+            return Err(ConfigError::Missing(env::SESSION_ID));
         }
         let dirs = resolve_repo_dirs(&opts.filestore_root, &identity)?;
         // The system rc matters to the Bazel server only; `run` does not need one. A dry run

@@ -8,6 +8,7 @@
 
 use proto::error_chain::ErrorChain;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backoff::backoff;
 use crate::bazel::{self, Client};
 use crate::cgroup;
 use crate::config::Config;
@@ -31,6 +31,7 @@ use crate::relay;
 use crate::report;
 use crate::server_end::{self, EndFacts, ServerEnd};
 use crate::signals::Shutdown;
+use proto::backoff::{jitter, Backoff};
 
 /// Settings of the Bazel job besides the config and the plan.
 #[derive(Debug, Clone)]
@@ -43,11 +44,12 @@ pub struct ServeSettings {
     pub termination_log: PathBuf,
 }
 
-/// First restart delay after the server died or failed to start; doubles up to 30 s.
-const RESTART_FIRST: Duration = Duration::from_millis(500);
-const RESTART_MAX: Duration = Duration::from_secs(30);
+/// The pause before a restart after the server died or failed to start: 0.5 s (before
+/// jitter), doubling with each failure in a row up to 30 s.
+pub const RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A server that ran this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Consecutive failed health checks of a live server before it counts as hung and is replaced.
 const HUNG_AFTER_CHECKS: u32 = 15;
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,46 +101,93 @@ enum End {
     Replace(String),
 }
 
-/// The Bazel job. Returns the process exit code (0 after a clean shutdown).
+/// How one server's run ended, as [`after_end`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// It never answered: the client failed or timed out, or the server did not Ping.
+    StartFailed,
+    /// It was alive but of no use (hung, or its output base emptied under it), and was
+    /// stopped to be replaced.
+    Replaced,
+    /// It ended on its own, for this reason.
+    Ended(ServerEnd),
+}
+
+/// What the Bazel job does after a server's run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Start another server after `pause`. `failures` is the count of failed runs in a row
+    /// (the backoff's attempt); `abrupt_exit_code`, when set, is written first for the client
+    /// of the command the end interrupted ([`server_end::write_abrupt_exit_code`]).
+    Restart {
+        failures: u32,
+        pause: Duration,
+        abrupt_exit_code: Option<i32>,
+    },
+    /// End the pod with `code`, after the idle exit's termination message when `idle`.
+    Exit { code: i32, idle: bool },
+}
+
+/// After a run that ended as `end`, `uptime` after its start, with `failures` failed runs in
+/// a row before it: the idle exit ends the pod (exit 0); a clean exit 0 restarts after the
+/// shortest pause, the count reset; anything else is one more failure (back to 1 after a run longer
+/// than [`STABLE_AFTER`]) and restarts after [`RESTART_BACKOFF`]'s pause for `jitter`. An
+/// OOM kill also leaves Bazel's out-of-memory code for the interrupted command's client:
+/// the kernel's SIGKILL gives Bazel no chance to write it. Pure.
+pub fn after_end(end: &RunEnd, uptime: Duration, failures: u32, jitter: f64) -> Next {
+    let restart = |failures: u32, abrupt_exit_code| Next::Restart {
+        failures,
+        pause: RESTART_BACKOFF.pause(failures, jitter),
+        abrupt_exit_code,
+    };
+    match end {
+        RunEnd::Ended(ServerEnd::Idle) => Next::Exit {
+            code: 0,
+            idle: true,
+        },
+        RunEnd::Ended(ServerEnd::ShutDown) => restart(0, None),
+        RunEnd::Ended(ServerEnd::OomKilled { .. }) => restart(
+            next_failures(failures, uptime),
+            Some(server_end::BAZEL_OOM_EXIT),
+        ),
+        RunEnd::Ended(
+            ServerEnd::OutOfMemory { .. }
+            | ServerEnd::CrashedCleanly(_)
+            | ServerEnd::Killed(_)
+            | ServerEnd::Crashed(_)
+            | ServerEnd::Vanished,
+        )
+        | RunEnd::Replaced => restart(next_failures(failures, uptime), None),
+        // However long the start took (up to the start deadline), it never ran.
+        RunEnd::StartFailed => restart(failures.saturating_add(1), None),
+    }
+}
+
+/// A step the job cannot go on without failed: logged, and said plainly on stderr as `main`
+/// says a setup failure (whatever the log format). The job ends with exit code 1.
+fn fatal(what: &str, e: &(dyn std::error::Error + 'static)) -> ControlFlow<i32> {
+    tracing::error!(error = %ErrorChain(e), "{what}");
+    eprintln!("supervisor: {what}: {}", ErrorChain(e));
+    ControlFlow::Break(1)
+}
+
+/// The Bazel job. Returns the process exit code (0 after a clean shutdown or the idle exit).
 pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &Reaper) -> i32 {
     let mut shutdown = match Shutdown::install() {
         Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %ErrorChain(&e), "cannot install signal handlers");
-            return 1;
-        }
+        Err(e) => return exit_code(fatal("cannot install signal handlers", &e)),
     };
     let readiness = Readiness::new();
     let listener = match TcpListener::bind(s.health_addr).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(addr = %s.health_addr, error = %ErrorChain(&e), "cannot listen for health checks");
-            eprintln!("supervisor: cannot listen on {}: {e}", s.health_addr);
-            return 1;
+            let what = format!("cannot listen for health checks on {}", s.health_addr);
+            return exit_code(fatal(&what, &e));
         }
     };
     tracing::info!(addr = %s.health_addr, "health endpoint: GET /readyz, /healthz");
     let health = tokio::spawn(health::serve(listener, readiness.clone()).in_current_span());
-    // The direct hop: <pod IP>:<command port> -> Bazel on the pod's loopback.
-    // (A loopback "pod IP", as in tests, is Bazel's own address: nothing to relay.)
-    let relay = match cfg.report.pod_ip.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_loopback() || ip.is_unspecified() => None,
-        Ok(ip) => match relay::bind(ip, cfg.bazel.command_port).await {
-            Ok(l) => {
-                tracing::info!(addr = %format!("{ip}:{}", cfg.bazel.command_port), "relay to the Bazel server's command port");
-                let to = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.bazel.command_port));
-                Some(tokio::spawn(relay::serve(l, to).in_current_span()))
-            }
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "no relay on the pod IP: jbazel will use the port-forward");
-                None
-            }
-        },
-        Err(_) => None,
-    };
-
-    let out = &plan.out_seen_by_supervisor;
-    let env = publish::client_env_text(|k| std::env::var(k).ok());
+    let relay = start_relay(&cfg.report.pod_ip, cfg.bazel.command_port).await;
     let heap = cgroup::heap_for(&cfg.bazel.memory_limit);
     tracing::info!(
         xmx_mib = heap.xmx_mib,
@@ -149,153 +198,20 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     if let Some(w) = &heap.warning {
         tracing::warn!(warning = %w, "small memory limit");
     }
-    let holder = format!("pod={} pid={}", cfg.report.pod_name, nix::unistd::getpid());
 
-    let mut lock: Option<OutputBaseLock> = None;
-    let mut failures = 0u32;
-    // The client of the start under way, to stop it when shutdown interrupts a start.
-    let client_pid = std::cell::Cell::new(None);
-    let code = loop {
-        if shutdown.requested() {
-            break stop_leftovers(out, None, s.grace).await;
-        }
-        // Before every start, before the output base is touched: this supervisor's server must
-        // be the only one on it. Held across restarts; taken again if `clean --expunge`
-        // deleted the file under it.
-        if !lock.as_ref().is_some_and(OutputBaseLock::still_held) {
-            if let Some(old) = lock.take() {
-                tracing::warn!(lock = %old.path().display(),
-                    "the output-base lock file was removed or replaced (clean --expunge?); taking the lock again");
-            }
-            match acquire_lock(out, &holder, &readiness, &mut shutdown).await {
-                Ok(Some(l)) => lock = Some(l),
-                Ok(None) => break stop_leftovers(out, None, s.grace).await,
-                Err(e) => {
-                    tracing::error!(error = %ErrorChain(&e), "cannot take the output-base lock");
-                    eprintln!("supervisor: {}", ErrorChain(&e));
-                    break 1;
-                }
-            }
-        }
-        // Before every start: an expunge may have removed them with everything else.
-        if let Err(e) = publish::publish(out, &cfg.bazel.system_bazelrc_text, &env) {
-            tracing::error!(error = %ErrorChain(&e), "cannot publish the jbazel files");
-            eprintln!("supervisor: {}", ErrorChain(&e));
-            break 1;
-        }
-        tracing::info!(dir = %out.join(publish::DIR).display(), "published system.bazelrc and client-env");
-        // Bazel's home, when it runs as the owner (made with the owner's filesystem ids).
-        if let Some(home) = &plan.bazel_home {
-            if let Err(e) = owner::prepare_home(home, plan.run_as.uid) {
-                tracing::error!(error = %ErrorChain(&e), "cannot prepare Bazel's home");
-                eprintln!("supervisor: {}", ErrorChain(&e));
-                break 1;
-            }
-        }
-        let began = Instant::now();
-        readiness.set(false, "starting the Bazel server");
-        let started = tokio::select! {
-            r = start(plan, s, reaper, &client_pid, &cfg.bazel.cgroup_root) => r,
-            _ = shutdown.wait() => break stop_leftovers(out, client_pid.take(), s.grace).await,
-        };
-        let mut server = match started {
-            Ok(r) => r,
-            Err((e, client_pid)) => {
-                failures += 1;
-                tracing::error!(error = %ErrorChain(&e), failures, "Bazel server start failed");
-                readiness.set(false, format!("start failed: {}", ErrorChain(&e)));
-                if let Some(p) = client_pid {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                if !pause_unless_shutdown(failures, &mut shutdown).await {
-                    break stop_leftovers(out, None, s.grace).await;
-                }
-                continue;
-            }
-        };
-        let pid = server.pid;
-        readiness.set(true, format!("Bazel server pid {pid} answers"));
-        tracing::info!(pid, addr = %server.client.files().addr, startup_ms = began.elapsed().as_millis() as u64, "Bazel server ready");
-        let reporter = tokio::spawn(
-            report::report_ready(
-                cfg.identity.clone(),
-                cfg.report.clone(),
-                cfg.bazel.command_port,
-            )
-            .in_current_span(),
-        );
-        let end = monitor(&mut server, s, &readiness, &mut shutdown, out, cfg).await;
-        reporter.abort();
-        let why = match end {
-            End::Shutdown => {
-                readiness.set(false, "shutting down");
-                let how =
-                    bazel::stop(Some(&server.client), pid, server.exited.take(), s.grace).await;
-                tracing::info!(pid, ?how, "Bazel server stopped");
-                break if how == bazel::Stopped::Failed { 1 } else { 0 };
-            }
-            End::Replace(why) => {
-                // Hung or stale, not dead: replace it (Shutdown first; signals if hung).
-                failures = next_failures(failures, began.elapsed());
-                tracing::warn!(pid, reason = %why, failures, "Bazel server gone; restarting");
-                readiness.set(false, why);
-                if bazel::alive(pid) && bazel::is_our_server(pid) {
-                    let _ = bazel::stop(
-                        Some(&server.client),
-                        pid,
-                        server.exited.take(),
-                        Duration::from_secs(5),
-                    )
-                    .await;
-                }
-                reaper.unwatch(pid);
-                if !pause_unless_shutdown(failures, &mut shutdown).await {
-                    break stop_leftovers(out, None, s.grace).await;
-                }
-                continue;
-            }
-            End::Exited(status) => classify_end(out, pid, status, server.oom_kills, cfg),
-        };
-        reaper.unwatch(pid);
-        let reason = format!("Bazel server pid {pid} {}", why.describe());
-        readiness.set(false, reason.clone());
-        if why == ServerEnd::Idle {
-            tracing::info!(
-                pid,
-                idle_timeout_secs = cfg.bazel.idle_timeout_secs,
-                "Bazel server exited after its idle timeout; ending the pod"
-            );
-            write_idle_message(&s.termination_log, cfg.bazel.idle_timeout_secs);
-            break 0;
-        }
-        if let ServerEnd::OomKilled { .. } = why {
-            match server_end::write_abrupt_exit_code(out, server_end::BAZEL_OOM_EXIT) {
-                Ok(files) => tracing::info!(
-                    pid,
-                    ?files,
-                    code = server_end::BAZEL_OOM_EXIT,
-                    "wrote the abrupt-exit code for the client of the interrupted command"
-                ),
-                Err(e) => {
-                    tracing::warn!(pid, error = %ErrorChain(&e), "cannot write the abrupt-exit code")
-                }
-            }
-        }
-        if why.is_failure() {
-            failures = next_failures(failures, began.elapsed());
-            tracing::error!(pid, reason = %why.describe(), exit = ?why.status(), failures,
-                uptime_secs = began.elapsed().as_secs(), "Bazel server gone; restarting");
-        } else {
-            failures = 0;
-            tracing::info!(pid, reason = %why.describe(), "Bazel server gone; restarting");
-        }
-        if !pause_unless_shutdown(failures, &mut shutdown).await {
-            break stop_leftovers(out, None, s.grace).await;
-        }
+    let job = Job {
+        cfg,
+        plan,
+        s,
+        reaper,
+        readiness,
+        out: &plan.out_seen_by_supervisor,
+        client_env: publish::client_env_text(|k| std::env::var(k).ok()),
+        holder: format!("pod={} pid={}", cfg.report.pod_name, nix::unistd::getpid()),
+        client_pid: std::cell::Cell::new(None),
     };
+    let mut lock = None;
+    let code = job.run(&mut lock, &mut shutdown).await;
     // Whatever else still runs under us (a client killed mid-start leaves its half-started
     // server behind; an orphan of a build action) goes too: the pod's job is over.
     stop_children(reaper, Duration::from_secs(3)).await;
@@ -317,12 +233,258 @@ pub async fn serve(cfg: &Config, plan: &MountPlan, s: &ServeSettings, reaper: &R
     code
 }
 
+/// The code a job that stopped ends with.
+fn exit_code(stop: ControlFlow<i32>) -> i32 {
+    match stop {
+        ControlFlow::Break(code) => code,
+        ControlFlow::Continue(()) => 0,
+    }
+}
+
+/// What every step of the Bazel job works with.
+struct Job<'a> {
+    cfg: &'a Config,
+    plan: &'a MountPlan,
+    s: &'a ServeSettings,
+    reaper: &'a Reaper,
+    readiness: Readiness,
+    /// The output base, as the supervisor sees it.
+    out: &'a Path,
+    /// The published `client-env` text.
+    client_env: String,
+    /// Who holds the output-base lock (written into it).
+    holder: String,
+    /// The client of the start under way, to stop it when shutdown interrupts a start.
+    client_pid: std::cell::Cell<Option<i32>>,
+}
+
+impl Job<'_> {
+    /// Servers, one after another, until the idle exit, a shutdown or a fatal error ends the
+    /// job: [`Job::prepare`], [`Job::run_server`], then what [`after_end`] says. Returns the
+    /// exit code. `lock` is left holding the output-base lock, to be released once no server
+    /// of ours is left.
+    async fn run(&self, lock: &mut Option<OutputBaseLock>, shutdown: &mut Shutdown) -> i32 {
+        let mut failures = 0u32;
+        loop {
+            if shutdown.requested() {
+                return self.stop_leftovers(None).await;
+            }
+            if let ControlFlow::Break(code) = self.prepare(lock, shutdown).await {
+                return code;
+            }
+            let began = Instant::now();
+            let end = match self.run_server(shutdown, began).await {
+                ControlFlow::Continue(end) => end,
+                ControlFlow::Break(code) => return code,
+            };
+            match after_end(&end, began.elapsed(), failures, jitter()) {
+                Next::Exit { code, idle } => {
+                    if idle {
+                        tracing::info!(
+                            idle_timeout_secs = self.cfg.bazel.idle_timeout_secs,
+                            "Bazel server exited after its idle timeout; ending the pod"
+                        );
+                        write_idle_message(
+                            &self.s.termination_log,
+                            self.cfg.bazel.idle_timeout_secs,
+                        );
+                    }
+                    return code;
+                }
+                Next::Restart {
+                    failures: now,
+                    pause,
+                    abrupt_exit_code,
+                } => {
+                    if let Some(code) = abrupt_exit_code {
+                        write_abrupt_exit_code(self.out, code);
+                    }
+                    failures = now;
+                    tracing::info!(
+                        failures,
+                        pause_ms = pause.as_millis() as u64,
+                        "Bazel server gone; restarting"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.wait() => return self.stop_leftovers(None).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Before every start: the output-base lock (held across restarts; taken again if
+    /// `clean --expunge` deleted the file under it), the jbazel files (an expunge may have
+    /// removed them with everything else) and Bazel's home when it runs as the owner (made
+    /// with the owner's filesystem ids). Break: the job ends with that code.
+    async fn prepare(
+        &self,
+        lock: &mut Option<OutputBaseLock>,
+        shutdown: &mut Shutdown,
+    ) -> ControlFlow<i32> {
+        // Before the output base is touched: this supervisor's server must be the only one
+        // on it.
+        if !lock.as_ref().is_some_and(OutputBaseLock::still_held) {
+            if let Some(old) = lock.take() {
+                tracing::warn!(lock = %old.path().display(),
+                    "the output-base lock file was removed or replaced (clean --expunge?); taking the lock again");
+            }
+            match acquire_lock(self.out, &self.holder, &self.readiness, shutdown).await {
+                Ok(Some(l)) => *lock = Some(l),
+                Ok(None) => return ControlFlow::Break(self.stop_leftovers(None).await),
+                Err(e) => return fatal("cannot take the output-base lock", &e),
+            }
+        }
+        if let Err(e) = publish::publish(
+            self.out,
+            &self.cfg.bazel.system_bazelrc_text,
+            &self.client_env,
+        ) {
+            return fatal("cannot publish the jbazel files", &e);
+        }
+        tracing::info!(dir = %self.out.join(proto::mirror::JBAZEL_DIR).display(),
+            "published system.bazelrc and client-env");
+        if let Some(home) = &self.plan.bazel_home {
+            if let Err(e) = owner::prepare_home(home, self.plan.run_as.uid) {
+                return fatal("cannot prepare Bazel's home", &e);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// One server's life from its start: ready, reported, watched until it ends or is of no
+    /// use (then stopped). Continue: how it ended; Break: shutdown ended the job with that
+    /// code (the server stopped first).
+    async fn run_server(
+        &self,
+        shutdown: &mut Shutdown,
+        began: Instant,
+    ) -> ControlFlow<i32, RunEnd> {
+        let s = self.s;
+        self.readiness.set(false, "starting the Bazel server");
+        let started = tokio::select! {
+            r = start(self.plan, s, self.reaper, &self.client_pid, &self.cfg.bazel.cgroup_root) => r,
+            _ = shutdown.wait() => {
+                return ControlFlow::Break(self.stop_leftovers(self.client_pid.take()).await)
+            }
+        };
+        let mut server = match started {
+            Ok(server) => server,
+            Err((e, client_pid)) => {
+                tracing::error!(error = %ErrorChain(&e), "Bazel server start failed");
+                self.readiness
+                    .set(false, format!("start failed: {}", ErrorChain(&e)));
+                if let Some(p) = client_pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return ControlFlow::Continue(RunEnd::StartFailed);
+            }
+        };
+        let pid = server.pid;
+        self.readiness
+            .set(true, format!("Bazel server pid {pid} answers"));
+        tracing::info!(pid, addr = %server.client.files().addr,
+            startup_ms = began.elapsed().as_millis() as u64, "Bazel server ready");
+        let cfg = self.cfg;
+        let reporter = tokio::spawn(
+            report::report_ready(
+                cfg.identity.clone(),
+                cfg.report.clone(),
+                cfg.bazel.command_port,
+            )
+            .in_current_span(),
+        );
+        let end = monitor(&mut server, s, &self.readiness, shutdown, self.out, cfg).await;
+        reporter.abort();
+        match end {
+            End::Shutdown => {
+                self.readiness.set(false, "shutting down");
+                let how =
+                    bazel::stop(Some(&server.client), pid, server.exited.take(), s.grace).await;
+                tracing::info!(pid, ?how, "Bazel server stopped");
+                ControlFlow::Break(if how == bazel::Stopped::Failed { 1 } else { 0 })
+            }
+            End::Replace(why) => {
+                // Hung or stale, not dead: replace it (Shutdown first; signals if hung).
+                tracing::warn!(pid, reason = %why, "Bazel server of no use; stopping it");
+                self.readiness.set(false, why);
+                if bazel::alive(pid) && bazel::is_our_server(pid) {
+                    let _ = bazel::stop(
+                        Some(&server.client),
+                        pid,
+                        server.exited.take(),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                }
+                self.reaper.unwatch(pid);
+                ControlFlow::Continue(RunEnd::Replaced)
+            }
+            End::Exited(status) => {
+                let why = classify_end(self.out, pid, status, server.oom_kills, cfg);
+                self.reaper.unwatch(pid);
+                let reason = format!("Bazel server pid {pid} {}", why.describe());
+                self.readiness.set(false, reason.clone());
+                let uptime_secs = began.elapsed().as_secs();
+                if why.is_failure() {
+                    tracing::error!(pid, exit = ?why.status(), uptime_secs, "{reason}");
+                } else {
+                    tracing::info!(pid, uptime_secs, "{reason}");
+                }
+                ControlFlow::Continue(RunEnd::Ended(why))
+            }
+        }
+    }
+
+    /// Shutdown while no server was known to be running: see [`stop_leftovers`].
+    async fn stop_leftovers(&self, client_pid: Option<i32>) -> i32 {
+        stop_leftovers(self.out, client_pid, self.s.grace).await
+    }
+}
+
+/// The direct hop: `<pod IP>:<command port>` -> Bazel on the pod's loopback. None when the
+/// "pod IP" is a loopback or unspecified address (as in tests: Bazel's own address, nothing
+/// to relay), is no address, or cannot be bound (jbazel then uses the port-forward).
+async fn start_relay(pod_ip: &str, command_port: u16) -> Option<tokio::task::JoinHandle<()>> {
+    let ip = pod_ip.parse::<std::net::IpAddr>().ok()?;
+    if ip.is_loopback() || ip.is_unspecified() {
+        return None;
+    }
+    match relay::bind(ip, command_port).await {
+        Ok(l) => {
+            tracing::info!(addr = %SocketAddr::new(ip, command_port), "relay to the Bazel server's command port");
+            let to = SocketAddr::from(([127, 0, 0, 1], command_port));
+            Some(tokio::spawn(relay::serve(l, to).in_current_span()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %ErrorChain(&e), "no relay on the pod IP: jbazel will use the port-forward");
+            None
+        }
+    }
+}
+
 /// The failure count after another failure: back to 1 after a server that ran long enough.
 fn next_failures(failures: u32, uptime: Duration) -> u32 {
     if uptime > STABLE_AFTER {
         1
     } else {
         failures.saturating_add(1)
+    }
+}
+
+/// Leaves `code` where the client of the command an OOM kill interrupted reads it.
+fn write_abrupt_exit_code(out: &Path, code: i32) {
+    match server_end::write_abrupt_exit_code(out, code) {
+        Ok(files) => tracing::info!(
+            ?files,
+            code,
+            "wrote the abrupt-exit code for the client of the interrupted command"
+        ),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot write the abrupt-exit code"),
     }
 }
 
@@ -347,7 +509,7 @@ fn classify_end(
 
 /// The idle exit's termination message, for Kubernetes (and the orchestrator) to read.
 fn write_idle_message(path: &Path, idle_timeout_secs: u32) {
-    let message = server_end::idle_message(idle_timeout_secs);
+    let message = proto::pod::idle_message(idle_timeout_secs);
     match server_end::write_termination_message(path, &message) {
         Ok(true) => {
             tracing::info!(path = %path.display(), message = %message, "wrote the termination message")
@@ -395,19 +557,6 @@ async fn acquire_lock(
             );
             said_at = Some(Instant::now());
         }
-    }
-}
-
-/// Waits the restart backoff; false when shutdown was requested meanwhile.
-async fn pause_unless_shutdown(failures: u32, shutdown: &mut Shutdown) -> bool {
-    let delay = backoff(failures, RESTART_FIRST, RESTART_MAX);
-    tracing::info!(
-        delay_ms = delay.as_millis() as u64,
-        "waiting before the next start"
-    );
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.wait() => false,
     }
 }
 
@@ -644,5 +793,121 @@ async fn stop_children(reaper: &Reaper, within: Duration) {
             let _ = kill(nix::unistd::Pid::from_raw(pid), sig);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: Duration = Duration::from_secs(5);
+    const LONG: Duration = Duration::from_secs(61);
+
+    fn restart(failures: u32, pause_ms: u64, abrupt_exit_code: Option<i32>) -> Next {
+        Next::Restart {
+            failures,
+            pause: Duration::from_millis(pause_ms),
+            abrupt_exit_code,
+        }
+    }
+
+    #[test]
+    fn what_follows_each_end() {
+        use ServerEnd::*;
+        let oom = Some(server_end::BAZEL_OOM_EXIT);
+        // (end, uptime, failures before) -> next, at jitter 1 (the full pause).
+        let cases = [
+            // The idle exit ends the pod, whatever came before.
+            (
+                RunEnd::Ended(Idle),
+                SHORT,
+                3,
+                Next::Exit {
+                    code: 0,
+                    idle: true,
+                },
+            ),
+            (
+                RunEnd::Ended(Idle),
+                LONG,
+                0,
+                Next::Exit {
+                    code: 0,
+                    idle: true,
+                },
+            ),
+            // `shutdown` / `clean --expunge`: no failure, the count starts over.
+            (RunEnd::Ended(ShutDown), SHORT, 4, restart(0, 500, None)),
+            // Failures count up and double the pause; a long run resets the count to 1.
+            (
+                RunEnd::Ended(OomKilled {
+                    before: 0,
+                    after: 1,
+                }),
+                SHORT,
+                2,
+                restart(3, 2000, oom),
+            ),
+            (
+                RunEnd::Ended(OomKilled {
+                    before: 0,
+                    after: 1,
+                }),
+                LONG,
+                5,
+                restart(1, 500, oom),
+            ),
+            (
+                RunEnd::Ended(OutOfMemory { status: 33 }),
+                SHORT,
+                0,
+                restart(1, 500, None),
+            ),
+            (
+                RunEnd::Ended(OutOfMemory { status: 0 }),
+                SHORT,
+                1,
+                restart(2, 1000, None),
+            ),
+            (
+                RunEnd::Ended(CrashedCleanly("BLAZE_INTERNAL_ERROR".into())),
+                SHORT,
+                0,
+                restart(1, 500, None),
+            ),
+            (RunEnd::Ended(Killed(9)), SHORT, 6, restart(7, 30_000, None)),
+            (RunEnd::Ended(Crashed(37)), LONG, 9, restart(1, 500, None)),
+            (RunEnd::Ended(Vanished), SHORT, 0, restart(1, 500, None)),
+            (RunEnd::Replaced, SHORT, 1, restart(2, 1000, None)),
+            (RunEnd::Replaced, LONG, 8, restart(1, 500, None)),
+            // A failed start never ran: a slow one (up to the start deadline) resets nothing.
+            (RunEnd::StartFailed, SHORT, 0, restart(1, 500, None)),
+            (RunEnd::StartFailed, LONG, 3, restart(4, 4000, None)),
+            (
+                RunEnd::StartFailed,
+                SHORT,
+                u32::MAX,
+                restart(u32::MAX, 30_000, None),
+            ),
+        ];
+        for (end, uptime, failures, want) in cases {
+            assert_eq!(
+                after_end(&end, uptime, failures, 1.0),
+                want,
+                "{end:?} after {uptime:?} with {failures} failures"
+            );
+        }
+    }
+
+    #[test]
+    fn the_restart_pause_is_jittered_within_its_upper_half() {
+        let end = RunEnd::Ended(ServerEnd::Crashed(1));
+        let pause = |jitter| match after_end(&end, SHORT, 2, jitter) {
+            Next::Restart { pause, .. } => pause,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pause(0.0), Duration::from_millis(1000));
+        assert_eq!(pause(0.5), Duration::from_millis(1500));
+        assert_eq!(pause(1.0), Duration::from_millis(2000));
     }
 }

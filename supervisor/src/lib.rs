@@ -1,13 +1,14 @@
-//! The pod's PID 1: pivots the mount namespace so the user's source and output dirs appear at
-//! `/work/src` and `/work/out`, starts the Bazel server there and keeps it healthy, serves
-//! readiness, reaps zombies, and shuts Bazel down cleanly.
+//! The pod's PID 1: pivots the mount namespace so the user's source (read-only) and output
+//! dirs appear at `/work/src` and `/work/out`, starts the Bazel server there and keeps it
+//! healthy, serves readiness, reaps zombies, and shuts Bazel down cleanly.
 //!
-//! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (pure) ->
-//! [`owner`] (who Bazel runs as; the supervisor's capabilities) -> [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a synchronous init loop)
-//! or [`jobs`] (the Bazel job, in a current-thread tokio runtime: [`lock`], [`bazel`],
-//! [`server_end`], [`cgroup`], [`health`], [`report`], [`publish`], [`reaper`], [`signals`]).
+//! Reading order: [`cli`] -> [`config`] (validation, reads only) -> [`plan`] (the host's
+//! facts, read once; the plan and its `--dry-run` rendering, pure) -> [`owner`] (who Bazel
+//! runs as) -> [`pivot`] (syscalls, single-threaded) -> [`run`] (`supervisor run`: a
+//! synchronous init loop) or [`jobs`] (the Bazel job, in a current-thread tokio runtime:
+//! [`lock`], [`bazel`], [`server_end`], [`cgroup`], [`health`], [`report`], [`publish`],
+//! [`reaper`], [`signals`]).
 
-pub mod backoff;
 pub mod bazel;
 pub mod cgroup;
 pub mod cli;

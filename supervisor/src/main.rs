@@ -51,23 +51,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[derive(serde::Serialize)]
-struct DryRun<'a> {
-    #[serde(flatten)]
-    plan: &'a plan::MountPlan,
-    host: &'a HostFacts,
-    image: &'a plan::ImageFacts,
-    needs: &'a [plan::Need],
-    /// What the supervisor itself needs in the pod's securityContext, and why.
-    capabilities: Vec<Capability>,
-}
-
-#[derive(serde::Serialize)]
-struct Capability {
-    name: String,
-    why: &'static str,
-}
-
 fn real_main(cli: Cli) -> Result<i32, Failure> {
     let opts = &cli.opts;
     // bwrap mode's helper, in the view: nothing to validate, nothing else to do.
@@ -125,28 +108,11 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
             Job::Run(_) => Vec::new(),
         };
         match opts.format {
-            Format::Human => print!(
-                "{}{}{}",
-                the_plan.render_human(),
-                plan::render_needs(&needs),
-                plan::render_capabilities()
-            ),
+            Format::Human => print!("{}", plan::render::dry_run_human(&the_plan, &needs)),
             Format::Json => {
-                let json = serde_json::to_string_pretty(&DryRun {
-                    plan: &the_plan,
-                    host: &facts,
-                    image: &image,
-                    needs: &needs,
-                    capabilities: supervisor::owner::POD_CAPABILITIES
-                        .iter()
-                        .map(|(name, why)| Capability {
-                            name: format!("CAP_{name}"),
-                            why,
-                        })
-                        .collect(),
-                })
-                .context("serializing the plan")
-                .map_err(|e| Failure::new(EXIT_SETUP, e))?;
+                let json = plan::render::dry_run_json(&the_plan, &facts, &image, &needs)
+                    .context("serializing the plan")
+                    .map_err(|e| Failure::new(EXIT_SETUP, e))?;
                 println!("{json}");
             }
         }
@@ -169,6 +135,7 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
                 src_dev = %r.src_majmin,
                 out_dev = %r.out_majmin,
                 mounts = r.mounts_in_namespace,
+                read_only_mounts = r.read_only_mounts,
                 micros = started.elapsed().as_micros() as u64,
                 "pivoted: /work/src and /work/out verified in /proc/self/mountinfo"
             ),

@@ -4,10 +4,18 @@
 //! makes the supervisor's own file operations run with the owner's filesystem ids, so
 //! everything it creates or writes in the user's `out/` (the lock, `jbazel/*`, the abrupt-exit
 //! code, Bazel's home) belongs to the owner and no link a build planted there can make root
-//! write elsewhere; [`POD_CAPABILITIES`] is what the supervisor itself needs, measured.
+//! write elsewhere.
+//!
+//! The supervisor's own capabilities, each with why, are [`proto::pod::CAPABILITIES`] (the
+//! orchestrator grants exactly those; `--dry-run` prints them). Measured by running the pivot
+//! tests and the real-Bazel tests of a tree owned by uid 54321, in direct and bwrap mode, with
+//! the supervisor under `setpriv --bounding-set=-all,+...` and one capability taken away at a
+//! time: each one listed made a test fail without it. Not needed (all tests passed without
+//! them): SYS_CHROOT (Debian's bwrap 0.8 as root does without), CHOWN, FOWNER, DAC_OVERRIDE
+//! (the supervisor writes out/ as the owner). Bazel and every build action get none of them.
 //!
 //! Architecture invariant: the switch of the command itself happens in the child before exec
-//! ([`crate::pivot::drop_privileges`]): supplementary groups set to the gid alone, then
+//! (`drop_privileges` in [`crate::pivot`]): supplementary groups set to the gid alone, then
 //! setresgid, setresuid, then every capability gone (bounding set included) and
 //! no_new_privs. In bwrap mode the same function runs inside bwrap's view, as the supervisor
 //! binary's hidden `drop-privileges` subcommand (bwrap's own `--uid` only maps ids in a user
@@ -17,47 +25,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-
-/// The capabilities the supervisor (the pod's PID 1, uid 0) needs, each with why. Measured
-/// by running the pivot tests and the real-Bazel tests of a tree owned by uid 54321, in
-/// direct and bwrap mode, with the supervisor under `setpriv --bounding-set=-all,+...` and
-/// one capability taken away at a time: each one below made a test fail without it. Not
-/// needed (all tests passed without them): SYS_CHROOT (Debian's bwrap 0.8 as root does
-/// without), CHOWN, FOWNER, DAC_OVERRIDE (the supervisor writes out/ as the owner).
-/// Bazel and every build action get none of these.
-pub const POD_CAPABILITIES: &[(&str, &str)] = &[
-    (
-        "SYS_ADMIN",
-        "unshare(CLONE_NEWNS) and mount(2) for the direct pivot (binds, tmpfs over R); bwrap's \
-         mounts in bwrap mode. Without it no server starts",
-    ),
-    (
-        "SETUID",
-        "setresuid to the tree's owner for Bazel (direct: pre_exec; bwrap: the drop-privileges \
-         helper), and setfsuid so the supervisor writes out/ as the owner",
-    ),
-    (
-        "SETGID",
-        "setgroups/setresgid to the owner's gid for Bazel, setfsgid for the supervisor's own \
-         writes in out/, and dropping PID 1's supplementary groups",
-    ),
-    (
-        "SETPCAP",
-        "emptying the bounding set of Bazel's process (PR_CAPBSET_DROP); without it Bazel's \
-         CapBnd stays full",
-    ),
-    (
-        "KILL",
-        "signals to processes of the owner's uid: forwarding SIGTERM, SIGTERM/SIGKILL to a hung \
-         or leftover server, client or action (root may not signal another uid without it)",
-    ),
-    (
-        "DAC_READ_SEARCH",
-        "only for user trees closed to others (R/<user> or R/<user>/<hash> mode 0700): \
-         validation and the pivot resolve src/out as root before any switch (measured: \
-         'cannot inspect .../src: Permission denied' without it)",
-    ),
-];
 
 /// The owner of the repository tree `R/<user>/<hash>`, read at validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -452,7 +419,7 @@ mod tests {
 
     #[test]
     fn the_capability_list_names_each_reason() {
-        let names: Vec<&str> = POD_CAPABILITIES.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = proto::pod::capability_names().collect();
         for need in [
             "SYS_ADMIN",
             "SETUID",
@@ -463,7 +430,6 @@ mod tests {
         ] {
             assert!(names.contains(&need), "{need} missing from {names:?}");
         }
-        assert!(POD_CAPABILITIES.iter().all(|(_, why)| why.len() > 20));
         assert!(
             !names.contains(&"SYS_CHROOT"),
             "measured: bwrap does without"

@@ -73,15 +73,26 @@ pub struct PivotReport {
     pub src_majmin: String,
     pub out_majmin: String,
     pub mounts_in_namespace: usize,
+    /// Mounts of the view found read-only as planned (the read-only binds and their
+    /// submounts).
+    pub read_only_mounts: usize,
 }
 
-/// One mountinfo line, the parts the verification needs.
+/// One mountinfo line, the parts the pivot needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub majmin: String,
     pub shared: bool,
+    /// The per-mount options (`ro`/`rw`, `nosuid`, `nodev`, `noexec`, `relatime`, ...).
+    pub options: Vec<String>,
+}
+
+impl MountEntry {
+    pub fn read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
 }
 
 /// What `/work`, `/work/src` and `/work/out` must be.
@@ -89,6 +100,39 @@ pub struct MountEntry {
 pub struct Expected {
     pub src_majmin: String,
     pub out_majmin: String,
+    /// Paths whose mount, and every mount under it, must be read-only.
+    pub read_only: Vec<PathBuf>,
+}
+
+/// The mounts at or under `path` (a bind's submounts come with it). Pure.
+fn mounts_under<'a>(
+    entries: &'a [MountEntry],
+    path: &'a Path,
+) -> impl Iterator<Item = &'a MountEntry> {
+    entries
+        .iter()
+        .filter(move |e| e.mount_point.starts_with(path))
+}
+
+/// The flags that remount a bind read-only and keep the rest of its per-mount flags as
+/// mountinfo shows them: a bind remount sets all of them at once, so leaving one out would
+/// clear it (and in a user namespace, clearing a flag the parent namespace set is refused).
+/// Pure.
+pub fn read_only_remount_flags(options: &[String]) -> MsFlags {
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for o in options {
+        flags |= match o.as_str() {
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        };
+    }
+    flags
 }
 
 /// Checks a mount table against the plan. Pure. The last entry for a mount point is the
@@ -119,11 +163,28 @@ pub fn verify_mounts(entries: &[MountEntry], want: &Expected) -> Result<PivotRep
             e.mount_point.display()
         ));
     }
+    let mut read_only_mounts = 0;
+    for path in &want.read_only {
+        if !entries.iter().any(|e| e.mount_point == *path) {
+            return Err(format!("no mount on {} to be read-only", path.display()));
+        }
+        for e in mounts_under(entries, path) {
+            if !e.read_only() {
+                return Err(format!(
+                    "{} is writable ({}): it must be read-only",
+                    e.mount_point.display(),
+                    e.options.join(",")
+                ));
+            }
+            read_only_mounts += 1;
+        }
+    }
     Ok(PivotReport {
         work_fs: work.fs_type.clone(),
         src_majmin: src.majmin.clone(),
         out_majmin: out.majmin.clone(),
         mounts_in_namespace: entries.len(),
+        read_only_mounts,
     })
 }
 
@@ -140,6 +201,11 @@ fn read_mountinfo() -> Result<Vec<MountEntry>, PivotError> {
                 .opt_fields
                 .iter()
                 .any(|f| matches!(f, procfs::process::MountOptFields::Shared(_))),
+            options: {
+                let mut o: Vec<String> = m.mount_options.into_keys().collect();
+                o.sort();
+                o
+            },
             mount_point: m.mount_point,
             fs_type: m.fs_type,
             majmin: m.majmin,
@@ -213,7 +279,8 @@ fn mount_step(
 }
 
 /// The direct pivot: new mount namespace (and user namespace when planned), private
-/// propagation, tmpfs on /work, binds, verification, chdir /work/src.
+/// propagation, tmpfs on /work, binds, the plan's read-only binds remounted read-only,
+/// R hidden, verification, chdir /work/src.
 pub fn enter_direct(plan: &MountPlan) -> Result<PivotReport, PivotError> {
     debug_assert_eq!(plan.mode.mode, Mode::Direct);
     let threads = thread_count();
@@ -286,6 +353,21 @@ pub fn enter_direct(plan: &MountPlan) -> Result<PivotReport, PivotError> {
         )?;
     }
     drop((src_fd, out_fd));
+    // The checkout read-only: each bind the plan names, and every mount under it (a bind
+    // remount changes one mount only).
+    for path in &plan.read_only {
+        let mounts = read_mountinfo()?;
+        for m in mounts_under(&mounts, path) {
+            mount_step(
+                "remount read-only",
+                None,
+                &m.mount_point.to_string_lossy(),
+                None,
+                read_only_remount_flags(&m.options),
+                None,
+            )?;
+        }
+    }
     // The rest of the filestore (other users' trees) leaves this namespace: an empty,
     // read-only tmpfs over R. The command runs without CAP_SYS_ADMIN (see
     // `command_in_view`), so it cannot take it off again.
@@ -305,6 +387,7 @@ pub fn enter_direct(plan: &MountPlan) -> Result<PivotReport, PivotError> {
         &Expected {
             src_majmin,
             out_majmin,
+            read_only: plan.read_only.clone(),
         },
     )
     .map_err(PivotError::Verify)?;
@@ -533,7 +616,13 @@ mod tests {
             fs_type: fs.into(),
             majmin: mm.into(),
             shared,
+            options: vec!["relatime".into(), "rw".into()],
         }
+    }
+
+    fn ro(mut m: MountEntry) -> MountEntry {
+        m.options = vec!["nosuid".into(), "relatime".into(), "ro".into()];
+        m
     }
 
     #[test]
@@ -541,15 +630,22 @@ mod tests {
         let want = Expected {
             src_majmin: "254:0".into(),
             out_majmin: "254:1".into(),
+            read_only: vec![PathBuf::from("/work/src")],
         };
         let good = vec![
             e("/", "ext4", "254:0", false),
             e("/work", "tmpfs", "0:50", false),
-            e("/work/src", "ext4", "254:0", false),
+            ro(e("/work/src", "ext4", "254:0", false)),
             e("/work/out", "ext4", "254:1", false),
         ];
         let r = verify_mounts(&good, &want).expect("good table");
-        assert_eq!(r.mounts_in_namespace, 4);
+        assert_eq!((r.mounts_in_namespace, r.read_only_mounts), (4, 1));
+        // A read-only submount of the checkout counts too; /work/srcx is not under it.
+        let mut more = good.clone();
+        more.push(ro(e("/work/src/sub", "nfs", "0:60", false)));
+        more.push(e("/work/srcx", "tmpfs", "0:61", false));
+        let r = verify_mounts(&more, &want).expect("read-only submount");
+        assert_eq!(r.read_only_mounts, 2);
 
         let cases: Vec<(Vec<MountEntry>, &str)> = vec![
             (good[..1].to_vec(), "no mount on /work"),
@@ -583,6 +679,23 @@ mod tests {
                 },
                 "not tmpfs",
             ),
+            (
+                {
+                    let mut v = good.clone();
+                    v[2] = e("/work/src", "ext4", "254:0", false);
+                    v
+                },
+                "/work/src is writable (relatime,rw): it must be read-only",
+            ),
+            (
+                {
+                    // A submount the remount missed.
+                    let mut v = good.clone();
+                    v.push(e("/work/src/sub", "nfs", "0:60", false));
+                    v
+                },
+                "/work/src/sub is writable",
+            ),
         ];
         for (entries, want_err) in cases {
             let err = verify_mounts(&entries, &want).expect_err(want_err);
@@ -591,5 +704,28 @@ mod tests {
                 "{err:?} should contain {want_err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_only_remount_keeps_the_other_flags() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        assert_eq!(read_only_remount_flags(&opts(&["rw"])), base);
+        assert_eq!(
+            read_only_remount_flags(&opts(&["rw", "nosuid", "nodev", "noexec", "relatime"])),
+            base | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_RELATIME
+        );
+        assert_eq!(
+            read_only_remount_flags(&opts(&["ro", "noatime", "nodiratime"])),
+            base | MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME
+        );
+        // Options that are not per-mount flags change nothing.
+        assert_eq!(
+            read_only_remount_flags(&opts(&["rw", "seclabel", "x=1"])),
+            base
+        );
     }
 }

@@ -1,17 +1,14 @@
 //! Files the supervisor publishes in the output base for jbazel, which reads them through the
-//! desktop's mirror (`R/U/H/out/jbazel/...`):
+//! desktop's mirror (`R/U/H/out/jbazel/...`; the names are `proto::mirror`'s):
 //!
-//! - `jbazel/system.bazelrc`: the image's system rc; jbazel sends it as an rc source.
-//! - `jbazel/client-env`: `KEY=VALUE` lines of the pod-side client env (PATH); jbazel sends
+//! - [`mirror::SYSTEM_RC`]: the image's system rc; jbazel sends it as an rc source.
+//! - [`mirror::CLIENT_ENV`]: `KEY=VALUE` lines of the pod-side client env (PATH); jbazel sends
 //!   them as `--client_env=...` instead of the desktop's values.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Subdirectory of the output base.
-pub const DIR: &str = "jbazel";
-pub const SYSTEM_RC: &str = "system.bazelrc";
-pub const CLIENT_ENV: &str = "client-env";
+use proto::mirror;
 
 /// PATH when the pod has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -55,13 +52,13 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), PublishError> {
 
 /// Writes both files into `<out>/jbazel/` (atomically: readers never see half a file).
 pub fn publish(out: &Path, system_rc: &str, client_env: &str) -> Result<(), PublishError> {
-    let dir = out.join(DIR);
+    let dir = out.join(mirror::JBAZEL_DIR);
     std::fs::create_dir_all(&dir).map_err(|source| PublishError {
         path: dir.clone(),
         source,
     })?;
-    write_atomic(&dir.join(SYSTEM_RC), system_rc)?;
-    write_atomic(&dir.join(CLIENT_ENV), client_env)?;
+    write_atomic(&out.join(mirror::SYSTEM_RC), system_rc)?;
+    write_atomic(&out.join(mirror::CLIENT_ENV), client_env)?;
     Ok(())
 }
 
@@ -69,7 +66,7 @@ pub fn publish(out: &Path, system_rc: &str, client_env: &str) -> Result<(), Publ
 /// start: `clean --expunge` (which cannot remove a mounted output base) or a user's `rm -rf`
 /// empties it under a live server, and the server never writes them again. Reads one file.
 pub fn server_files_intact(out: &Path, request_cookie: &str) -> bool {
-    std::fs::read_to_string(out.join("server/request_cookie"))
+    std::fs::read_to_string(out.join(mirror::REQUEST_COOKIE))
         .is_ok_and(|c| c.trim() == request_cookie)
 }
 
@@ -88,12 +85,12 @@ mod tests {
     fn publishes_both_files() {
         let t = tempfile::tempdir().expect("tempdir");
         publish(t.path(), "build --x\n", "PATH=/bin\n").expect("publish");
-        let rc = std::fs::read_to_string(t.path().join("jbazel/system.bazelrc")).expect("rc");
-        let env = std::fs::read_to_string(t.path().join("jbazel/client-env")).expect("env");
+        let rc = std::fs::read_to_string(t.path().join(mirror::SYSTEM_RC)).expect("rc");
+        let env = std::fs::read_to_string(t.path().join(mirror::CLIENT_ENV)).expect("env");
         assert_eq!((rc.as_str(), env.as_str()), ("build --x\n", "PATH=/bin\n"));
         // Again: overwrites, no temp files left behind.
         publish(t.path(), "build --y\n", "PATH=/bin\n").expect("publish again");
-        let names: Vec<_> = std::fs::read_dir(t.path().join("jbazel"))
+        let names: Vec<_> = std::fs::read_dir(t.path().join(mirror::JBAZEL_DIR))
             .expect("dir")
             .map(|e| e.expect("entry").file_name())
             .collect();
@@ -104,8 +101,8 @@ mod tests {
     fn server_files_are_intact_only_with_the_same_cookie() {
         let t = tempfile::tempdir().expect("tempdir");
         assert!(!server_files_intact(t.path(), "c1"), "missing");
-        std::fs::create_dir_all(t.path().join("server")).expect("mkdir");
-        std::fs::write(t.path().join("server/request_cookie"), "c1\n").expect("write");
+        std::fs::create_dir_all(t.path().join(mirror::SERVER_DIR)).expect("mkdir");
+        std::fs::write(t.path().join(mirror::REQUEST_COOKIE), "c1\n").expect("write");
         assert!(server_files_intact(t.path(), "c1"));
         assert!(!server_files_intact(t.path(), "c2"), "another server's");
     }

@@ -4,27 +4,25 @@
 //! jittered exponential backoff ([`after_failure`]) within a bounded budget, then given up
 //! with one error: the push is only the fast path. The orchestrator also marks the row READY
 //! from the pod's Ready condition (the readiness probe on `/readyz`), so a lost push delays
-//! readiness by a probe period and a watch event, nothing more (design: "two paths, one
-//! truth"). Without a usable `POD_IP` nothing is sent at all: a report without the pod's
+//! readiness by a probe period and a watch event, nothing more: the push is for speed, the
+//! pod's condition is the truth. Without a usable `POD_IP` nothing is sent at all: a report without the pod's
 //! address would only be refused or, worse, point jbazel nowhere.
 
 use proto::error_chain::ErrorChain;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::ReportReadyRequest;
+use proto::pod::env;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
-use crate::backoff::backoff;
 use crate::config::{Identity, ReportSettings};
+use proto::backoff::{jitter, Backoff};
 
-/// First retry delay (before jitter); doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest pause between two attempts (before jitter).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The pauses between attempts: 0.5 s (before jitter), doubling up to 10 s.
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 /// At most this many calls per readiness transition. With the delays above (each between
 /// half and all of 0.5, 1, 2, 4, 8, 10, 10, ... s) ten attempts span about 28-56 s of
 /// pauses: long enough to ride out an orchestrator restart, short enough that a pod does
@@ -47,37 +45,21 @@ pub enum Next {
 }
 
 /// After failed attempt number `attempt` (1-based), begun `elapsed` after the first one:
-/// retry after the backoff scaled by `jitter` (in [0, 1]: between half and all of it, so
-/// the pods of a restarted orchestrator do not call back in step), or give up after
-/// [`MAX_ATTEMPTS`] or when the pause would end past [`BUDGET`]. Pure.
+/// retry after [`BACKOFF`]'s pause for `jitter` (in [0, 1]: between half and all of the
+/// ceiling, so the pods of a restarted orchestrator do not call back in step), or give up
+/// after [`MAX_ATTEMPTS`] or when the pause would end past [`BUDGET`]. Pure.
 pub fn after_failure(attempt: u32, elapsed: Duration, jitter: f64) -> Next {
     if attempt >= MAX_ATTEMPTS {
         return Next::GiveUp;
     }
-    let full = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
-    let jitter = if jitter.is_finite() {
-        jitter.clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
-    let delay = full.mul_f64(0.5 + 0.5 * jitter);
+    // A NaN would survive the policy's clamp (and panic in Duration::mul_f64): the longest.
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter };
+    let delay = BACKOFF.pause(attempt, jitter);
     if elapsed.saturating_add(delay) >= BUDGET {
         Next::GiveUp
     } else {
         Next::Retry(delay)
     }
-}
-
-/// A number in [0, 1) that differs between processes and calls (std's per-process random
-/// hash keys; jitter needs no better randomness).
-fn jitter() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Why no report can be sent for this POD_IP.
@@ -117,12 +99,8 @@ pub fn request(id: &Identity, r: &ReportSettings, command_port: u16) -> ReportRe
     }
 }
 
-/// The env var naming the pod's bound service-account token (audience: the orchestrator).
-pub const TOKEN_FILE_ENV: &str = "JBAZEL_TOKEN_FILE";
-/// The env var holding the PEM CA bundle that verifies an `https://` orchestrator.
-pub const ORCHESTRATOR_CA_ENV: &str = "ORCHESTRATOR_CA_PEM";
-
-/// The orchestrator's endpoint; `https://` verifies it with [`ORCHESTRATOR_CA_ENV`] (else
+/// The orchestrator's endpoint; `https://` verifies it with the CA bundle in
+/// [`env::ORCHESTRATOR_CA_PEM`] (else
 /// the system roots are not consulted: the CA must be given).
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let ep = Endpoint::from_shared(addr.to_owned())?;
@@ -130,7 +108,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         return Ok(ep);
     }
     let mut tls = tonic::transport::ClientTlsConfig::new();
-    if let Some(ca) = std::env::var(ORCHESTRATOR_CA_ENV)
+    if let Some(ca) = std::env::var(env::ORCHESTRATOR_CA_PEM)
         .ok()
         .filter(|c| !c.trim().is_empty())
     {
@@ -141,7 +119,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 
 /// The bound token, if the pod has one (`None` outside a platform pod).
 fn bound_token() -> Result<Option<String>, std::io::Error> {
-    let Some(path) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) else {
+    let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
     let token = std::fs::read_to_string(&path)?;
@@ -315,14 +293,6 @@ mod tests {
         }
         assert_eq!(attempts, MAX_ATTEMPTS);
         assert!(elapsed < BUDGET, "{elapsed:?}");
-    }
-
-    #[test]
-    fn jitter_is_a_fraction() {
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j), "{j}");
-        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The seccomp filter of everything after the pivot (Bazel and every build action).
 //!
 //! The container itself runs `Unconfined`: the container runtime's RuntimeDefault profile
-//! refuses unshare(2) and mount(2) even with CAP_SYS_ADMIN on this cluster (environment.md),
-//! and the pivot needs both. So the supervisor confines what it starts instead, after the
+//! refuses unshare(2) and mount(2) even with CAP_SYS_ADMIN (`unshare -m` fails under it in a
+//! pod of the local cluster), and the pivot needs both. So the supervisor confines what it starts instead, after the
 //! pivot, with this tailored filter on top of the dropped capabilities and no_new_privs:
 //! the syscalls a build never needs and an escape always does fail with EPERM:
 //! - new namespaces and mounts: `unshare`, `setns`, `clone` with any `CLONE_NEW*` flag

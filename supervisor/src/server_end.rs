@@ -24,6 +24,8 @@
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
+use proto::mirror::ABRUPT_EXIT_FILE;
+
 use crate::reaper::ExitInfo;
 
 /// What Bazel logs (java.log) when it shuts down for idleness.
@@ -35,10 +37,6 @@ pub const CRASH_LOG_LINE: &str = "Cleaning up in crash: DetailedExitCode{exitCod
 pub const OOM_CRASH: &str = "OOM_ERROR";
 /// Bazel's exit status for "ran out of memory" (`ExitCode.OOM_ERROR`).
 pub const BAZEL_OOM_EXIT: i32 = 33;
-/// The file Bazel's client reads for a server that died mid-command: Bazel 4.2.3 writes it in
-/// the output base itself (measured), and its client reads and then deletes it there.
-pub const ABRUPT_EXIT_FILE: &str = "exit_code_to_use_on_abrupt_exit";
-/// Where jbazel reads it today (its mirror module); written too, so both readers agree.
 /// How much of the end of java.log is searched for [`IDLE_LOG_LINE`] and [`CRASH_LOG_LINE`];
 /// both are among the last lines a server writes.
 const JAVA_LOG_TAIL: u64 = 64 * 1024;
@@ -87,7 +85,7 @@ pub struct EndFacts {
     pub oom_kills_after: Option<u64>,
 }
 
-/// Why the server ended.
+/// Why the server ended ([`crate::jobs::after_end`] decides what follows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEnd {
     /// Idle for `--max_idle_secs`: the pod's work is done (the supervisor exits 0).
@@ -136,11 +134,6 @@ pub fn classify(f: &EndFacts) -> ServerEnd {
 }
 
 impl ServerEnd {
-    /// Whether the supervisor starts a new server (everything but the idle exit).
-    pub fn restarts(&self) -> bool {
-        *self != ServerEnd::Idle
-    }
-
     /// Whether this counts against the crash-loop backoff (a clean exit 0 does not).
     pub fn is_failure(&self) -> bool {
         !matches!(self, ServerEnd::Idle | ServerEnd::ShutDown)
@@ -189,11 +182,6 @@ fn signal_name(s: i32) -> String {
         .unwrap_or_else(|_| s.to_string())
 }
 
-/// The termination message of the idle exit. Pure.
-pub fn idle_message(idle_timeout_secs: u32) -> String {
-    format!("idle: no command for {idle_timeout_secs} s")
-}
-
 /// Is `name` the java.log of server `pid`? Bazel names it
 /// `java.log.<host>.<user>.log.java.<yyyymmdd-hhmmss>.<pid>`. Pure.
 pub fn is_java_log_of(name: &str, pid: i32) -> bool {
@@ -218,7 +206,7 @@ pub fn java_log_of(out: &Path, pid: i32) -> Option<PathBuf> {
         .map(|n| out.join(n))
 }
 
-/// How server `pid`'s java.log ends ([`log_end`] of its last [`JAVA_LOG_TAIL`] bytes).
+/// How server `pid`'s java.log ends ([`log_end`] of its last 64 KiB).
 pub fn read_log_end(out: &Path, pid: i32) -> LogEnd {
     let Some(path) = java_log_of(out, pid) else {
         return LogEnd::Nothing;
@@ -248,7 +236,8 @@ pub struct WriteError {
 }
 
 /// Writes `code` as the abrupt-exit code where Bazel's client and jbazel read it (the output
-/// base's `exit_code_to_use_on_abrupt_exit`), unless the file is there already (Bazel wrote
+/// base's [`ABRUPT_EXIT_FILE`]: Bazel 4.2.3 writes it in the output base itself, measured, and
+/// its client reads and then deletes it there), unless the file is there already (Bazel wrote
 /// its own). Returns the files written.
 pub fn write_abrupt_exit_code(out: &Path, code: i32) -> Result<Vec<PathBuf>, WriteError> {
     let mut written = Vec::new();
@@ -398,8 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn what_restarts_and_what_counts_as_failure() {
-        assert!(!ServerEnd::Idle.restarts());
+    fn what_counts_as_failure() {
         assert!(!ServerEnd::Idle.is_failure());
         // (end, exit status it stands for)
         let cases = [
@@ -419,7 +407,6 @@ mod tests {
             (ServerEnd::Vanished, None),
         ];
         for (e, status) in cases {
-            assert!(e.restarts(), "{e:?}");
             assert_eq!(e.is_failure(), e != ServerEnd::ShutDown, "{e:?}");
             assert_eq!(e.status(), status, "{e:?}");
         }
@@ -441,7 +428,6 @@ mod tests {
             .contains("Bazel's own out-of-memory exit"));
         assert_eq!(ServerEnd::Killed(9).describe(), "killed by signal SIGKILL");
         assert_eq!(ServerEnd::Killed(99).describe(), "killed by signal 99");
-        assert_eq!(idle_message(3), "idle: no command for 3 s");
     }
 
     #[test]

@@ -135,8 +135,8 @@ fn bad_inputs_are_refused_without_side_effects() {
             &[][..],
         ] {
             let mut cmd = fs.supervisor();
-            cmd.env("USER_ID", &c.user)
-                .env("REPO_HASH", &c.hash)
+            cmd.env(pod_env::USER_ID, &c.user)
+                .env(pod_env::REPO_HASH, &c.hash)
                 .env("HEALTH_ADDR", format!("127.0.0.1:{}", free_port()))
                 .args(args);
             let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
@@ -179,7 +179,7 @@ fn bad_inputs_are_refused_without_side_effects() {
 fn missing_root_and_missing_system_rc() {
     let fs = Filestore::new();
     let mut c = fs.supervisor();
-    c.env("MOCK_FILESTORE_PATH", "/nonexistent/jbazel-filestore")
+    c.env(pod_env::FILESTORE_ROOT, "/nonexistent/jbazel-filestore")
         .args(["run", "--", "true"]);
     let (status, _, stderr) = run_to_end(c, Duration::from_secs(20));
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -201,7 +201,7 @@ fn missing_root_and_missing_system_rc() {
 fn missing_user_id_is_named() {
     let fs = Filestore::new();
     let mut c = fs.supervisor();
-    c.env_remove("USER_ID").args(["run", "--", "true"]);
+    c.env_remove(pod_env::USER_ID).args(["run", "--", "true"]);
     let (status, _, stderr) = run_to_end(c, Duration::from_secs(20));
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("USER_ID is not set"), "{stderr}");
@@ -214,7 +214,7 @@ fn invalid_idle_timeout_is_refused_before_anything_happens() {
     let before = fs.snapshot();
     for bad in ["0", "-1", "3h", "99999999999"] {
         let mut c = fs.supervisor();
-        c.env("IDLE_TIMEOUT_SECS", bad)
+        c.env(pod_env::IDLE_TIMEOUT_SECS, bad)
             .env("SYSTEM_BAZELRC", &rc)
             .env("HEALTH_ADDR", format!("127.0.0.1:{}", free_port()));
         let (status, _, stderr) = run_to_end(c, Duration::from_secs(20));

@@ -85,9 +85,9 @@ fn start_orchestrator(rt: &tokio::runtime::Runtime, svc: RecordingOrchestrator) 
 /// Ping the server ourselves with the cookies from the output base.
 fn ping(rt: &tokio::runtime::Runtime, out: &std::path::Path, port: u16) -> Result<(), String> {
     let req_cookie =
-        std::fs::read_to_string(out.join("server/request_cookie")).map_err(|e| e.to_string())?;
+        std::fs::read_to_string(out.join(mirror::REQUEST_COOKIE)).map_err(|e| e.to_string())?;
     let resp_cookie =
-        std::fs::read_to_string(out.join("server/response_cookie")).map_err(|e| e.to_string())?;
+        std::fs::read_to_string(out.join(mirror::RESPONSE_COOKIE)).map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut c = CommandServerClient::connect(format!("http://127.0.0.1:{port}"))
             .await
@@ -115,8 +115,8 @@ struct Setup {
 fn start_supervisor(mode: &str, orchestrator: Option<&str>) -> Setup {
     let fs = Filestore::new();
     let rc = fs.with_sample_workspace();
-    let mut env = vec![("POD_NAME", "bazel-server-alice-01234567")];
-    env.extend(orchestrator.map(|addr| ("ORCHESTRATOR_ADDR", addr)));
+    let mut env = vec![(pod_env::POD_NAME, "bazel-server-alice-01234567")];
+    env.extend(orchestrator.map(|addr| (pod_env::ORCHESTRATOR_ADDR, addr)));
     let sup = fs.start_bazel_job_in(mode, &rc, "supervisor.log", &env);
     Setup { fs, sup, rc }
 }
@@ -225,10 +225,9 @@ fn direct_mode_ready_ping_restart_and_clean_shutdown() {
     );
 
     // Published for jbazel.
-    let rc =
-        std::fs::read_to_string(s.sup.out.join("jbazel/system.bazelrc")).expect("rc published");
+    let rc = std::fs::read_to_string(s.sup.out.join(mirror::SYSTEM_RC)).expect("rc published");
     assert_eq!(rc, std::fs::read_to_string(&s.rc).expect("rc"));
-    let env = std::fs::read_to_string(s.sup.out.join("jbazel/client-env")).expect("env published");
+    let env = std::fs::read_to_string(s.sup.out.join(mirror::CLIENT_ENV)).expect("env published");
     assert!(env.starts_with("PATH=/"), "{env}");
 
     // Pushed to the orchestrator.
@@ -382,7 +381,7 @@ fn bazel_runs_as_the_tree_owner(mode: &str) {
         mode,
         &rc,
         "supervisor.log",
-        &[("POD_NAME", "bazel-server-alice-owner")],
+        &[(pod_env::POD_NAME, "bazel-server-alice-owner")],
     );
     let command_port = sup.command_port;
     assert!(
@@ -424,10 +423,10 @@ fn bazel_runs_as_the_tree_owner(mode: &str) {
 
     // Everything in out/ is the owner's: Bazel's files, bazel-out, and the supervisor's.
     for f in [
-        "jbazel",
-        "jbazel/server.lock",
-        "jbazel/system.bazelrc",
-        "jbazel/client-env",
+        mirror::JBAZEL_DIR,
+        supervisor::lock::LOCK_FILE,
+        mirror::SYSTEM_RC,
+        mirror::CLIENT_ENV,
     ] {
         assert!(fs.out().join(f).exists(), "{mode}: {f} missing");
     }
@@ -452,7 +451,7 @@ fn bazel_runs_as_the_tree_owner(mode: &str) {
             "{mode}: {c}"
         );
     }
-    let cookie = std::fs::read_to_string(fs.out().join("server/request_cookie")).expect("cookie");
+    let cookie = std::fs::read_to_string(fs.out().join(mirror::REQUEST_COOKIE)).expect("cookie");
     let other = std::process::Command::new("setpriv")
         .args([
             &format!("--reuid={OTHER}"),
@@ -461,7 +460,7 @@ fn bazel_runs_as_the_tree_owner(mode: &str) {
             "--",
             "cat",
         ])
-        .arg(fs.out().join("server/request_cookie"))
+        .arg(fs.out().join(mirror::REQUEST_COOKIE))
         .output()
         .expect("setpriv runs");
     assert!(

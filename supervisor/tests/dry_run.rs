@@ -99,10 +99,10 @@ fn dry_run_json_table() {
             std::process::Command::new(supervisor_bin())
         };
         cmd.args(c.args)
-            .env("USER_ID", USER)
-            .env("REPO_HASH", HASH)
-            .env("SESSION_ID", "s-1")
-            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env(pod_env::USER_ID, USER)
+            .env(pod_env::REPO_HASH, HASH)
+            .env(pod_env::SESSION_ID, "s-1")
+            .env(pod_env::FILESTORE_ROOT, fs.root())
             .env("SYSTEM_BAZELRC", &rc)
             .env("BAZEL_COMMAND_PORT", "9123");
         let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
@@ -128,11 +128,27 @@ fn dry_run_json_table() {
         assert_eq!(v["mounts"][2]["target"], "/work/src");
         assert_eq!(v["mounts"][3]["target"], "/work/out");
         assert_eq!(v["mounts"][1]["kind"], "tmpfs");
+        // The checkout is read-only in the view; the output base is not.
+        assert_eq!(v["mounts"][2]["flags"], serde_json::json!(["rec", "ro"]));
+        assert_eq!(v["mounts"][3]["flags"], serde_json::json!(["rec"]));
+        assert_eq!(
+            v["read_only"],
+            serde_json::json!(["/work/src"]),
+            "{}",
+            c.name
+        );
         let bwrap: Vec<String> = serde_json::from_value(v["bwrap_argv"].clone()).expect("argv");
         assert!(
             bwrap
                 .windows(3)
-                .any(|w| w[0] == "--bind" && w[2] == "/work/src"),
+                .any(|w| w[0] == "--ro-bind" && w[2] == "/work/src"),
+            "{}",
+            c.name
+        );
+        assert!(
+            bwrap
+                .windows(3)
+                .any(|w| w[0] == "--bind" && w[2] == "/work/out"),
             "{}",
             c.name
         );
@@ -182,7 +198,8 @@ fn dry_run_human_shows_mounts_mode_and_bwrap() {
     for want in [
         "mode:     direct".to_owned(),
         "why:      auto: CAP_SYS_ADMIN".to_owned(),
-        format!("{} -> /work/src", src.display()),
+        format!("{} -> /work/src  (rec,ro)", src.display()),
+        "read-only: /work/src (the command writes only the output base)".to_owned(),
         "tmpfs -> /work".to_owned(),
         "command:  cat /work/src/MARKER".to_owned(),
         "bwrap:    ".to_owned(),
@@ -206,9 +223,9 @@ fn dry_run_on_a_desktop_names_what_the_pod_would_need() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(supervisor_bin())
             .args(["--dry-run", "--format", format])
-            .env("USER_ID", USER)
-            .env("REPO_HASH", HASH)
-            .env("MOCK_FILESTORE_PATH", fs.root())
+            .env(pod_env::USER_ID, USER)
+            .env(pod_env::REPO_HASH, HASH)
+            .env(pod_env::FILESTORE_ROOT, fs.root())
             .env("SYSTEM_BAZELRC", &missing_rc);
         let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
         assert!(status.success(), "{format}: {status:?}\n{stderr}");
@@ -279,7 +296,7 @@ fn dry_run_prints_the_heap_and_idle_decisions() {
             cmd.args(["--dry-run", "--format", format])
                 .env("SYSTEM_BAZELRC", &rc)
                 .env("CGROUP_ROOT", root)
-                .env("IDLE_TIMEOUT_SECS", "600");
+                .env(pod_env::IDLE_TIMEOUT_SECS, "600");
             let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(20));
             assert!(status.success(), "{format}: {status:?}\n{stderr}");
             if format == "human" {

@@ -136,7 +136,7 @@ fn clean_expunge_deletes_the_lock_file_and_the_lock_is_taken_again() {
     let mut sup = fs.start_bazel_job(&rc, "expunge.log", &[]);
     assert!(sup.wait_ready(READY_DEADLINE), "not ready:\n{}", sup.logs());
     let first = sup.server_pid().expect("server pid");
-    let lock = fs.out().join("jbazel/server.lock");
+    let lock = fs.out().join(supervisor::lock::LOCK_FILE);
     assert!(lock.exists(), "no lock file");
 
     // Bazel empties the output base, then fails to remove the dir itself, a mount point in

@@ -68,6 +68,77 @@ fn pivot_round_trip(mode: &str) {
     }
 }
 
+/// The checkout is read-only in the command's view, in both modes, whoever owns the tree
+/// (root, whose command has no DAC_OVERRIDE but owns the files, or the tree's owner): every
+/// kind of write under /work/src fails with EROFS, submounts of src included, and the host's
+/// src is unchanged; /work/out stays writable.
+fn the_checkout_is_read_only(mode: &str, owner: Option<u32>) {
+    let fs = Filestore::new();
+    let sub = fs.src().join("sub");
+    std::fs::create_dir(&sub).expect("mkdir sub");
+    if let Some(uid) = owner {
+        fs.own_by(uid);
+    }
+    let before = tree_snapshot(&fs.src());
+    let script = "for op in 'echo x > /work/src/new' 'mkdir /work/src/d' 'rm /work/src/MARKER' \
+                  'touch /work/src/MARKER' 'chmod 600 /work/src/MARKER' 'ln -s x /work/src/l' \
+                  'echo x > /work/src/sub/new'; do \
+                    if err=$(sh -c \"$op\" 2>&1); then echo \"WROTE: $op\"; \
+                    else echo \"refused: $err\"; fi; \
+                  done; \
+                  echo still-writable > /work/out/written && cat /work/out/written";
+    // A submount of src (a tmpfs on src/sub), in a private mount namespace of its own so
+    // the host's table never sees it: the pivot's recursive bind brings it into the view,
+    // where it must be read-only too.
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o mode=0777 none {sub} && exec \"$@\"",
+            sub = sub.display()
+        ))
+        .arg("sh");
+    let sup = fs.run_sh(mode, script);
+    cmd.arg(sup.get_program()).args(sup.get_args());
+    cmd.env_clear()
+        .envs(sup.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let (status, stdout, stderr) = run_to_end(cmd, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{mode}: {stdout}\n{stderr}");
+    assert!(!stdout.contains("WROTE"), "{mode} {owner:?}: {stdout}");
+    let refusals: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("refused"))
+        .collect();
+    assert_eq!(refusals.len(), 7, "{mode} {owner:?}: {stdout}");
+    for r in &refusals {
+        assert!(
+            r.ends_with("Read-only file system"),
+            "{mode} {owner:?}: not EROFS: {r}"
+        );
+    }
+    assert!(stdout.ends_with("still-writable\n"), "{mode}: {stdout}");
+    assert_eq!(
+        std::fs::read_to_string(fs.out().join("written")).expect("written through"),
+        "still-writable\n"
+    );
+    assert_eq!(
+        tree_snapshot(&fs.src()),
+        before,
+        "{mode}: the host's src changed"
+    );
+}
+
+#[test]
+fn the_checkout_is_read_only_direct() {
+    the_checkout_is_read_only("direct", None);
+    the_checkout_is_read_only("direct", Some(OWNER));
+}
+
+#[test]
+fn the_checkout_is_read_only_bwrap() {
+    the_checkout_is_read_only("bwrap", None);
+    the_checkout_is_read_only("bwrap", Some(OWNER));
+}
+
 #[test]
 fn direct_mode_round_trip() {
     pivot_round_trip("direct");
@@ -124,17 +195,18 @@ fn user_namespace_mode_as_unprivileged_user() {
         "--",
         "sh",
         "-c",
-        "cat /work/src/MARKER; id -u; echo u > /work/out/userns",
+        "cat /work/src/MARKER; id -u; echo u > /work/out/userns; \
+         touch /work/src/userns 2>&1 | sed 's/.*: //'",
     ])
-    .env("USER_ID", USER)
-    .env("REPO_HASH", HASH)
-    .env("MOCK_FILESTORE_PATH", fs.root());
+    .env(pod_env::USER_ID, USER)
+    .env(pod_env::REPO_HASH, HASH)
+    .env(pod_env::FILESTORE_ROOT, fs.root());
     let (status, stdout, stderr) = run_to_end(c, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        format!("{MARKER}0\n"),
-        "uid 65534 is root inside its namespace"
+        format!("{MARKER}0\nRead-only file system\n"),
+        "uid 65534 is root inside its namespace, and its checkout is read-only there too"
     );
     assert!(stderr.contains("user_namespace=true"), "{stderr}");
     let meta = std::fs::metadata(fs.out().join("userns")).expect("written");

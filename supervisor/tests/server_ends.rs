@@ -35,7 +35,7 @@ fn an_idle_server_ends_the_pod_despite_health_checks() {
         &rc,
         "idle.log",
         &[
-            ("IDLE_TIMEOUT_SECS", &idle.to_string()),
+            (pod_env::IDLE_TIMEOUT_SECS, &idle.to_string()),
             (
                 "TERMINATION_LOG_PATH",
                 termination_log.to_str().expect("utf-8 path"),
@@ -74,7 +74,7 @@ fn an_idle_server_ends_the_pod_despite_health_checks() {
     assert!(!logs.contains("restarting"), "{logs}");
     assert_eq!(
         std::fs::read_to_string(&termination_log).expect("termination log"),
-        "idle: no command for 3 s"
+        proto::pod::idle_message(3)
     );
     assert!(!is_bazel_server(server), "server {server} still runs");
     // The lock is free again: the next command's pod can start a server at once.
@@ -140,14 +140,14 @@ fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
     // The restarted server keeps the file: its reader (the client of the command that
     // died) deletes it, as Bazel's own client does.
     assert_eq!(
-        std::fs::read_to_string(sup.out.join("exit_code_to_use_on_abrupt_exit"))
+        std::fs::read_to_string(sup.out.join(mirror::ABRUPT_EXIT_FILE))
             .ok()
             .as_deref(),
         Some("33")
     );
 
     // Bazel's own out-of-memory exit: the heap fills while the package loads.
-    std::fs::remove_file(sup.out.join("exit_code_to_use_on_abrupt_exit")).expect("rm");
+    std::fs::remove_file(sup.out.join(mirror::ABRUPT_EXIT_FILE)).expect("rm");
     let second = sup.server_pid().expect("second server");
     let result = run_command(&sup.out, sup.command_port, &["query", "//oom:all"]).map(|r| r.0);
     assert!(
@@ -174,7 +174,7 @@ fn heap_from_the_memory_limit_oom_kill_and_bazels_own_oom_exit() {
     // Bazel told the client itself, one of its two ways: the command's exit code (an OOM in
     // the command's thread; the server then exits 0), or its own abrupt-exit file (an OOM
     // elsewhere halts the server with 33). The supervisor wrote nothing this time.
-    let file = std::fs::read_to_string(sup.out.join("exit_code_to_use_on_abrupt_exit")).ok();
+    let file = std::fs::read_to_string(sup.out.join(mirror::ABRUPT_EXIT_FILE)).ok();
     assert!(
         result == Ok(33) || file.as_deref() == Some("33"),
         "command {result:?}, abrupt-exit file {file:?}"
@@ -263,7 +263,7 @@ fn a_real_oom_kill_by_the_kernel_is_named_and_restarted() {
         .env("BAZEL_COMMAND_PORT", command_port.to_string())
         .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
         .env("HEALTH_INTERVAL_SECS", "1")
-        .env("POD_IP", "127.0.0.1")
+        .env(pod_env::POD_IP, "127.0.0.1")
         .env("CGROUP_ROOT", &root);
     let mut sup = Running::start(
         cmd,
@@ -286,7 +286,7 @@ fn a_real_oom_kill_by_the_kernel_is_named_and_restarted() {
     });
     assert!(named, "no OOM kill named:\n{}", sup.logs());
     assert_eq!(
-        std::fs::read_to_string(sup.out.join("exit_code_to_use_on_abrupt_exit"))
+        std::fs::read_to_string(sup.out.join(mirror::ABRUPT_EXIT_FILE))
             .ok()
             .as_deref(),
         Some("33")

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub use proto::mirror;
+pub use proto::pod::env as pod_env;
 pub use testkit::wait_until;
 
 /// A free loopback port (see `testkit::free_port`); panics in a test that cannot get one.
@@ -152,9 +154,9 @@ impl Filestore {
                 std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
             )
             .env("RUST_LOG", "info,supervisor=debug")
-            .env("USER_ID", USER)
-            .env("REPO_HASH", HASH)
-            .env("MOCK_FILESTORE_PATH", self.root());
+            .env(pod_env::USER_ID, USER)
+            .env(pod_env::REPO_HASH, HASH)
+            .env(pod_env::FILESTORE_ROOT, self.root());
         c
     }
 
@@ -183,17 +185,17 @@ impl Filestore {
         let health_port = free_port();
         let command_port = free_port();
         let mut cmd = self.supervisor();
-        cmd.env("SESSION_ID", "session-1")
+        cmd.env(pod_env::SESSION_ID, "session-1")
             .env(
-                "POD_NAME",
+                pod_env::POD_NAME,
                 format!("bazel-server-{}", log_name.trim_end_matches(".log")),
             )
-            .env("POD_IP", "127.0.0.1")
+            .env(pod_env::POD_IP, "127.0.0.1")
             .env("SYSTEM_BAZELRC", rc)
             .env("BAZEL_COMMAND_PORT", command_port.to_string())
             .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
             .env("HEALTH_INTERVAL_SECS", "1")
-            .env("GRACE_PERIOD_SECS", "20")
+            .env(pod_env::GRACE_PERIOD_SECS, "20")
             .args(["--mode", mode]);
         for (k, v) in env {
             cmd.env(k, v);
@@ -520,7 +522,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// when the server died mid-command.
 pub fn run_command(out: &Path, port: u16, args: &[&str]) -> Result<(i32, String), String> {
     let cookie =
-        std::fs::read_to_string(out.join("server/request_cookie")).map_err(|e| e.to_string())?;
+        std::fs::read_to_string(out.join(mirror::REQUEST_COOKIE)).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut c = proto::command_server::command_server_client::CommandServerClient::connect(

@@ -4,9 +4,14 @@
 //! enters that view (and why), and the equivalent `bwrap` argv. `supervisor --dry-run` prints
 //! it; [`crate::pivot`] carries it out.
 //!
-//! Architecture invariant: no I/O here ([`HostFacts::detect`] is the one probe, kept apart).
+//! Three parts: [`facts`] reads what the plan is made from (the one I/O, kept apart), this
+//! module makes the plan (pure), and [`render`] shows it for `--dry-run` (pure).
+//!
+//! Architecture invariant: no I/O here or in [`render`].
 
-use std::fmt::Write as _;
+pub mod facts;
+pub mod render;
+
 use std::path::{Path, PathBuf};
 
 use proto::names::{RepoHash, SessionId, UserId};
@@ -17,96 +22,19 @@ use crate::cli::ModeRequest;
 use crate::config::{BazelSettings, Config, Job};
 use crate::owner::{self, CannotSwitch, RunAs};
 
+pub use facts::{HostFacts, ImageFacts, SECRET_DIRS};
+pub use render::{render_capabilities, render_needs, shell_quote};
+
 /// Where the pivoted view lives (a tmpfs, so the host's `/work` is never touched).
 pub const WORK: &str = "/work";
-/// The user's source, bound from `R/U/H/src`.
+/// The user's source, bound read-only from `R/U/H/src`: the checkout is the desktop's, and
+/// neither Bazel nor a build action may change it (they write only the output base).
 pub const WORK_SRC: &str = "/work/src";
 /// Bazel's output base, bound from `R/U/H/out`.
 pub const WORK_OUT: &str = "/work/out";
 /// bwrap mode: the supervisor binary, bound read-only into the view, where it drops the
 /// command's privileges (`drop-privileges`) after bwrap has made the mounts.
 pub const WORK_HELPER: &str = "/work/.supervisor";
-
-/// What the host allows; gathered once by [`HostFacts::detect`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostFacts {
-    /// Effective uid (mapped to 0 in a user namespace).
-    pub euid: u32,
-    /// Effective gid.
-    pub egid: u32,
-    /// CAP_SYS_ADMIN is in the effective set: `unshare(CLONE_NEWNS)` + `mount` work.
-    pub cap_sys_admin: bool,
-    /// The kernel lets this process create a user namespace.
-    pub user_namespaces: bool,
-    /// Where bwrap was found on PATH, if it was.
-    pub bwrap: Option<PathBuf>,
-    /// CAP_SETUID and CAP_SETGID are in the effective set: Bazel can run as the tree's owner.
-    pub cap_setuid_setgid: bool,
-    /// This supervisor binary (bwrap mode runs it in the view to drop privileges).
-    pub exe: Option<PathBuf>,
-    /// The pod's secret dirs that exist here ([`SECRET_DIRS`]): hidden from the command.
-    pub secret_dirs: Vec<PathBuf>,
-}
-
-/// Where a pod keeps credentials (the bound token for ReportReady is under the first):
-/// only the supervisor reads them; the command's view covers them like R.
-pub const SECRET_DIRS: &[&str] = &["/var/run/secrets", "/run/secrets"];
-
-impl HostFacts {
-    /// Reads capabilities (caps crate), the user-namespace sysctls and PATH. Reads only.
-    pub fn detect(bwrap: &Path) -> HostFacts {
-        let cap_sys_admin = caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_SYS_ADMIN,
-        )
-        .unwrap_or(false);
-        let read_num = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-        };
-        let user_namespaces = read_num("/proc/sys/user/max_user_namespaces").unwrap_or(0) > 0
-            // Debian's knob; absent on kernels without the patch.
-            && read_num("/proc/sys/kernel/unprivileged_userns_clone").unwrap_or(1) != 0;
-        let has = |c| caps::has_cap(None, caps::CapSet::Effective, c).unwrap_or(false);
-        HostFacts {
-            euid: nix::unistd::geteuid().as_raw(),
-            egid: nix::unistd::getegid().as_raw(),
-            cap_sys_admin,
-            user_namespaces,
-            bwrap: find_executable(bwrap),
-            cap_setuid_setgid: has(caps::Capability::CAP_SETUID)
-                && has(caps::Capability::CAP_SETGID),
-            exe: std::env::current_exe().ok(),
-            secret_dirs: {
-                // /var/run is often a link to /run: one canonical path each.
-                let mut dirs: Vec<PathBuf> = SECRET_DIRS
-                    .iter()
-                    .filter_map(|p| std::fs::canonicalize(p).ok())
-                    .filter(|p| p.is_dir())
-                    .collect();
-                dirs.sort();
-                dirs.dedup();
-                dirs
-            },
-        }
-    }
-}
-
-fn find_executable(name: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if name.components().count() > 1 {
-        return is_exec(name).then(|| name.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_exec(p))
-}
 
 /// How the pivoted view is entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -238,6 +166,9 @@ pub struct MountPlan {
     /// Paths covered by an empty read-only tmpfs after the binds (the filestore root):
     /// the command sees its own src and out, nothing else of R.
     pub hidden: Vec<PathBuf>,
+    /// Binds of the view made read-only, submounts included ([`WORK_SRC`]): the command
+    /// writes only the output base.
+    pub read_only: Vec<PathBuf>,
     pub cwd: &'static str,
     /// What runs in the pivoted view (the Bazel client starting the server, or `run`'s CMD).
     pub command: Vec<String>,
@@ -316,8 +247,9 @@ pub fn server_start_argv(b: &BazelSettings, home: Option<&Path>) -> Vec<String> 
 
 /// The bwrap argv for the same binds, ending with `--` and `command`.
 ///
-/// `--dev-bind / /` keeps the host's `/dev` and `/proc`: a fresh `--proc` fails in pods that
-/// are not privileged (environment.md), and Bazel needs neither fresh.
+/// `--dev-bind / /` keeps the host's `/dev` and `/proc`: bwrap's fresh `--proc` fails ("Can't
+/// mount proc") in a pod with CAP_SYS_ADMIN that is not `privileged`, and Bazel needs neither
+/// fresh.
 pub fn bwrap_argv(
     bwrap: &Path,
     src: &Path,
@@ -358,7 +290,8 @@ pub fn bwrap_argv(
         [
             "--tmpfs",
             WORK,
-            "--bind",
+            // Read-only, submounts too.
+            "--ro-bind",
             &src.display().to_string(),
             WORK_SRC,
             "--bind",
@@ -485,7 +418,7 @@ pub fn plan(
             kind: MountKind::Bind,
             source: Some(cfg.dirs.src.clone()),
             target: PathBuf::from(WORK_SRC),
-            flags: vec!["rec"],
+            flags: vec!["rec", "ro"],
         },
         MountStep {
             kind: MountKind::Bind,
@@ -544,6 +477,7 @@ pub fn plan(
             &command,
         ),
         hidden,
+        read_only: vec![PathBuf::from(WORK_SRC)],
         mounts,
         cwd: WORK_SRC,
         command,
@@ -553,135 +487,6 @@ pub fn plan(
         bazel_home,
         env,
     })
-}
-
-/// Quotes one word for a POSIX shell when it needs it (for display only).
-pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b));
-    if safe {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-fn join_argv(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-impl MountPlan {
-    /// The plan for a person.
-    pub fn render_human(&self) -> String {
-        let mut s = String::new();
-        let mode = match (self.mode.mode, self.mode.user_namespace) {
-            (Mode::Direct, false) => "direct (new mount namespace)",
-            (Mode::Direct, true) => "direct (new user + mount namespace)",
-            (Mode::Bwrap, _) => "bwrap (children run under bubblewrap)",
-        };
-        let _ = writeln!(s, "mode:     {mode}");
-        let _ = writeln!(s, "why:      {}", self.mode.reason);
-        let _ = writeln!(
-            s,
-            "user:     {}  repo: {}  session: {}",
-            self.user_id,
-            self.repo_hash,
-            self.session_id.as_deref().unwrap_or("-")
-        );
-        if let (Some(u), Some(g)) = (&self.uid_map, &self.gid_map) {
-            let _ = writeln!(s, "id maps:  uid {u}, gid {g}");
-        }
-        let _ = writeln!(
-            s,
-            "mounts (in a new mount namespace; the host's mount table is unchanged):"
-        );
-        for (i, m) in self.mounts.iter().enumerate() {
-            let kind = match m.kind {
-                MountKind::MakeRprivate => "make-rprivate",
-                MountKind::Tmpfs => "tmpfs",
-                MountKind::Bind => "bind",
-                MountKind::Hide => "hide",
-            };
-            let what = match &m.source {
-                Some(src) => format!("{} -> {}", src.display(), m.target.display()),
-                None => m.target.display().to_string(),
-            };
-            let _ = writeln!(s, "  {}. {kind:<13} {what}  ({})", i + 1, m.flags.join(","));
-        }
-        let _ = writeln!(s, "cwd:      {}", self.cwd);
-        let _ = writeln!(
-            s,
-            "command:  {}\n          (no capabilities: all dropped, bounding set too, no_new_privs)",
-            join_argv(&self.command)
-        );
-        let _ = writeln!(
-            s,
-            "run as:   uid {} gid {}{}: {}",
-            self.run_as.uid,
-            self.run_as.gid,
-            if self.run_as.switch {
-                " (switched to before exec; the supervisor writes out/ as them)"
-            } else {
-                ""
-            },
-            self.run_as.reason
-        );
-        if !self.env.is_empty() {
-            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(s, "env:      {}", join_argv(&env));
-        }
-        if let Some(server) = &self.server {
-            let _ = writeln!(
-                s,
-                "server:   output base {}, command port 127.0.0.1:{}, idle timeout {} s, system rc {}",
-                server.output_base,
-                server.command_port,
-                server.idle_timeout_secs,
-                server.system_bazelrc.display()
-            );
-            let heap = match server.heap.xmx_mib {
-                Some(n) => format!("-Xmx{n}m"),
-                None => "no -Xmx".to_owned(),
-            };
-            let _ = writeln!(s, "heap:     {heap}: {}", server.heap.reason);
-            if let Some(w) = &server.heap.warning {
-                let _ = writeln!(s, "          warning: {w}");
-            }
-        }
-        let _ = writeln!(s, "bwrap:    {}", join_argv(&self.bwrap_argv));
-        s
-    }
-}
-
-/// Facts about the files the pod's image provides, read on this host (reads only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageFacts {
-    /// The system bazelrc, and why it cannot be used here (None: it can).
-    pub system_bazelrc: PathBuf,
-    pub system_bazelrc_problem: Option<String>,
-    /// The Bazel client, and whether it resolves to an executable here.
-    pub bazel: PathBuf,
-    pub bazel_found: bool,
-}
-
-impl ImageFacts {
-    /// Checks the system bazelrc and the Bazel client (`PATH` lookup for a bare name).
-    pub fn detect(system_bazelrc: &Path, bazel: &Path) -> ImageFacts {
-        ImageFacts {
-            system_bazelrc: system_bazelrc.to_path_buf(),
-            system_bazelrc_problem: match crate::config::read_system_rc(system_bazelrc) {
-                Ok(_) => None,
-                Err(crate::config::ConfigError::SystemRc { reason, .. }) => Some(reason),
-                Err(e) => Some(proto::error_chain::ErrorChain(&e).to_string()),
-            },
-            bazel: bazel.to_path_buf(),
-            bazel_found: find_executable(bazel).is_some(),
-        }
-    }
 }
 
 /// One thing the pod needs, and whether this host has it (`--dry-run` lists them).
@@ -735,29 +540,8 @@ pub fn needs(host: &HostFacts, image: &ImageFacts, mode: &ModeChoice) -> Vec<Nee
     ]
 }
 
-/// The supervisor's capabilities ([`owner::POD_CAPABILITIES`]) as `--dry-run` prints them.
-pub fn render_capabilities() -> String {
-    let mut s = String::from(
-        "the supervisor needs these capabilities (the pod's securityContext; Bazel and its actions get none):\n",
-    );
-    for (cap, why) in owner::POD_CAPABILITIES {
-        let _ = writeln!(s, "  CAP_{cap:<15} {why}");
-    }
-    s
-}
-
-/// `needs` as `--dry-run` prints them.
-pub fn render_needs(needs: &[Need]) -> String {
-    let mut s = String::from("the pod needs (as seen on this host):\n");
-    for n in needs {
-        let mark = if n.have { "ok     " } else { "MISSING" };
-        let _ = writeln!(s, "  {mark} {}: {}", n.what, n.detail);
-    }
-    s
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::{Identity, RepoDirs, ReportSettings};
 
@@ -806,7 +590,7 @@ mod tests {
         assert!(all.iter().all(|n| n.have), "{all:?}");
     }
 
-    fn facts(cap: bool, userns: bool, bwrap: bool) -> HostFacts {
+    pub(super) fn facts(cap: bool, userns: bool, bwrap: bool) -> HostFacts {
         HostFacts {
             euid: 1000,
             egid: 1000,
@@ -820,7 +604,7 @@ mod tests {
     }
 
     /// A root supervisor (uid 0) with the capabilities, or without SETUID/SETGID.
-    fn root_facts(can_switch: bool) -> HostFacts {
+    pub(super) fn root_facts(can_switch: bool) -> HostFacts {
         HostFacts {
             euid: 0,
             egid: 0,
@@ -829,13 +613,13 @@ mod tests {
         }
     }
 
-    fn owned_by(job: Job, uid: u32) -> Config {
+    pub(super) fn owned_by(job: Job, uid: u32) -> Config {
         let mut c = config(job);
         c.dirs.owner = crate::owner::Owner { uid, gid: uid };
         c
     }
 
-    fn config(job: Job) -> Config {
+    pub(super) fn config(job: Job) -> Config {
         let repo = PathBuf::from("/fs/alice/0123456789abcdef0123456789abcdef");
         Config {
             identity: Identity {
@@ -975,6 +759,19 @@ mod tests {
             assert_eq!(p.hidden, [PathBuf::from("/fs")], "case {i}");
             assert_eq!(p.mounts[2].source.as_deref(), Some(p.src.as_path()));
             assert_eq!(p.mounts[3].source.as_deref(), Some(p.out.as_path()));
+            // The checkout is read-only in the view, the output base is not.
+            assert_eq!(p.mounts[2].flags, ["rec", "ro"], "case {i}");
+            assert_eq!(p.mounts[3].flags, ["rec"], "case {i}");
+            assert_eq!(p.read_only, [PathBuf::from(WORK_SRC)], "case {i}");
+            let bw = p.bwrap_argv.join(" ");
+            assert!(
+                bw.contains(&format!("--ro-bind {} {WORK_SRC} ", p.src.display())),
+                "case {i}: {bw}"
+            );
+            assert!(
+                bw.contains(&format!("--bind {} {WORK_OUT} ", p.out.display())),
+                "case {i}: {bw}"
+            );
             // The bwrap form ends with the same command.
             let tail = &p.bwrap_argv[p.bwrap_argv.len() - p.command.len()..];
             assert_eq!(tail, p.command.as_slice(), "case {i}");
@@ -1066,7 +863,10 @@ mod tests {
             ),
             "{s}"
         );
-        assert!(s.contains("--bind /fs/a/src /work/src --bind /fs/a/out /work/out"));
+        assert!(
+            s.contains("--ro-bind /fs/a/src /work/src --bind /fs/a/out /work/out"),
+            "{s}"
+        );
         assert!(s.ends_with("--chdir /work/src -- true"));
     }
 
@@ -1189,40 +989,5 @@ mod tests {
             .expect_err(parent);
             assert!(err.to_string().contains(why), "{parent}: {err}");
         }
-    }
-
-    #[test]
-    fn human_and_json_renderings() {
-        let p = plan(
-            &config(Job::Serve),
-            ModeRequest::Auto,
-            &facts(true, false, true),
-            Path::new("bwrap"),
-        )
-        .expect("plan");
-        let h = p.render_human();
-        assert!(h.contains("mode:     direct (new mount namespace)"), "{h}");
-        assert!(h.contains("-> /work/src"), "{h}");
-        assert!(h.contains("bwrap:    /usr/bin/bwrap"), "{h}");
-        assert!(h.contains("idle timeout 10800 s"), "{h}");
-        assert!(
-            h.contains("heap:     -Xmx3072m: 75% of the container's memory limit of 4096 MiB"),
-            "{h}"
-        );
-        let v: serde_json::Value = serde_json::to_value(&p).expect("json");
-        assert_eq!(v["mode"], "direct");
-        assert_eq!(v["user_namespace"], false);
-        assert_eq!(v["mounts"][1]["kind"], "tmpfs");
-        assert_eq!(v["server"]["command_port"], 9001);
-        assert_eq!(v["server"]["idle_timeout_secs"], 10_800);
-        assert_eq!(v["server"]["heap"]["xmx_mib"], 3072);
-        assert_eq!(v["server"]["memory_limit"]["kind"], "limited");
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("a/b=c"), "a/b=c");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }
