@@ -31,11 +31,13 @@ impl Backoff {
     }
 
     /// The pause before retry `attempt`: [`Backoff::ceiling`] of which the upper half is
-    /// scaled by `jitter` in [0, 1] (clamped), so it lies in [ceiling/2, ceiling].
+    /// scaled by `jitter` in [0, 1] (clamped; NaN counts as 0), so it lies in
+    /// [ceiling/2, ceiling].
     pub fn pause(&self, attempt: u32, jitter: f64) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
-        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+        let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+        half + half.mul_f64(jitter)
     }
 }
 
@@ -78,6 +80,8 @@ mod tests {
         assert_eq!(b.pause(30, 1.0), Duration::from_secs(2));
         assert_eq!(b.pause(2, 7.0), Duration::from_millis(200), "clamped");
         assert_eq!(b.pause(2, -1.0), Duration::from_millis(100), "clamped");
+        assert_eq!(b.pause(2, f64::NAN), Duration::from_millis(100), "NaN is 0");
+        assert_eq!(b.pause(2, f64::INFINITY), Duration::from_millis(200));
     }
 
     #[test]
