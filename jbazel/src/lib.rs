@@ -4,8 +4,10 @@
 //! - pure decisions (table-tested): [`workspace`] (root, RepoHash), [`identity`] (UserId,
 //!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
 //!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths),
-//!   [`file_flags`] (options naming files: pod paths, or staged and delivered);
-//! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
+//!   [`file_flags`] (options naming files: pod paths, or staged and delivered),
+//!   [`symlink_prefix`] (`--symlink_prefix` moved into the pod's links directory);
+//! - edges (I/O): [`links`] (Bazel's convenience symlinks, mirrored from the pod's links
+//!   directory), [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`endpoint_cache`] (the last pod-IP
 //!   endpoint, dialled while GetServer confirms it), [`hop`] (port-forward or direct connection),
 //!   [`client`] (Run, Cancel, exec), [`runfiles`] (`jbazel run`'s desktop runfiles view),
@@ -31,6 +33,7 @@ pub mod paths;
 pub mod progress;
 pub mod rc;
 pub mod runfiles;
+pub mod symlink_prefix;
 pub mod terminal;
 pub mod untrusted_fs;
 pub mod workspace;

@@ -25,6 +25,10 @@ pub const SYSTEM_RC: &str = "jbazel/system.bazelrc";
 pub const CLIENT_ENV: &str = "jbazel/client-env";
 /// The staging directory of files jbazel delivers to the desktop (`jbazel/files`).
 pub const FILES_DIR: &str = "jbazel/files";
+/// Where the pod's Bazel makes its convenience symlinks (`jbazel/links`): jbazel gives it
+/// `--symlink_prefix=/work/out/jbazel/links/<prefix>`, since the checkout is read-only in
+/// the pod, and mirrors those links into the desktop's workspace.
+pub const LINKS_DIR: &str = "jbazel/links";
 
 /// The file name in [`JBAZEL_DIR`] of [`SYSTEM_RC`].
 pub const SYSTEM_RC_NAME: &str = "system.bazelrc";
@@ -43,5 +47,6 @@ mod tests {
             assert!(p.starts_with(&format!("{SERVER_DIR}/")), "{p}");
         }
         assert!(FILES_DIR.starts_with(JBAZEL_DIR));
+        assert!(LINKS_DIR.starts_with(&format!("{JBAZEL_DIR}/")));
     }
 }
