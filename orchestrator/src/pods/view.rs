@@ -98,11 +98,9 @@ pub fn report_matches(
     Ok(())
 }
 
-/// The termination message the supervisor leaves when Bazel idled out.
-pub const IDLE_MESSAGE_PREFIX: &str = "idle:";
-
 /// True when the pod ended because its server idled out: phase Succeeded and the
-/// container's termination message starts with `idle:`.
+/// container's termination message is the supervisor's idle one
+/// ([`proto::pod::is_idle_message`]).
 fn idled_out(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
         return false;
@@ -113,7 +111,7 @@ fn idled_out(pod: &Pod) -> bool {
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .and_then(|t| t.message.as_deref())
-                .is_some_and(|m| m.trim_start().starts_with(IDLE_MESSAGE_PREFIX))
+                .is_some_and(proto::pod::is_idle_message)
         })
 }
 
@@ -513,7 +511,7 @@ mod tests {
             pod("Succeeded", vec![], vec![c], None)
         };
         assert_eq!(
-            view(&ended("idle: no command for 10800 s")).health,
+            view(&ended(&proto::pod::idle_message(10800))).health,
             PodHealth::Idle
         );
         assert!(matches!(
