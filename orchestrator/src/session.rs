@@ -348,11 +348,13 @@ pub enum PodHealth {
     Starting,
     /// The Ready condition is true.
     Ready,
-    /// It will not become ready by itself (phase Failed, a hopeless container). The
-    /// reason is the Kubernetes one where there is one.
+    /// It will not become ready by itself: it ended (phase Failed, or Succeeded other than
+    /// by idling out), or a container or the scheduler gives one of the reasons of
+    /// [`crate::pods::view::FAILURE_REASONS`] (read by [`crate::pods::view::failure`]).
+    /// The reason is the Kubernetes one.
     Failed { reason: String },
     /// The supervisor ended the pod because Bazel idled out (phase Succeeded, termination
-    /// message `idle: ...`).
+    /// message [`proto::pod::idle_message`]).
     Idle,
     /// `deletionTimestamp` is set: it is going away.
     Terminating,
