@@ -16,10 +16,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Authenticator, KubeReviewer};
 use crate::config::Transport;
-use crate::engine::Engine;
+use crate::engine::{Engine, Reconciler};
 use crate::notify::ReadyNotices;
 use crate::pods::{KubePods, PodClient, PodSettings};
-use crate::reconcile::Reconciler;
 use crate::service::{OrchestratorService, ServiceSettings};
 use crate::store::Store;
 
@@ -194,23 +193,26 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
     })?;
     let notices = ReadyNotices::default();
     let pods = PodClient::new(parts.kube.clone(), parts.pods);
-    let reconciler = Reconciler::new(
-        parts.store.clone(),
-        pods.clone(),
-        notices.clone(),
-        parts.resync_interval,
-    );
-    let cache = reconciler.cache();
-    let reconciler = tokio::spawn(reconciler.run());
-    let engine = Engine::new(
+    let (pods, cache_feed) = KubePods::new(pods, parts.kube.clone());
+    let cache = pods.cache();
+    let engine = std::sync::Arc::new(Engine::new(
         parts.store,
-        KubePods::new(pods, parts.kube.clone(), cache.clone()),
+        pods,
         notices,
         parts.service.default_command_port,
-    );
+    ));
+    let reconciler = Reconciler::new(engine.clone(), parts.resync_interval);
+    // The feed fills the cache that the reconciler and the requests read; neither ends by
+    // itself.
+    let reconciler = tokio::spawn(async move {
+        tokio::select! {
+            () = cache_feed.run() => {}
+            () = reconciler.run() => {}
+        }
+    });
     let auth = Authenticator::new(Box::new(KubeReviewer(parts.kube.clone())));
     let service = OrchestratorService::new(
-        std::sync::Arc::new(engine),
+        engine,
         std::sync::Arc::new(auth),
         parts.service,
     );

@@ -129,15 +129,6 @@ impl Store {
         &self.client
     }
 
-    /// Every row that wants a pod (PENDING or READY): the reconciler's sweep.
-    pub async fn active_rows(
-        &self,
-        deadline: Instant,
-    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
-        let op = "ListActive";
-        bounded(op, "*", deadline, self.active_rows_unbounded()).await
-    }
-
     async fn active_rows_unbounded(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
         let err = |source| StoreError::Spanner {
             op: "ListActive",
@@ -280,6 +271,14 @@ impl SessionStore for Store {
             self.read_with(key, None),
         )
         .await
+    }
+
+    /// One strong query of every row not IDLE.
+    async fn active_rows(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+        bounded("ListActive", "*", deadline, self.active_rows_unbounded()).await
     }
 
     async fn read_recent(
