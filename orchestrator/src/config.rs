@@ -15,7 +15,8 @@ use crate::service::ServiceSettings;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "orchestrator", version)]
 pub struct Config {
-    /// Spanner emulator address (host:port). Phase 0 runs on the emulator only.
+    /// Spanner emulator address (host:port). The store connects to the emulator only
+    /// (no credentials).
     #[arg(long, env = "SPANNER_EMULATOR_HOST")]
     pub spanner_emulator_host: String,
 
@@ -388,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contracts() {
+    fn defaults() {
         let c = Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host",

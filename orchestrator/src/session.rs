@@ -156,7 +156,7 @@ pub struct GetServerTransition {
     pub outcome: GetServerOutcome,
 }
 
-/// GetServer's transition (design.md, "GetServer semantics"): no row -> insert PENDING;
+/// GetServer's transition: no row -> insert PENDING;
 /// same session -> as is (IDLE -> PENDING, next generation); other session -> overwrite
 /// the session, clear PodIP, PENDING, next generation (the old pod must go).
 pub fn get_server(row: Option<&SessionRow>, session_id: &SessionId) -> GetServerTransition {

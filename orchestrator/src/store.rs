@@ -242,7 +242,7 @@ impl SessionStore for Store {
         .await
     }
 
-    /// The row leaves READY if it is still `session_id`'s. Returns whether it changed.
+    /// The row leaves READY if it is still `fence`'s. Returns whether it changed.
     async fn leave_ready(
         &self,
         key: &SessionKey,
@@ -404,7 +404,8 @@ async fn read_decide_buffer<T, F>(
 where
     F: Fn(Option<&SessionRow>) -> (RowWrite, T),
 {
-    // Bound to a `let` so the future stays Send (environment.md).
+    // Bound to a `let`: written inside the call, the temporary array of `&dyn ToKind` would
+    // live across the `.await` and make the future not Send.
     let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
     let raw = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
     let existed = raw.is_some();
@@ -436,9 +437,9 @@ where
     Ok(out)
 }
 
-/// Reads SessionId, PodIP, Status. A row without a valid SessionId reads as no row (`None`:
-/// no session owns it, so the next GetServer takes it over); an unknown or NULL Status
-/// reads as PENDING (never trust an unknown READY).
+/// Reads the value columns ([`VALUE_COLUMNS`]). A row without a valid SessionId reads as
+/// no row (`None`: no session owns it, so the next GetServer takes it over); an unknown or
+/// NULL Status reads as PENDING (never trust an unknown READY).
 fn parse_value_columns(key: &SessionKey, row: &Row) -> Result<Option<SessionRow>, SpannerError> {
     let raw_session = row.column_by_name::<Option<String>>("SessionId")?;
     let Some(session_id) = raw_session.and_then(|s| SessionId::parse(s).ok()) else {
