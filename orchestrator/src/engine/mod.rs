@@ -1,6 +1,7 @@
-//! The engine: GetServer, WatchServer and ReportReady as decisions and their order,
-//! written against two ports ([`SessionStore`], [`Pods`]) so they run the same on Spanner
-//! and kube-rs as on the in-memory fakes of the unit tests.
+//! The engine: GetServer, WatchServer and ReportReady as decisions and their order, and
+//! the [`Reconciler`] that repairs drift between rows and pods, written against two ports
+//! ([`SessionStore`], [`Pods`]) so they run the same on Spanner and kube-rs as on the
+//! in-memory fakes of the unit tests.
 //!
 //! The order it keeps, whatever the adapters:
 //! - the row is written (one fenced transaction) before the cluster is touched;
