@@ -11,15 +11,15 @@ use kube::Api;
 use proto::orchestrator::orchestrator_server::OrchestratorServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::JoinError;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Authenticator, KubeReviewer};
 use crate::config::Transport;
-use crate::engine::Engine;
+use crate::engine::{Engine, Reconciler};
 use crate::notify::ReadyNotices;
 use crate::pods::{KubePods, PodClient, PodSettings};
-use crate::reconcile::Reconciler;
 use crate::service::{OrchestratorService, ServiceSettings};
 use crate::store::Store;
 
@@ -63,6 +63,51 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// A long-lived task panicked (or was cancelled): the process must not go on without it.
+    #[error("the {task} task failed")]
+    Task {
+        task: Task,
+        #[source]
+        source: JoinError,
+    },
+    /// A long-lived task that runs until the process stops returned by itself.
+    #[error("the {task} task ended by itself")]
+    Ended { task: Task },
+}
+
+/// The orchestrator's long-lived tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// The gRPC server: ends after [`Running::stop`], or with its error.
+    Server,
+    /// The reconciler and the pod cache's feed: run as long as the process.
+    Reconciler,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Server => "gRPC server",
+            Task::Reconciler => "reconciler",
+        })
+    }
+}
+
+/// What the process makes of a long-lived task that ended (`joined`: the task's join
+/// result around its own). A task that panicked or was cancelled is an error, so `main`
+/// exits non-zero and prints the panic; so is a reconciler that returned (it has no reason
+/// to); the server's own error is passed on; only the server ending cleanly (after
+/// [`Running::stop`]) is success.
+pub fn task_ended(
+    task: Task,
+    joined: Result<Result<(), AppError>, JoinError>,
+) -> Result<(), AppError> {
+    match joined {
+        Err(source) => Err(AppError::Task { task, source }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) if task == Task::Server => Ok(()),
+        Ok(Ok(())) => Err(AppError::Ended { task }),
+    }
 }
 
 /// The kube client: from `kubeconfig` when given, else the standard lookup.
@@ -168,8 +213,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The reconciler's pod cache.
     pub cache: PodCache<Pod>,
-    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-    reconciler: JoinHandle<()>,
+    server: AbortOnDropHandle<Result<(), tonic::transport::Error>>,
+    reconciler: AbortOnDropHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -194,26 +239,25 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
     })?;
     let notices = ReadyNotices::default();
     let pods = PodClient::new(parts.kube.clone(), parts.pods);
-    let reconciler = Reconciler::new(
-        parts.store.clone(),
-        pods.clone(),
-        notices.clone(),
-        parts.resync_interval,
-    );
-    let cache = reconciler.cache();
-    let reconciler = tokio::spawn(reconciler.run());
-    let engine = Engine::new(
+    let (pods, cache_feed) = KubePods::new(pods, parts.kube.clone());
+    let cache = pods.cache();
+    let engine = std::sync::Arc::new(Engine::new(
         parts.store,
-        KubePods::new(pods, parts.kube.clone(), cache.clone()),
+        pods,
         notices,
         parts.service.default_command_port,
-    );
+    ));
+    let reconciler = Reconciler::new(engine.clone(), parts.resync_interval);
+    // The feed fills the cache that the reconciler and the requests read; neither ends by
+    // itself, so either ending ends the task (and `task_ended` says so).
+    let reconciler = AbortOnDropHandle::new(tokio::spawn(async move {
+        tokio::select! {
+            () = cache_feed.run() => {}
+            () = reconciler.run() => {}
+        }
+    }));
     let auth = Authenticator::new(Box::new(KubeReviewer(parts.kube.clone())));
-    let service = OrchestratorService::new(
-        std::sync::Arc::new(engine),
-        std::sync::Arc::new(auth),
-        parts.service,
-    );
+    let service = OrchestratorService::new(engine, std::sync::Arc::new(auth), parts.service);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &parts.tls {
         let mut config = tonic::transport::ServerTlsConfig::new()
@@ -234,7 +278,7 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
         .set_serving::<OrchestratorServer<OrchestratorService<Store, KubePods>>>()
         .await;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(
+    let server = AbortOnDropHandle::new(tokio::spawn(
         builder
             .add_service(health_service)
             .add_service(OrchestratorServer::new(service))
@@ -247,31 +291,30 @@ pub async fn start(parts: Parts, listener: TcpListener) -> Result<Running, AppEr
                     let _ = shutdown_rx.await;
                 },
             ),
-    );
+    ));
     tracing::info!(%addr, tls = parts.tls.is_some(), "orchestrator listening (gRPC: jbazel.orchestrator.v1.Orchestrator, grpc.health.v1.Health)");
     Ok(Running {
         addr,
         cache,
-        server: Some(server),
+        server,
         reconciler,
         shutdown: Some(shutdown),
     })
 }
 
 impl Running {
-    /// Waits until the server stops (it only stops on [`Running::stop`] or an error).
-    pub async fn wait(mut self) -> Result<(), AppError> {
+    /// Waits until a long-lived task ends, and says what that means ([`task_ended`]): the
+    /// server ends only on [`Running::stop`] or an error, the reconciler never by itself.
+    /// Cancel-safe: `main` waits on it together with the signals, then again after
+    /// [`Running::stop`].
+    pub async fn wait(&mut self) -> Result<(), AppError> {
         let addr = self.addr;
-        match self.server.take() {
-            Some(server) => match server.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(AppError::Serve { addr, source }),
-                Err(join) => {
-                    tracing::error!(error = %proto::error_chain::ErrorChain(&join), "gRPC server task failed");
-                    Ok(())
-                }
-            },
-            None => Ok(()),
+        tokio::select! {
+            joined = &mut self.server => task_ended(
+                Task::Server,
+                joined.map(|served| served.map_err(|source| AppError::Serve { addr, source })),
+            ),
+            joined = &mut self.reconciler => task_ended(Task::Reconciler, joined.map(Ok)),
         }
     }
 
@@ -284,11 +327,52 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// Stops the server; both tasks are aborted as their handles drop.
     fn drop(&mut self) {
         self.stop();
-        self.reconciler.abort();
-        if let Some(server) = &self.server {
-            server.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn panicked() -> JoinError {
+        tokio::spawn(async { panic!("boom") })
+            .await
+            .expect_err("the task panics")
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error_naming_it() {
+        for task in [Task::Server, Task::Reconciler] {
+            let e = task_ended(task, Err(panicked().await)).expect_err("a panic is an error");
+            assert!(
+                matches!(e, AppError::Task { task: t, .. } if t == task),
+                "{e:?}"
+            );
+            let chain = proto::error_chain::ErrorChain(&e).to_string();
+            assert!(chain.contains(&task.to_string()), "{chain}");
+            assert!(chain.contains("boom"), "the panic is printed: {chain}");
         }
+    }
+
+    #[test]
+    fn only_the_server_may_end_cleanly() {
+        assert!(task_ended(Task::Server, Ok(Ok(()))).is_ok());
+        assert!(matches!(
+            task_ended(Task::Reconciler, Ok(Ok(()))),
+            Err(AppError::Ended {
+                task: Task::Reconciler
+            })
+        ));
+        let bind = AppError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            source: std::io::Error::other("x"),
+        };
+        assert!(matches!(
+            task_ended(Task::Server, Ok(Err(bind))),
+            Err(AppError::Bind { .. })
+        ));
     }
 }

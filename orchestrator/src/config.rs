@@ -15,7 +15,8 @@ use crate::service::ServiceSettings;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "orchestrator", version)]
 pub struct Config {
-    /// Spanner emulator address (host:port). Phase 0 runs on the emulator only.
+    /// Spanner emulator address (host:port). The store connects to the emulator only
+    /// (no credentials).
     #[arg(long, env = "SPANNER_EMULATOR_HOST")]
     pub spanner_emulator_host: String,
 
@@ -59,8 +60,8 @@ pub struct Config {
     /// Filestore root R on the node; mounted (hostPath) at the same path in every pod.
     #[arg(
         long,
-        env = "MOCK_FILESTORE_PATH",
-        default_value = "/tmp/mock-filestore"
+        env = proto::pod::env::FILESTORE_ROOT,
+        default_value = proto::pod::DEFAULT_FILESTORE_ROOT
     )]
     pub filestore_root: PathBuf,
 
@@ -388,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contracts() {
+    fn defaults() {
         let c = Config::try_parse_from([
             "orchestrator",
             "--spanner-emulator-host",
@@ -402,7 +403,10 @@ mod tests {
         assert_eq!(c.pod_orchestrator_addr, "http://192.0.2.1:50051");
         assert_eq!(c.image, "docker.io/library/jbazel-bazel-server:dev");
         assert_eq!(c.image_pull_policy, PullPolicy::Never);
-        assert_eq!(c.filestore_root, PathBuf::from("/tmp/mock-filestore"));
+        assert_eq!(
+            c.filestore_root,
+            PathBuf::from(proto::pod::DEFAULT_FILESTORE_ROOT)
+        );
         assert_eq!(
             c.database_path(),
             "projects/jbazel/instances/jbazel/databases/sessions"

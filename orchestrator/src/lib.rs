@@ -8,9 +8,10 @@
 //! - [`store`]: the only Spanner code (read-write transactions, ABORTED retries).
 //! - [`pods::client`]: the only code that creates or deletes pods.
 //! - [`engine`]: the GetServer, WatchServer and ReportReady decisions and their order,
-//!   over two ports (`SessionStore`, `Pods`) with in-memory fakes for its tests.
-//! - [`pods::kube_pods`]: the `Pods` port on kube-rs; [`store`] implements `SessionStore`.
-//! - [`reconcile`]: the watch on the platform's pods that repairs drift.
+//!   and the reconciler that repairs drift on every pod change and in a periodic sweep,
+//!   over two ports (`SessionStore`, `Pods`) with in-memory fakes for their tests.
+//! - [`pods::kube_pods`]: the `Pods` port on kube-rs (a reflector cache of the platform's
+//!   pods, fed by one cluster-wide watch); [`store`] implements `SessionStore`.
 //! - [`service`]: the tonic edge (validation, deadlines, status mapping); [`app`] wires
 //!   everything; [`config`] is the CLI.
 //!
@@ -24,7 +25,6 @@ pub mod config;
 pub mod engine;
 pub mod notify;
 pub mod pods;
-pub mod reconcile;
 pub mod schema;
 pub mod service;
 pub mod session;

@@ -76,16 +76,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     let addr = running.addr;
     tokio::select! {
+        // A task ended on its own (a panic, the server's error): exit with its error.
+        ended = running.wait() => return Ok(ended?),
         r = tokio::signal::ctrl_c() => {
             r.context("waiting for Ctrl-C")?;
             tracing::info!(%addr, "stopping");
-            running.stop();
         }
-        _ = terminate() => {
-            tracing::info!(%addr, "SIGTERM: stopping");
-            running.stop();
-        }
+        _ = terminate() => tracing::info!(%addr, "SIGTERM: stopping"),
     }
+    running.stop();
     running.wait().await?;
     Ok(())
 }

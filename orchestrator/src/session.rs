@@ -156,7 +156,7 @@ pub struct GetServerTransition {
     pub outcome: GetServerOutcome,
 }
 
-/// GetServer's transition (design.md, "GetServer semantics"): no row -> insert PENDING;
+/// GetServer's transition: no row -> insert PENDING;
 /// same session -> as is (IDLE -> PENDING, next generation); other session -> overwrite
 /// the session, clear PodIP, PENDING, next generation (the old pod must go).
 pub fn get_server(row: Option<&SessionRow>, session_id: &SessionId) -> GetServerTransition {
@@ -348,11 +348,13 @@ pub enum PodHealth {
     Starting,
     /// The Ready condition is true.
     Ready,
-    /// It will not become ready by itself (phase Failed, a hopeless container). The
-    /// reason is the Kubernetes one where there is one.
+    /// It will not become ready by itself: it ended (phase Failed, or Succeeded other than
+    /// by idling out), or a container or the scheduler gives one of the reasons of
+    /// [`crate::pods::view::FAILURE_REASONS`] (read by [`crate::pods::view::failure`]).
+    /// The reason is the Kubernetes one.
     Failed { reason: String },
     /// The supervisor ended the pod because Bazel idled out (phase Succeeded, termination
-    /// message `idle: ...`).
+    /// message [`proto::pod::idle_message`]).
     Idle,
     /// `deletionTimestamp` is set: it is going away.
     Terminating,
@@ -378,7 +380,7 @@ pub enum ReconcileDecision {
 pub enum DeleteReason {
     /// The pod carries no valid session or generation label.
     NoFence,
-    /// There is no row for the pod's (user, repo).
+    /// There is no row for the pod's (user, repo), or the pod names no valid one.
     NoRow,
     /// The row has moved on to a newer generation (a bounce, a resume, a lost pod).
     Stale { row_generation: u64 },
@@ -399,17 +401,22 @@ impl fmt::Display for DeleteReason {
     }
 }
 
-/// The reconciler's decision for one existing pod and the row of its (user, repo).
+/// The reconciler's decision for one existing pod and the row of its (user, repo) (`None`:
+/// no row, or the pod names no valid (user, repo) to look one up by).
 pub fn reconcile(row: Option<&SessionRow>, pod: &PodView) -> ReconcileDecision {
+    // A pod that is already going away is not deleted again.
+    let delete = |reason| {
+        if pod.health == PodHealth::Terminating {
+            ReconcileDecision::Nothing
+        } else {
+            ReconcileDecision::DeletePod { reason }
+        }
+    };
     let Some(pod_fence) = pod.fence() else {
-        return ReconcileDecision::DeletePod {
-            reason: DeleteReason::NoFence,
-        };
+        return delete(DeleteReason::NoFence);
     };
     let Some(row) = row else {
-        return ReconcileDecision::DeletePod {
-            reason: DeleteReason::NoRow,
-        };
+        return delete(DeleteReason::NoRow);
     };
     if pod_fence.generation > row.generation {
         // Our read of the row is older than the pod: whoever made the pod read a newer
@@ -417,16 +424,12 @@ pub fn reconcile(row: Option<&SessionRow>, pod: &PodView) -> ReconcileDecision {
         return ReconcileDecision::Nothing;
     }
     if !pod_fence.holds(row) {
-        return ReconcileDecision::DeletePod {
-            reason: DeleteReason::Stale {
-                row_generation: row.generation,
-            },
-        };
+        return delete(DeleteReason::Stale {
+            row_generation: row.generation,
+        });
     }
     match (&pod.health, row.status) {
-        (_, Status::Idle) => ReconcileDecision::DeletePod {
-            reason: DeleteReason::Culled,
-        },
+        (_, Status::Idle) => delete(DeleteReason::Culled),
         (PodHealth::Idle, _) => ReconcileDecision::MarkIdle { fence: pod_fence },
         (PodHealth::Ready, Status::Pending) => match pod.pod_ip.as_deref() {
             Some(ip) if !ip.is_empty() => ReconcileDecision::MarkReady {
@@ -456,8 +459,13 @@ pub enum MissingPodDecision {
     },
 }
 
-/// The decision for a row whose current pod is missing.
-pub fn missing_pod(row: &SessionRow) -> MissingPodDecision {
+/// The decision for a row whose current pod the cache does not hold: found missing by a
+/// sweep (`deleted` is `None`), or after the deletion of `deleted`, which matters only
+/// when it was the row's current pod (older generations are meant to go).
+pub fn missing_pod(row: &SessionRow, deleted: Option<&PodView>) -> MissingPodDecision {
+    if deleted.is_some_and(|pod| pod.fence().as_ref() != Some(&row.fence())) {
+        return MissingPodDecision::Nothing;
+    }
     match row.status {
         Status::Idle => MissingPodDecision::Nothing,
         Status::Pending => MissingPodDecision::CreatePod,
@@ -818,6 +826,27 @@ mod tests {
                 pod(Some(("s9", 3)), PodHealth::Starting, None),
                 D::Nothing,
             ),
+            // A pod already going away is not deleted again, whatever the reason.
+            (
+                None,
+                pod(Some(("s1", 2)), PodHealth::Terminating, None),
+                D::Nothing,
+            ),
+            (
+                Some(&ready),
+                pod(Some(("s0", 1)), PodHealth::Terminating, None),
+                D::Nothing,
+            ),
+            (
+                Some(&idle),
+                pod(Some(("s1", 2)), PodHealth::Terminating, None),
+                D::Nothing,
+            ),
+            (
+                Some(&pending),
+                pod(None, PodHealth::Terminating, None),
+                D::Nothing,
+            ),
         ];
         for (row, pod, expected) in cases {
             assert_eq!(reconcile(row, &pod), expected, "{row:?} {pod:?}");
@@ -826,20 +855,42 @@ mod tests {
 
     #[test]
     fn missing_pods() {
+        let pending = row("s1", 2, Status::Pending, None);
+        let ready = row("s1", 2, Status::Ready, Some("10.244.0.5"));
+        assert_eq!(missing_pod(&pending, None), MissingPodDecision::CreatePod);
         assert_eq!(
-            missing_pod(&row("s1", 2, Status::Pending, None)),
-            MissingPodDecision::CreatePod
-        );
-        assert_eq!(
-            missing_pod(&row("s1", 2, Status::Ready, Some("10.244.0.5"))),
+            missing_pod(&ready, None),
             MissingPodDecision::LeaveReady {
                 fence: fence("s1", 2)
             }
         );
         assert_eq!(
-            missing_pod(&row("s1", 2, Status::Idle, None)),
+            missing_pod(&row("s1", 2, Status::Idle, None), None),
             MissingPodDecision::Nothing
         );
+        // A deleted pod counts only when it was the row's current one.
+        let current = pod(Some(("s1", 2)), PodHealth::Terminating, None);
+        assert_eq!(
+            missing_pod(&ready, Some(&current)),
+            MissingPodDecision::LeaveReady {
+                fence: fence("s1", 2)
+            }
+        );
+        assert_eq!(
+            missing_pod(&pending, Some(&current)),
+            MissingPodDecision::CreatePod
+        );
+        for other in [
+            pod(Some(("s1", 1)), PodHealth::Ready, None),
+            pod(Some(("s0", 2)), PodHealth::Ready, None),
+            pod(None, PodHealth::Starting, None),
+        ] {
+            assert_eq!(
+                missing_pod(&ready, Some(&other)),
+                MissingPodDecision::Nothing,
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! contenders would wake up together. So this type does NOT use it: it runs single
 //! attempts with `begin_read_write_transaction` + `end` (which never retry ABORTED
 //! themselves; the gRPC layer below only retries UNAVAILABLE/UNKNOWN) and retries ABORTED
-//! itself with full-jitter exponential backoff until the caller's deadline. One retry loop,
-//! not two nested ones.
+//! itself with jittered exponential backoff (`proto::backoff`) until the caller's
+//! deadline. One retry loop, not two nested ones.
 
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use gcloud_spanner::value::TimestampBound;
 /// `insert` or `update` of gcloud-spanner: same arguments, different mutation kind.
 type MutationFn = fn(&str, &[&str], &[&dyn ToKind]) -> gcloud_googleapis::spanner::v1::Mutation;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
+use proto::backoff::Backoff;
 use proto::names::{RepoHash, SessionId, UserId};
-use rand::Rng;
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -50,9 +50,9 @@ const ALL_COLUMNS: [&str; 7] = [
     "CommandPort",
 ];
 
-/// Backoff bounds for ABORTED retries.
-const BACKOFF_BASE: Duration = Duration::from_millis(2);
-const BACKOFF_CAP: Duration = Duration::from_millis(100);
+/// Pauses between ABORTED retries: from 1-2 ms (contention on the emulator clears in
+/// milliseconds) up to 50-100 ms, jittered so that contenders do not retry together.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
 
 /// Errors from the session store; each names the operation and the row.
 #[derive(Debug, thiserror::Error)]
@@ -127,15 +127,6 @@ impl Store {
     /// The underlying client (the bench's raw transaction uses it).
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// Every row that wants a pod (PENDING or READY): the reconciler's sweep.
-    pub async fn active_rows(
-        &self,
-        deadline: Instant,
-    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
-        let op = "ListActive";
-        bounded(op, "*", deadline, self.active_rows_unbounded()).await
     }
 
     async fn active_rows_unbounded(&self) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
@@ -251,7 +242,7 @@ impl SessionStore for Store {
         .await
     }
 
-    /// The row leaves READY if it is still `session_id`'s. Returns whether it changed.
+    /// The row leaves READY if it is still `fence`'s. Returns whether it changed.
     async fn leave_ready(
         &self,
         key: &SessionKey,
@@ -280,6 +271,14 @@ impl SessionStore for Store {
             self.read_with(key, None),
         )
         .await
+    }
+
+    /// One strong query of every row not IDLE.
+    async fn active_rows(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+        bounded("ListActive", "*", deadline, self.active_rows_unbounded()).await
     }
 
     async fn read_recent(
@@ -375,7 +374,7 @@ where
                 return Ok(out);
             }
             Err(e) if is_aborted(&e) => {
-                let pause = backoff(attempts, &mut rand::rng());
+                let pause = BACKOFF.pause(attempts, proto::backoff::jitter());
                 if Instant::now() + pause >= deadline {
                     return Err(StoreError::DeadlineExceeded {
                         op,
@@ -405,7 +404,8 @@ async fn read_decide_buffer<T, F>(
 where
     F: Fn(Option<&SessionRow>) -> (RowWrite, T),
 {
-    // Bound to a `let` so the future stays Send (environment.md).
+    // Bound to a `let`: written inside the call, the temporary array of `&dyn ToKind` would
+    // live across the `.await` and make the future not Send.
     let spanner_key = Key::composite(&[&key.user_id.as_str(), &key.repo_hash.as_str()]);
     let raw = tx.read_row(TABLE, &VALUE_COLUMNS, spanner_key).await?;
     let existed = raw.is_some();
@@ -437,9 +437,9 @@ where
     Ok(out)
 }
 
-/// Reads SessionId, PodIP, Status. A row without a valid SessionId reads as no row (`None`:
-/// no session owns it, so the next GetServer takes it over); an unknown or NULL Status
-/// reads as PENDING (never trust an unknown READY).
+/// Reads the value columns ([`VALUE_COLUMNS`]). A row without a valid SessionId reads as
+/// no row (`None`: no session owns it, so the next GetServer takes it over); an unknown or
+/// NULL Status reads as PENDING (never trust an unknown READY).
 fn parse_value_columns(key: &SessionKey, row: &Row) -> Result<Option<SessionRow>, SpannerError> {
     let raw_session = row.column_by_name::<Option<String>>("SessionId")?;
     let Some(session_id) = raw_session.and_then(|s| SessionId::parse(s).ok()) else {
@@ -478,13 +478,6 @@ fn is_aborted(e: &SpannerError) -> bool {
     matches!(e, SpannerError::GRPC(status) if status.code() == Code::Aborted)
 }
 
-/// Full-jitter exponential backoff: uniform in [0.5 ms, min(cap, base * 2^(attempt-1))].
-fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let ceiling = exp.min(BACKOFF_CAP).as_micros() as u64;
-    Duration::from_micros(rng.random_range(500..=ceiling.max(500)))
-}
-
 /// `KEY_COLUMNS` is the primary key; kept for the docs and the schema test.
 pub fn key_columns() -> [&'static str; 2] {
     KEY_COLUMNS
@@ -496,16 +489,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
-        let mut rng = rand::rng();
+        let pause = |attempt| BACKOFF.pause(attempt, proto::backoff::jitter());
         for attempt in 1..40 {
-            let d = backoff(attempt, &mut rng);
-            assert!(d >= Duration::from_micros(500), "{attempt}: {d:?}");
-            assert!(d <= BACKOFF_CAP, "{attempt}: {d:?}");
+            let d = pause(attempt);
+            assert!(d >= BACKOFF.first / 2, "{attempt}: {d:?}");
+            assert!(d <= BACKOFF.max, "{attempt}: {d:?}");
         }
         // First attempts stay short: contention on the emulator clears in milliseconds.
-        assert!(backoff(1, &mut rng) <= BACKOFF_BASE);
+        assert!(pause(1) <= Duration::from_millis(2));
         // Later ones spread out: 200 draws at attempt 10 are not all equal.
-        let draws: std::collections::HashSet<_> = (0..200).map(|_| backoff(10, &mut rng)).collect();
+        let draws: std::collections::HashSet<_> = (0..200).map(|_| pause(10)).collect();
         assert!(draws.len() > 50, "not jittered: {} distinct", draws.len());
     }
 

@@ -9,18 +9,20 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodStatus,
 };
 use proto::names::{SessionId, UserId};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{PodSignal, Pods, SessionStore};
+use super::{PodChange, PodSignal, Pods, SessionStore};
 use crate::pods::view;
 use crate::pods::{EnsureOutcome, PodError, PodSettings, PodSpecFor};
 use crate::session::{
     self, Fence, GetServerTransition, PodStep, ReadyDecision, RowWrite, SessionKey, SessionRow,
+    Status,
 };
 use crate::store::StoreError;
 
@@ -143,6 +145,23 @@ impl SessionStore for Arc<FakeStore> {
         self.read(key, deadline).await
     }
 
+    async fn active_rows(
+        &self,
+        _deadline: Instant,
+    ) -> Result<Vec<(SessionKey, SessionRow)>, StoreError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout {
+                op: "ListActive",
+                key: "*".into(),
+            });
+        }
+        Ok(lock(&self.rows)
+            .iter()
+            .filter(|(_, r)| r.status != Status::Idle)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
     async fn read(
         &self,
         key: &SessionKey,
@@ -153,11 +172,15 @@ impl SessionStore for Arc<FakeStore> {
     }
 }
 
-/// A cluster of pods in a map; deletions are immediate (no grace period).
+/// A cluster of pods in a map; deletions are immediate (no grace period). The map is the
+/// cache too: every change reaches the name's watches and [`Pods::changes`] at once.
 pub struct FakePods {
     settings: PodSettings,
     pods: Mutex<HashMap<String, Pod>>,
     changes: broadcast::Sender<(String, PodSignal)>,
+    all_changes: broadcast::Sender<PodChange>,
+    /// Pods deleted through [`Pods::delete`] (by the reconciler), by name.
+    pub deleted: Mutex<Vec<String>>,
     next_uid: AtomicU32,
     /// Pods created so far (across replacements).
     pub created: AtomicU32,
@@ -171,6 +194,8 @@ impl Default for FakePods {
             settings: PodSettings::default(),
             pods: Mutex::default(),
             changes: broadcast::channel(256).0,
+            all_changes: broadcast::channel(256).0,
+            deleted: Mutex::default(),
             next_uid: AtomicU32::new(1),
             created: AtomicU32::new(0),
             slow: AtomicBool::new(false),
@@ -187,6 +212,24 @@ impl FakePods {
         let _ = self.changes.send((name.to_string(), signal));
     }
 
+    fn publish_change(&self, change: PodChange) {
+        let _ = self.all_changes.send(change);
+    }
+
+    /// Puts a pod in the cluster as is (one the platform did not make as the row says:
+    /// without labels, of an old generation, ...).
+    pub fn insert(&self, pod: Pod) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        lock(&self.pods).insert(name.clone(), pod.clone());
+        self.publish_change(PodChange::Applied(Arc::new(pod.clone())));
+        self.publish(&name, PodSignal::Applied(Box::new(pod)));
+    }
+
+    /// Tells [`Pods::changes`] receivers that the cache was listed anew.
+    pub fn resynced(&self) {
+        self.publish_change(PodChange::Resynced);
+    }
+
     /// Changes the pod's status as the kubelet would, and tells the watches.
     pub fn set_status(&self, name: &str, status: PodStatus) {
         let pod = {
@@ -197,6 +240,7 @@ impl FakePods {
             pod.status = Some(status);
             pod.clone()
         };
+        self.publish_change(PodChange::Applied(Arc::new(pod.clone())));
         self.publish(name, PodSignal::Applied(Box::new(pod)));
     }
 
@@ -237,6 +281,29 @@ impl FakePods {
         );
     }
 
+    /// Ended by the supervisor because Bazel idled out.
+    pub fn set_idled_out(&self, name: &str) {
+        self.set_status(
+            name,
+            PodStatus {
+                phase: Some("Succeeded".into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "bazel-server".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 0,
+                            message: Some(proto::pod::idle_message(10800)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        );
+    }
+
     /// The container waits for a reason (e.g. ErrImageNeverPull).
     pub fn set_waiting(&self, name: &str, reason: &str) {
         self.set_status(
@@ -264,9 +331,27 @@ impl FakePods {
         self.slow.store(yes, Ordering::SeqCst);
     }
 
+    /// The pod starts terminating (a deletion with a grace period).
+    pub fn terminate(&self, name: &str) {
+        let pod = {
+            let mut pods = lock(&self.pods);
+            let Some(p) = pods.get_mut(name) else {
+                return;
+            };
+            p.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+            );
+            p.clone()
+        };
+        self.publish_change(PodChange::Applied(Arc::new(pod.clone())));
+        self.publish(name, PodSignal::Applied(Box::new(pod)));
+    }
+
     /// The pod disappears (deleted by someone else, or its node died).
     pub fn remove(&self, name: &str) {
-        if lock(&self.pods).remove(name).is_some() {
+        let removed = lock(&self.pods).remove(name);
+        if let Some(pod) = removed {
+            self.publish_change(PodChange::Deleted(Arc::new(pod)));
             self.publish(name, PodSignal::Deleted);
         }
     }
@@ -277,6 +362,7 @@ impl FakePods {
         pod.metadata.uid = Some(format!("uid-{uid}"));
         lock(&self.pods).insert(spec.name(), pod.clone());
         self.created.fetch_add(1, Ordering::SeqCst);
+        self.publish_change(PodChange::Applied(Arc::new(pod.clone())));
         self.publish(&spec.name(), PodSignal::Applied(Box::new(pod.clone())));
         pod
     }
@@ -340,17 +426,36 @@ impl Pods for Arc<FakePods> {
             .collect();
         for name in &older {
             if self.slow.load(Ordering::SeqCst) {
-                let mut pods = lock(&self.pods);
-                if let Some(p) = pods.get_mut(name) {
-                    p.metadata.deletion_timestamp = Some(
-                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
-                    );
-                }
+                self.terminate(name);
             } else {
                 self.remove(name);
             }
         }
         Ok(older)
+    }
+
+    fn cached_all(&self) -> Vec<Arc<Pod>> {
+        lock(&self.pods).values().cloned().map(Arc::new).collect()
+    }
+
+    fn changes(&self) -> BoxStream<'static, PodChange> {
+        BroadcastStream::new(self.all_changes.subscribe())
+            .map(|item| item.unwrap_or(PodChange::Missed))
+            .boxed()
+    }
+
+    async fn delete(&self, pod: &Pod) -> Result<(), PodError> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let current_uid = self.pod(&name).and_then(|p| p.metadata.uid);
+        if current_uid.is_some() && current_uid == pod.metadata.uid {
+            lock(&self.deleted).push(name.clone());
+            if self.slow.load(Ordering::SeqCst) {
+                self.terminate(&name);
+            } else {
+                self.remove(&name);
+            }
+        }
+        Ok(())
     }
 
     fn watch(&self, _user: &UserId, name: &str) -> BoxStream<'static, PodSignal> {

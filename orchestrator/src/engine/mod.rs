@@ -1,6 +1,7 @@
-//! The engine: GetServer, WatchServer and ReportReady as decisions and their order,
-//! written against two ports ([`SessionStore`], [`Pods`]) so they run the same on Spanner
-//! and kube-rs as on the in-memory fakes of the unit tests.
+//! The engine: GetServer, WatchServer and ReportReady as decisions and their order, and
+//! the [`Reconciler`] that repairs drift between rows and pods, written against two ports
+//! ([`SessionStore`], [`Pods`]) so they run the same on Spanner and kube-rs as on the
+//! in-memory fakes of the unit tests.
 //!
 //! The order it keeps, whatever the adapters:
 //! - the row is written (one fenced transaction) before the cluster is touched;
@@ -14,6 +15,7 @@
 //! No tonic here beyond the wire messages: the service maps [`EngineError`] to a status.
 
 mod ports;
+mod reconcile;
 mod watch;
 
 #[cfg(test)]
@@ -30,7 +32,8 @@ use proto::orchestrator::{Server, ServerEvent, ServerStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use ports::{PodSignal, Pods, SessionStore};
+pub use ports::{PodChange, PodSignal, Pods, SessionStore};
+pub use reconcile::Reconciler;
 
 use crate::notify::ReadyNotices;
 use crate::pods::manifest::user_namespace;
@@ -202,7 +205,7 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
     /// The watch path of readiness, taken by the engine itself: the session's pod passing
     /// its readiness probe (the supervisor's /readyz answers only while Ping does) makes a
     /// PENDING row READY, fenced by session and generation, exactly as the reconciler
-    /// would. So the push (ReportReady), the reconciler and the requests converge on READY
+    /// does. So the push (ReportReady), the reconciler and the requests converge on READY
     /// in any order; a push lost or a probe event missed cannot leave a serving server
     /// PENDING.
     async fn ready_from_pod(
@@ -212,23 +215,43 @@ impl<S: SessionStore, P: Pods> Engine<S, P> {
         pod: &Pod,
         deadline: Instant,
     ) -> Result<Option<SessionRow>, EngineError> {
-        let ReconcileDecision::MarkReady { fence, pod_ip } =
-            session::reconcile(Some(row), &view::view(pod))
-        else {
-            return Ok(None);
-        };
+        match session::reconcile(Some(row), &view::view(pod)) {
+            ReconcileDecision::MarkReady { fence, pod_ip } => Ok(self
+                .mark_ready_from_pod(key, &fence, &pod_ip, deadline)
+                .await?),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`ReconcileDecision::MarkReady`] performed: the fenced READY write for a pod whose
+    /// readiness probe passes (no command port: the row keeps the one it has), and the
+    /// notice to the WatchServer streams. The row when it was accepted.
+    async fn mark_ready_from_pod(
+        &self,
+        key: &SessionKey,
+        fence: &Fence,
+        pod_ip: &str,
+        deadline: Instant,
+    ) -> Result<Option<SessionRow>, StoreError> {
         match self
             .store
-            .mark_ready(key, &fence, &pod_ip, None, deadline)
+            .mark_ready(key, fence, pod_ip, None, deadline)
             .await?
         {
-            ReadyDecision::Accept { row, .. } => {
-                tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %fence.session_id,
-                    generation = fence.generation, pod_ip = %pod_ip, "pod Ready for the row's fence: row READY");
+            ReadyDecision::Accept { row, write } => {
+                if write != RowWrite::Keep {
+                    tracing::info!(user = %key.user_id, repo_hash = %key.repo_hash, session = %fence.session_id,
+                        generation = fence.generation, pod_ip = %pod_ip,
+                        "pod Ready for the row's fence (without its report): row READY");
+                }
                 self.notices.send(key, &fence.session_id);
                 Ok(Some(row))
             }
-            ReadyDecision::Reject(_) => Ok(None),
+            ReadyDecision::Reject(why) => {
+                tracing::debug!(user = %key.user_id, repo_hash = %key.repo_hash, session = %fence.session_id,
+                    generation = fence.generation, reason = %why, "READY from the pod fenced off");
+                Ok(None)
+            }
         }
     }
 

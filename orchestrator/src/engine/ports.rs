@@ -58,6 +58,12 @@ pub trait SessionStore: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<SessionRow>, StoreError>> + Send;
 
+    /// Every row that wants a pod (PENDING or READY): the reconciler's sweep.
+    fn active_rows(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<(SessionKey, SessionRow)>, StoreError>> + Send;
+
     /// A read of one row at most [`crate::store::RECENT`] old (bounded staleness: served
     /// without waiting for the newest timestamp). Only for GetServer's fast path, which
     /// answers READY from it only when the cache sees that row's pod alive.
@@ -79,6 +85,20 @@ pub enum PodSignal {
     Event(Box<Event>),
 }
 
+/// A change of one of the platform's pods (any user's), as the pod cache applied it.
+#[derive(Debug, Clone)]
+pub enum PodChange {
+    /// The pod, as it is now (created or changed).
+    Applied(Arc<Pod>),
+    /// The pod was deleted (its last state).
+    Deleted(Arc<Pod>),
+    /// The cache was listed anew: it holds every pod, as of now.
+    Resynced,
+    /// The receiver fell behind and missed changes: whatever it derived from them, it
+    /// must read again from the cache.
+    Missed,
+}
+
 /// The platform's pods, each user's in their own namespace.
 pub trait Pods: Send + Sync + 'static {
     /// The platform's namespace (user U's pods live in `user_namespace(this, U)`).
@@ -98,6 +118,13 @@ pub trait Pods: Send + Sync + 'static {
     /// Every pod of `key` (any generation) as the cache last saw it.
     fn cached_of_key(&self, key: &SessionKey) -> Vec<Arc<Pod>>;
 
+    /// Every platform pod the cache holds (every user's).
+    fn cached_all(&self) -> Vec<Arc<Pod>>;
+
+    /// The cache's changes from now on, until the stream is dropped. Each receiver gets
+    /// every change; one that falls behind gets [`PodChange::Missed`].
+    fn changes(&self) -> BoxStream<'static, PodChange>;
+
     /// Makes the cluster hold exactly `spec`'s pod (idempotent; deletes another session's).
     fn ensure(
         &self,
@@ -112,6 +139,10 @@ pub trait Pods: Send + Sync + 'static {
         key: &SessionKey,
         generation: u64,
     ) -> impl Future<Output = Result<Vec<String>, PodError>> + Send;
+
+    /// Deletes this very pod (its namespace, name and UID): gone already, or replaced by a
+    /// newer pod of the same name meanwhile, is success.
+    fn delete(&self, pod: &Pod) -> impl Future<Output = Result<(), PodError>> + Send;
 
     /// Follows the pod `name` of `user` and its events until the stream is dropped.
     fn watch(&self, user: &UserId, name: &str) -> BoxStream<'static, PodSignal>;

@@ -1,6 +1,8 @@
 //! One WatchServer stream: follows the session's pod and its events (through
-//! [`Pods::watch`]) and the READY notices, and turns them into progress stages, READY,
-//! a failure reason, or "superseded". Consecutive duplicate stages are not repeated.
+//! [`Pods::watch`]), the pod cache's changes of the key's other pods (through
+//! [`Pods::changes`]: a bounce's previous pod) and the READY notices, and turns them into
+//! progress stages, READY, a failure reason, or "superseded". Consecutive duplicate
+//! stages are not repeated. Nothing is polled: every step follows a change.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use proto::orchestrator::{ServerEvent, Stage};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::{Engine, EngineError, PodSignal, Pods, SessionStore};
+use super::{Engine, EngineError, PodChange, PodSignal, Pods, SessionStore};
 use crate::notify::ReadyNotice;
 use crate::pods::pod_name;
 use crate::pods::view::{self, Progress};
@@ -20,8 +22,6 @@ use crate::session::{PodHealth, SessionKey, SessionRow, Status};
 
 /// Longest a READY write from a Ready pod may take inside a watch.
 const READY_WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often the watch looks for the previous generation's pods (a bounce) in the cache.
-const PREVIOUS_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(super) struct Watch<S, P> {
     engine: Arc<Engine<S, P>>,
@@ -83,12 +83,15 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
         if let Next::Done = self.send(Stage::Session, message).await {
             return;
         }
+        // Subscribed before the first look at the cache: a change in between is not missed.
+        let mut changes = self.engine.pods.changes();
+        let mut changes_open = true;
         let mut signals = self.engine.pods.watch(&self.key.user_id, &self.pod_name);
-        let mut previous_check = tokio::time::interval(PREVIOUS_CHECK);
-        previous_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Next::Done = self.check_previous().await {
+            return;
+        }
         loop {
             let next = tokio::select! {
-                _ = previous_check.tick() => self.check_previous().await,
                 _ = tokio::time::sleep_until(deadline) => {
                     let pod = self.pod_name.clone();
                     let _ = self.tx.send(Err(EngineError::NotReady { pod })).await;
@@ -101,10 +104,28 @@ impl<S: SessionStore, P: Pods> Watch<S, P> {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.check_row().await,
                     Err(broadcast::error::RecvError::Closed) => Next::Done,
                 },
+                change = changes.next(), if changes_open => match change {
+                    Some(PodChange::Applied(pod) | PodChange::Deleted(pod)) => {
+                        if view::key_of(&pod).as_ref() == Some(&self.key) {
+                            self.check_previous().await
+                        } else {
+                            Next::Continue
+                        }
+                    }
+                    Some(PodChange::Resynced | PodChange::Missed) => self.check_previous().await,
+                    None => {
+                        changes_open = false;
+                        Next::Continue
+                    }
+                },
                 signal = signals.next() => match signal {
                     Some(PodSignal::Applied(pod)) => {
                         self.current_uid = pod.metadata.uid.clone();
-                        self.on_pod(&pod).await
+                        match self.on_pod(&pod).await {
+                            // The new pod's stage may change what to say of the previous one.
+                            Next::Continue => self.check_previous().await,
+                            other => other,
+                        }
                     }
                     Some(PodSignal::Deleted) => {
                         self.current_uid = None;

@@ -283,9 +283,6 @@ impl PodClient {
         })
     }
 
-    /// Records the reported command port on the pod, only if the pod still carries
-    /// `session_id` (a JSON patch `test` makes the check and the write one operation).
-    /// Returns false when the pod is gone or belongs to another session.
     /// Deletes every pod of `key` whose generation is older than `generation` (or that
     /// carries none), each by UID, without waiting. Listed from the API server, not a
     /// cache: a crash between the row's commit and this call must not leave one behind

@@ -1,21 +1,29 @@
-//! [`KubePods`]: the engine's [`Pods`] port on kube-rs: the reconciler's pod cache for
-//! reads, [`PodClient`] for writes, and kube-runtime watchers for WatchServer.
+//! [`KubePods`]: the engine's [`Pods`] port on kube-rs: a reflector cache of the
+//! platform's pods (filled by [`PodCacheFeed`], whose changes it fans out) for reads,
+//! [`PodClient`] for writes, and kube-runtime watchers for WatchServer.
 
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::runtime::reflector::{ObjectRef, Store as PodCache};
+use kube::runtime::reflector::{self, ObjectRef, Store as PodCache};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use proto::error_chain::ErrorChain;
 use proto::names::UserId;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_stream::wrappers::BroadcastStream;
 
+use super::manifest::platform_selector;
 use super::{view, EnsureOutcome, PodClient, PodError, PodSpecFor};
-use crate::engine::{PodSignal, Pods};
+use crate::engine::{PodChange, PodSignal, Pods};
 use crate::session::SessionKey;
+
+/// Changes a receiver of [`Pods::changes`] may fall behind by before it is told it missed
+/// some (a first listing of many pods comes at once).
+const CHANGES_CAPACITY: usize = 4096;
 
 /// The platform's pods through the Kubernetes API.
 #[derive(Clone)]
@@ -23,15 +31,68 @@ pub struct KubePods {
     client: PodClient,
     kube: kube::Client,
     cache: PodCache<Pod>,
+    changes: broadcast::Sender<PodChange>,
+}
+
+/// What fills [`KubePods`]' cache: one cluster-wide watch of the platform's pods (every
+/// user namespace, selected by the platform's labels). Each change is applied to the
+/// cache, then sent to every [`Pods::changes`] receiver.
+pub struct PodCacheFeed {
+    api: Api<Pod>,
+    selector: String,
+    writer: reflector::store::Writer<Pod>,
+    changes: broadcast::Sender<PodChange>,
 }
 
 impl KubePods {
-    /// `cache` is the reconciler's reflector store of platform pods.
-    pub fn new(client: PodClient, kube: kube::Client, cache: PodCache<Pod>) -> Self {
-        KubePods {
+    /// The port, and the feed of its cache: run [`PodCacheFeed::run`] for as long as the
+    /// port is used (until then the cache is empty).
+    pub fn new(client: PodClient, kube: kube::Client) -> (Self, PodCacheFeed) {
+        let (cache, writer) = reflector::store();
+        let changes = broadcast::channel(CHANGES_CAPACITY).0;
+        let feed = PodCacheFeed {
+            api: client.all(),
+            selector: platform_selector(&client.settings().namespace),
+            writer,
+            changes: changes.clone(),
+        };
+        let pods = KubePods {
             client,
             kube,
             cache,
+            changes,
+        };
+        (pods, feed)
+    }
+
+    /// The reflector store of the platform's pods.
+    pub fn cache(&self) -> PodCache<Pod> {
+        self.cache.clone()
+    }
+}
+
+impl PodCacheFeed {
+    /// Watches until the future is dropped; watch errors are logged and retried with
+    /// kube-runtime's default backoff, so it never ends by itself.
+    pub async fn run(self) {
+        let config = watcher::Config::default().labels(&self.selector);
+        let stream = reflector::reflector(self.writer, watcher(self.api, config).default_backoff());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let change = match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    PodChange::Applied(Arc::new(pod))
+                }
+                Ok(watcher::Event::Delete(pod)) => PodChange::Deleted(Arc::new(pod)),
+                Ok(watcher::Event::Init) => continue,
+                Ok(watcher::Event::InitDone) => PodChange::Resynced,
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "platform pod watch error; resuming with backoff");
+                    continue;
+                }
+            };
+            // No receiver is fine: nobody is following the changes.
+            let _ = self.changes.send(change);
         }
     }
 }
@@ -56,6 +117,26 @@ impl Pods for KubePods {
             .into_iter()
             .filter(|p| view::key_of(p).as_ref() == Some(key))
             .collect()
+    }
+
+    fn cached_all(&self) -> Vec<Arc<Pod>> {
+        self.cache.state()
+    }
+
+    fn changes(&self) -> BoxStream<'static, PodChange> {
+        BroadcastStream::new(self.changes.subscribe())
+            .map(|item| item.unwrap_or(PodChange::Missed))
+            .boxed()
+    }
+
+    async fn delete(&self, pod: &Pod) -> Result<(), PodError> {
+        self.client
+            .delete_in(
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.uid.as_deref(),
+            )
+            .await
     }
 
     async fn ensure(

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use md5::{Digest, Md5};
 use proto::names::{RepoHash, SessionId, UserId};
+use proto::pod::env as pod_env;
 
 /// `app.kubernetes.io/name`: the platform's label; the reconciler watches it.
 pub const LABEL_APP: &str = "app.kubernetes.io/name";
@@ -52,23 +53,10 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/jbazel";
 pub const TOKEN_FILE: &str = "token";
 /// Lifetime of the bound token; the kubelet renews it at 80%.
 const TOKEN_SECONDS: i64 = 3600;
-/// The capabilities the supervisor (PID 1) needs for the pivot and the switch to the
-/// tree's owner; it drops all of them before Bazel is exec'd. Measured one at a time, and
-/// each explained, in `supervisor::owner::POD_CAPABILITIES` (`supervisor --dry-run` shows
-/// them). The orchestrator does not depend on the supervisor, so the two lists are kept
-/// equal by hand.
-pub const POD_CAPABILITIES: &[&str] = &[
-    "SYS_ADMIN",
-    "SETUID",
-    "SETGID",
-    "SETPCAP",
-    "KILL",
-    "DAC_READ_SEARCH",
-];
-
 /// The container's name.
 pub const CONTAINER: &str = "bazel-server";
-/// The supervisor's health endpoint (contracts: 0.0.0.0:8080, `GET /readyz`).
+/// The supervisor's health endpoint (it listens on 0.0.0.0:8080: `supervisor::cli`'s
+/// default; `GET /readyz` answers 200 while Bazel answers Ping).
 pub const HEALTH_PORT: i32 = 8080;
 pub const READYZ_PATH: &str = "/readyz";
 /// 200 while the supervisor lives (liveness).
@@ -195,7 +183,7 @@ impl Default for PodSettings {
             orchestrator_ca_pem: None,
             image: "docker.io/library/jbazel-bazel-server:dev".into(),
             pull_policy: PullPolicy::Never,
-            filestore_root: PathBuf::from("/tmp/mock-filestore"),
+            filestore_root: PathBuf::from(proto::pod::DEFAULT_FILESTORE_ROOT),
             // No default address: it depends on the cluster's network (the orchestrator's
             // CLI requires it). Empty: the pods do not report (the probe path still works).
             orchestrator_addr: String::new(),
@@ -302,13 +290,106 @@ impl PodSpecFor<'_> {
         ])
     }
 
-    /// The full manifest.
+    /// The full manifest: [`PodSpecFor::metadata`], and the pod spec around
+    /// [`PodSpecFor::container`] and [`volumes`].
     pub fn manifest(&self, settings: &PodSettings) -> Pod {
-        let root = settings.filestore_root.to_string_lossy().into_owned();
+        Pod {
+            metadata: self.metadata(settings),
+            spec: Some(PodSpec {
+                containers: vec![self.container(settings)],
+                volumes: Some(volumes(settings)),
+                service_account_name: Some(SERVER_SERVICE_ACCOUNT.to_string()),
+                // Restart a crashed supervisor in place; exit 0 (Bazel idled out) ends
+                // the pod, and the reconciler marks the row IDLE.
+                restart_policy: Some("OnFailure".to_string()),
+                // The supervisor shuts Bazel down on SIGTERM within this; a bounce's new
+                // pod starts at once and waits for the old server's output-base lock.
+                termination_grace_period_seconds: Some(settings.termination_grace_seconds),
+                // The pod never calls the Kubernetes API: no API token (only the bound
+                // one of the volumes), no service env vars.
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                // The pod resolves no cluster names (it reaches the orchestrator by IP), and
+                // clusters without cluster DNS warn on every sync under ClusterFirst.
+                dns_policy: Some("Default".to_string()),
+                node_selector: (!settings.node_selector.is_empty())
+                    .then(|| settings.node_selector.clone()),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// Name, user namespace, labels ([`PodSpecFor::labels`]) and annotations.
+    pub fn metadata(&self, settings: &PodSettings) -> ObjectMeta {
         let repo_dir = settings
             .filestore_root
             .join(self.user_id)
             .join(self.repo_hash);
+        ObjectMeta {
+            name: Some(self.name()),
+            namespace: Some(user_namespace(&settings.namespace, self.user_id)),
+            labels: Some(self.labels(settings)),
+            annotations: Some(BTreeMap::from([
+                (LABEL_USER.to_string(), self.user_id.to_string()),
+                (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
+                (LABEL_SESSION.to_string(), self.session_id.to_string()),
+                (
+                    ANNOTATION_REPO_DIR.to_string(),
+                    repo_dir.to_string_lossy().into_owned(),
+                ),
+                // A bare pod with a hostPath volume keeps the cluster autoscaler from
+                // removing its node; the server's state is on the filestore, so an
+                // eviction only costs a respawn on the kept output base.
+                (
+                    "cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(),
+                    "true".to_string(),
+                ),
+            ])),
+            ..Default::default()
+        }
+    }
+
+    /// The supervisor's container: image, [`PodSpecFor::env`], the health port and its
+    /// probes, the mounts of [`volumes`], resources and [`security_context`].
+    pub fn container(&self, settings: &PodSettings) -> Container {
+        Container {
+            name: CONTAINER.to_string(),
+            image: Some(settings.image.clone()),
+            image_pull_policy: Some(settings.pull_policy.as_str().to_string()),
+            env: Some(self.env(settings)),
+            ports: Some(vec![ContainerPort {
+                name: Some("health".to_string()),
+                container_port: HEALTH_PORT,
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            volume_mounts: Some(volume_mounts(settings)),
+            readiness_probe: Some(readiness_probe(settings.probe)),
+            resources: settings.resources.requirements(),
+            // The supervisor writes `proto::pod::idle_message` here when Bazel idled out.
+            termination_message_path: Some("/dev/termination-log".to_string()),
+            // A hung supervisor is restarted; generous, since a busy node is not a hang.
+            liveness_probe: (settings.probe == ProbeMode::Http).then(|| Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(HEALTHZ_PATH.to_string()),
+                    port: IntOrString::Int(HEALTH_PORT),
+                    ..Default::default()
+                }),
+                initial_delay_seconds: Some(10),
+                period_seconds: Some(10),
+                timeout_seconds: Some(5),
+                failure_threshold: Some(6),
+                ..Default::default()
+            }),
+            security_context: Some(security_context()),
+            ..Default::default()
+        }
+    }
+
+    /// The supervisor's environment (`proto::pod::env`): who the pod serves, where the
+    /// filestore is, how to report, and the pod's own name and address.
+    pub fn env(&self, settings: &PodSettings) -> Vec<EnvVar> {
         let env = |name: &str, value: &str| EnvVar {
             name: name.to_string(),
             value: Some(value.to_string()),
@@ -325,188 +406,143 @@ impl PodSpecFor<'_> {
                 ..Default::default()
             }),
         };
-        let readiness = match settings.probe {
-            ProbeMode::Http => Probe {
-                http_get: Some(HTTPGetAction {
-                    path: Some(READYZ_PATH.to_string()),
-                    port: IntOrString::Int(HEALTH_PORT),
-                    ..Default::default()
-                }),
-                ..readiness_timing()
-            },
-            ProbeMode::Exec => Probe {
-                exec: Some(ExecAction {
-                    command: Some(vec![SUPERVISOR_BIN.to_string(), "probe".to_string()]),
-                }),
-                ..readiness_timing()
-            },
-        };
-        let container = Container {
-            name: CONTAINER.to_string(),
-            image: Some(settings.image.clone()),
-            image_pull_policy: Some(settings.pull_policy.as_str().to_string()),
-            env: Some(vec![
-                env("USER_ID", self.user_id),
-                env("REPO_HASH", self.repo_hash),
-                env("SESSION_ID", self.session_id),
-                env("MOCK_FILESTORE_PATH", &root),
-                // The supervisor must finish Bazel's clean shutdown before the kubelet's
-                // SIGKILL: its own grace is the pod's minus a 2 s margin.
-                env(
-                    "GRACE_PERIOD_SECS",
-                    &(settings.termination_grace_seconds - 2).max(1).to_string(),
-                ),
-                env("ORCHESTRATOR_ADDR", &settings.orchestrator_addr),
-                env(
-                    "ORCHESTRATOR_CA_PEM",
-                    settings.orchestrator_ca_pem.as_deref().unwrap_or(""),
-                ),
-                env("JBAZEL_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
-                env("IDLE_TIMEOUT_SECS", &settings.idle_timeout_secs.to_string()),
-                field("POD_NAME", "metadata.name"),
-                field("POD_NAMESPACE", "metadata.namespace"),
-                field("POD_IP", "status.podIP"),
-            ]),
-            ports: Some(vec![ContainerPort {
-                name: Some("health".to_string()),
-                container_port: HEALTH_PORT,
-                protocol: Some("TCP".to_string()),
-                ..Default::default()
-            }]),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "filestore".to_string(),
-                    mount_path: root.clone(),
-                    ..Default::default()
-                },
-                VolumeMount {
-                    name: "report-token".to_string(),
-                    mount_path: TOKEN_DIR.to_string(),
-                    read_only: Some(true),
-                    ..Default::default()
-                },
-            ]),
-            readiness_probe: Some(readiness),
-            resources: settings.resources.requirements(),
-            // The supervisor writes `idle: ...` here when Bazel idled out.
-            termination_message_path: Some("/dev/termination-log".to_string()),
-            // A hung supervisor is restarted; generous, since a busy node is not a hang.
-            liveness_probe: (settings.probe == ProbeMode::Http).then(|| Probe {
-                http_get: Some(HTTPGetAction {
-                    path: Some(HEALTHZ_PATH.to_string()),
-                    port: IntOrString::Int(HEALTH_PORT),
-                    ..Default::default()
-                }),
-                initial_delay_seconds: Some(10),
-                period_seconds: Some(10),
-                timeout_seconds: Some(5),
-                failure_threshold: Some(6),
-                ..Default::default()
-            }),
-            security_context: Some(SecurityContext {
-                // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts, then
-                // switches to the tree owner's uid: that needs the few capabilities of
-                // POD_CAPABILITIES (each explained by `supervisor --dry-run`) and nothing
-                // else that `privileged` would grant. Bazel and every action run with
-                // none of them (bounding set emptied, no_new_privs) as the owner's uid.
-                privileged: Some(false),
-                capabilities: Some(Capabilities {
-                    add: Some(POD_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
-                    drop: Some(vec!["ALL".to_string()]),
-                }),
-                // Seccomp: the container runtime's RuntimeDefault profile blocks unshare(2)
-                // and mount(2) even with CAP_SYS_ADMIN on this cluster (environment.md), so
-                // the pivot needs Unconfined at the container level. What runs after the
-                // pivot gets the supervisor's own filter instead (see supervisor::pivot).
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "Unconfined".to_string(),
-                    localhost_profile: None,
-                }),
-                // allowPrivilegeEscalation is left unset: the API rejects `false` together
-                // with CAP_SYS_ADMIN.
-                ..Default::default()
+        vec![
+            env(pod_env::USER_ID, self.user_id),
+            env(pod_env::REPO_HASH, self.repo_hash),
+            env(pod_env::SESSION_ID, self.session_id),
+            env(
+                pod_env::FILESTORE_ROOT,
+                &settings.filestore_root.to_string_lossy(),
+            ),
+            // The supervisor must finish Bazel's clean shutdown before the kubelet's
+            // SIGKILL: its own grace is the pod's minus a 2 s margin.
+            env(
+                pod_env::GRACE_PERIOD_SECS,
+                &(settings.termination_grace_seconds - 2).max(1).to_string(),
+            ),
+            env(pod_env::ORCHESTRATOR_ADDR, &settings.orchestrator_addr),
+            env(
+                pod_env::ORCHESTRATOR_CA_PEM,
+                settings.orchestrator_ca_pem.as_deref().unwrap_or(""),
+            ),
+            env(pod_env::TOKEN_FILE, &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
+            env(
+                pod_env::IDLE_TIMEOUT_SECS,
+                &settings.idle_timeout_secs.to_string(),
+            ),
+            field(pod_env::POD_NAME, "metadata.name"),
+            field(pod_env::POD_NAMESPACE, "metadata.namespace"),
+            field(pod_env::POD_IP, "status.podIP"),
+        ]
+    }
+}
+
+/// The volume of the filestore root R (hostPath R, mounted at R).
+const VOLUME_FILESTORE: &str = "filestore";
+/// The volume of the pod's bound token (mounted at [`TOKEN_DIR`]).
+const VOLUME_REPORT_TOKEN: &str = "report-token";
+
+/// The pod's volumes: the filestore root R from the node, and the pod's only credential.
+pub fn volumes(settings: &PodSettings) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: VOLUME_FILESTORE.to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: settings.filestore_root.to_string_lossy().into_owned(),
+                type_: Some("DirectoryOrCreate".to_string()),
             }),
             ..Default::default()
-        };
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(self.name()),
-                namespace: Some(user_namespace(&settings.namespace, self.user_id)),
-                labels: Some(self.labels(settings)),
-                annotations: Some(BTreeMap::from([
-                    (LABEL_USER.to_string(), self.user_id.to_string()),
-                    (LABEL_REPO_HASH.to_string(), self.repo_hash.to_string()),
-                    (LABEL_SESSION.to_string(), self.session_id.to_string()),
-                    (
-                        ANNOTATION_REPO_DIR.to_string(),
-                        repo_dir.to_string_lossy().into_owned(),
-                    ),
-                    // A bare pod with a hostPath volume keeps the cluster autoscaler from
-                    // removing its node; the server's state is on the filestore, so an
-                    // eviction only costs a respawn on the kept output base.
-                    (
-                        "cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(),
-                        "true".to_string(),
-                    ),
-                ])),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                containers: vec![container],
-                volumes: Some(vec![
-                    Volume {
-                        name: "filestore".to_string(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: root,
-                            type_: Some("DirectoryOrCreate".to_string()),
-                        }),
-                        ..Default::default()
-                    },
-                    // The pod's only credential: a token bound to this pod (the API server
-                    // invalidates it when the pod goes) for the orchestrator's audience
-                    // alone, readable by root only (Bazel runs as the tree's owner).
-                    Volume {
-                        name: "report-token".to_string(),
-                        projected: Some(ProjectedVolumeSource {
-                            default_mode: Some(0o400),
-                            sources: Some(vec![VolumeProjection {
-                                service_account_token: Some(ServiceAccountTokenProjection {
-                                    audience: Some(crate::auth::POD_AUDIENCE.to_string()),
-                                    expiration_seconds: Some(TOKEN_SECONDS),
-                                    path: TOKEN_FILE.to_string(),
-                                }),
-                                ..Default::default()
-                            }]),
-                        }),
-                        ..Default::default()
-                    },
-                ]),
-                service_account_name: Some(SERVER_SERVICE_ACCOUNT.to_string()),
-                // Restart a crashed supervisor in place; exit 0 (Bazel idled out) ends
-                // the pod, and the reconciler marks the row IDLE.
-                restart_policy: Some("OnFailure".to_string()),
-                // The supervisor shuts Bazel down on SIGTERM within this; a bounce's new
-                // pod starts at once and waits for the old server's output-base lock.
-                termination_grace_period_seconds: Some(settings.termination_grace_seconds),
-                // The pod never calls the Kubernetes API: no API token (only the bound
-                // one above), no service env vars.
-                automount_service_account_token: Some(false),
-                enable_service_links: Some(false),
-                // The pod resolves no cluster names (it reaches the orchestrator by IP), and
-                // clusters without cluster DNS warn on every sync under ClusterFirst.
-                dns_policy: Some("Default".to_string()),
-                node_selector: (!settings.node_selector.is_empty())
-                    .then(|| settings.node_selector.clone()),
+        },
+        // The pod's only credential: a token bound to this pod (the API server
+        // invalidates it when the pod goes) for the orchestrator's audience alone,
+        // readable by root only (Bazel runs as the tree's owner).
+        Volume {
+            name: VOLUME_REPORT_TOKEN.to_string(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o400),
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(crate::auth::POD_AUDIENCE.to_string()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: TOKEN_FILE.to_string(),
+                    }),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Where the container mounts [`volumes`]: R at the same path R, the token read-only.
+pub fn volume_mounts(settings: &PodSettings) -> Vec<VolumeMount> {
+    vec![
+        VolumeMount {
+            name: VOLUME_FILESTORE.to_string(),
+            mount_path: settings.filestore_root.to_string_lossy().into_owned(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: VOLUME_REPORT_TOKEN.to_string(),
+            mount_path: TOKEN_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ]
+}
+
+/// The readiness probe: the supervisor's `/readyz` (over HTTP, or by `supervisor probe`
+/// in the container).
+fn readiness_probe(mode: ProbeMode) -> Probe {
+    match mode {
+        ProbeMode::Http => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(READYZ_PATH.to_string()),
+                port: IntOrString::Int(HEALTH_PORT),
                 ..Default::default()
             }),
-            status: None,
-        }
+            ..readiness_timing()
+        },
+        ProbeMode::Exec => Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![SUPERVISOR_BIN.to_string(), "probe".to_string()]),
+            }),
+            ..readiness_timing()
+        },
+    }
+}
+
+/// The container's privileges: exactly the supervisor's capabilities.
+pub fn security_context() -> SecurityContext {
+    SecurityContext {
+        // The supervisor pivots with unshare(CLONE_NEWNS) + bind mounts, then switches to
+        // the tree owner's uid: that needs the few capabilities of
+        // `proto::pod::CAPABILITIES` (each explained there and by `supervisor --dry-run`)
+        // and nothing else that `privileged` would grant. Bazel and every action run with
+        // none of them (bounding set emptied, no_new_privs) as the owner's uid.
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            add: Some(proto::pod::capability_names().map(str::to_string).collect()),
+            drop: Some(vec!["ALL".to_string()]),
+        }),
+        // Seccomp: the container runtime's RuntimeDefault profile blocks unshare(2) and
+        // mount(2) even with CAP_SYS_ADMIN on the local cluster, so the pivot needs
+        // Unconfined at the container level. What runs after the pivot gets the
+        // supervisor's own filter instead (see supervisor::pivot).
+        seccomp_profile: Some(SeccompProfile {
+            type_: "Unconfined".to_string(),
+            localhost_profile: None,
+        }),
+        // allowPrivilegeEscalation is left unset: the API rejects `false` together with
+        // CAP_SYS_ADMIN.
+        ..Default::default()
     }
 }
 
 fn readiness_timing() -> Probe {
     Probe {
-        // Bazel answers Ping 2.3-3.1 s after start (environment.md): probe every second.
+        // Bazel answers Ping 2.3-3.1 s after start (measured on the local cluster): probe
+        // every second.
         initial_delay_seconds: Some(1),
         period_seconds: Some(1),
         timeout_seconds: Some(1),
@@ -589,30 +625,37 @@ mod tests {
         assert_ne!(pod_name("Alice", HASH, 1), pod_name("alice", HASH, 1));
     }
 
-    #[test]
-    fn manifest_carries_identity_env_volume_probe_and_least_privilege() {
-        let settings = PodSettings {
+    fn settings() -> PodSettings {
+        PodSettings {
             filestore_root: PathBuf::from("/srv/fs"),
             orchestrator_addr: "http://192.0.2.1:50051".into(),
             ..PodSettings::default()
-        };
-        let spec = PodSpecFor {
+        }
+    }
+
+    /// alice's pod of session boot-1, generation 7.
+    fn with_spec<T>(f: impl FnOnce(&PodSpecFor<'_>) -> T) -> T {
+        f(&PodSpecFor {
             user_id: &UserId::parse("alice").expect("valid"),
             repo_hash: &RepoHash::parse(HASH).expect("valid"),
             session_id: &SessionId::parse("boot-1").expect("valid"),
             generation: 7,
-        };
-        let pod = spec.manifest(&settings);
+        })
+    }
+
+    #[test]
+    fn metadata_names_the_pod_in_the_users_namespace_with_its_fence() {
+        let meta = with_spec(|spec| spec.metadata(&settings()));
         assert_eq!(
-            pod.metadata.name.as_deref(),
+            meta.name.as_deref(),
             Some(pod_name("alice", HASH, 7).as_str())
         );
         assert_eq!(
-            pod.metadata.namespace.as_deref(),
+            meta.namespace.as_deref(),
             Some("jbazel-alice"),
             "each user's pods in the user's own namespace"
         );
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let labels = meta.labels.clone().unwrap_or_default();
         assert_eq!(labels[LABEL_APP], "jbazel-server");
         assert_eq!(labels[LABEL_USER], "alice");
         assert_eq!(labels[LABEL_REPO_HASH], HASH);
@@ -626,7 +669,7 @@ mod tests {
             platform_selector("jbazel"),
             "app.kubernetes.io/name=jbazel-server,jbazel.dev/platform-namespace=jbazel"
         );
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let annotations = meta.annotations.clone().unwrap_or_default();
         assert_eq!(
             annotations[ANNOTATION_REPO_DIR],
             format!("/srv/fs/alice/{HASH}")
@@ -635,44 +678,58 @@ mod tests {
             annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
             "true"
         );
+    }
 
+    #[test]
+    fn the_pod_spec_has_no_api_token_and_restarts_only_on_failure() {
+        let pod = with_spec(|spec| spec.manifest(&settings()));
+        assert_eq!(pod.metadata, with_spec(|spec| spec.metadata(&settings())));
         let spec = pod.spec.expect("spec");
+        assert_eq!(
+            spec.containers,
+            vec![with_spec(|s| s.container(&settings()))]
+        );
+        assert_eq!(spec.volumes, Some(volumes(&settings())));
         assert_eq!(spec.termination_grace_period_seconds, Some(10));
         assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.enable_service_links, Some(false));
         assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
         assert_eq!(spec.node_selector, None);
         assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
         assert_eq!(spec.service_account_name.as_deref(), Some("jbazel-server"));
-        let token = spec.volumes.as_ref().expect("volumes")[1]
-            .projected
-            .as_ref()
-            .expect("projected token");
+    }
+
+    #[test]
+    fn volumes_are_the_filestore_and_a_root_only_bound_token() {
+        let volumes = volumes(&settings());
+        let host_path = volumes[0].host_path.as_ref().expect("hostPath");
+        assert_eq!(host_path.path, "/srv/fs");
+        let token = volumes[1].projected.as_ref().expect("projected token");
         assert_eq!(token.default_mode, Some(0o400), "root-only");
         let sat = token.sources.as_ref().expect("sources")[0]
             .service_account_token
             .as_ref()
             .expect("bound token");
         assert_eq!(sat.audience.as_deref(), Some("jbazel-orchestrator"));
-        let volume = &spec.volumes.as_ref().expect("volumes")[0];
-        let host_path = volume.host_path.as_ref().expect("hostPath");
-        assert_eq!(host_path.path, "/srv/fs");
-        let c = &spec.containers[0];
-        assert_eq!(
-            c.image.as_deref(),
-            Some("docker.io/library/jbazel-bazel-server:dev")
-        );
-        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
-        let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
-        assert_eq!(
-            (mount.name.as_str(), mount.mount_path.as_str()),
-            (volume.name.as_str(), "/srv/fs")
-        );
-
-        let env: BTreeMap<_, _> = c
-            .env
-            .as_ref()
-            .expect("env")
+        let mounts = volume_mounts(&settings());
+        let at: Vec<_> = mounts
             .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (volumes[0].name.as_str(), "/srv/fs", None),
+                (volumes[1].name.as_str(), TOKEN_DIR, Some(true)),
+            ],
+            "R at the same path R; the token read-only"
+        );
+    }
+
+    #[test]
+    fn env_tells_the_supervisor_who_where_and_how_to_report() {
+        let env: BTreeMap<_, _> = with_spec(|spec| spec.env(&settings()))
+            .into_iter()
             .map(|e| {
                 let v = e.value.clone().or_else(|| {
                     e.value_from
@@ -680,22 +737,36 @@ mod tests {
                         .and_then(|f| f.field_ref.as_ref())
                         .map(|f| format!("fieldRef:{}", f.field_path))
                 });
-                (e.name.as_str(), v.unwrap_or_default())
+                (e.name, v.unwrap_or_default())
             })
             .collect();
-        assert_eq!(env["USER_ID"], "alice");
-        assert_eq!(env["REPO_HASH"], HASH);
-        assert_eq!(env["SESSION_ID"], "boot-1");
-        assert_eq!(env["MOCK_FILESTORE_PATH"], "/srv/fs");
+        assert_eq!(env[pod_env::USER_ID], "alice");
+        assert_eq!(env[pod_env::REPO_HASH], HASH);
+        assert_eq!(env[pod_env::SESSION_ID], "boot-1");
+        assert_eq!(env[pod_env::FILESTORE_ROOT], "/srv/fs");
         assert_eq!(
-            env["GRACE_PERIOD_SECS"], "8",
+            env[pod_env::GRACE_PERIOD_SECS],
+            "8",
             "the supervisor finishes before the kubelet kills"
         );
-        assert_eq!(env["ORCHESTRATOR_ADDR"], "http://192.0.2.1:50051");
-        assert_eq!(env["IDLE_TIMEOUT_SECS"], "10800");
-        assert_eq!(env["POD_NAME"], "fieldRef:metadata.name");
-        assert_eq!(env["POD_IP"], "fieldRef:status.podIP");
+        assert_eq!(env[pod_env::ORCHESTRATOR_ADDR], "http://192.0.2.1:50051");
+        assert_eq!(env[pod_env::ORCHESTRATOR_CA_PEM], "");
+        assert_eq!(env[pod_env::IDLE_TIMEOUT_SECS], "10800");
+        assert_eq!(env[pod_env::TOKEN_FILE], "/var/run/secrets/jbazel/token");
+        assert_eq!(env[pod_env::POD_NAME], "fieldRef:metadata.name");
+        assert_eq!(env[pod_env::POD_NAMESPACE], "fieldRef:metadata.namespace");
+        assert_eq!(env[pod_env::POD_IP], "fieldRef:status.podIP");
+    }
 
+    #[test]
+    fn container_probes_the_supervisor_with_least_privilege() {
+        let c = with_spec(|spec| spec.container(&settings()));
+        assert_eq!(
+            c.image.as_deref(),
+            Some("docker.io/library/jbazel-bazel-server:dev")
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+        assert_eq!(c.volume_mounts, Some(volume_mounts(&settings())));
         let probe = c.readiness_probe.as_ref().expect("readiness probe");
         let get = probe.http_get.as_ref().expect("httpGet");
         assert_eq!(get.path.as_deref(), Some("/readyz"));
@@ -704,10 +775,12 @@ mod tests {
         assert_eq!(live.and_then(|g| g.path.as_deref()), Some("/healthz"));
 
         let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(sc, &security_context());
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(
             sc.capabilities.as_ref().and_then(|c| c.add.clone()),
-            Some(POD_CAPABILITIES.iter().map(|c| c.to_string()).collect())
+            Some(proto::pod::capability_names().map(str::to_string).collect()),
+            "exactly the supervisor's capabilities, in order"
         );
         assert_eq!(
             sc.capabilities.as_ref().and_then(|c| c.drop.clone()),

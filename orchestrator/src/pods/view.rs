@@ -1,5 +1,10 @@
 //! Pure readings of a pod: identity (labels), health for the reconciler, and WatchServer's
 //! progress stage or failure reason. No I/O.
+//!
+//! "Failed" has one reading, [`failure`], built on the one list [`FAILURE_REASONS`]:
+//! [`view`] (so the reconciler and GetServer's pod step), [`progress`] (WatchServer) and
+//! [`event_failure`] (WatchServer's events) all use it, so they agree on when a pod will
+//! not serve by itself.
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use proto::names::{RepoHash, SessionId, UserId};
@@ -8,8 +13,14 @@ use proto::orchestrator::Stage;
 use super::manifest::{LABEL_GENERATION, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
 use crate::session::{PodHealth, PodView, SessionKey};
 
-/// Container waiting reasons that mean "this will not start by itself": WatchServer
-/// reports them at once as STAGE_FAILED instead of waiting for a timeout.
+/// The reason the scheduler gives (the `PodScheduled` condition's reason) for a pod no
+/// node can take.
+pub const UNSCHEDULABLE: &str = "Unschedulable";
+
+/// Reasons that mean "this pod will not serve by itself": a container waiting for one of
+/// them (the kubelet's image and start errors), or the `PodScheduled` condition False for
+/// one of them ([`UNSCHEDULABLE`]). WatchServer reports them at once as STAGE_FAILED, the
+/// reconciler takes the row out of READY, and GetServer replaces the pod.
 pub const FAILURE_REASONS: &[&str] = &[
     "ErrImageNeverPull",
     "ErrImagePull",
@@ -20,7 +31,20 @@ pub const FAILURE_REASONS: &[&str] = &[
     "CreateContainerConfigError",
     "CreateContainerError",
     "RunContainerError",
+    UNSCHEDULABLE,
 ];
+
+/// Whether `reason` is one of [`FAILURE_REASONS`].
+pub fn is_failure_reason(reason: &str) -> bool {
+    FAILURE_REASONS.contains(&reason)
+}
+
+/// Why a pod will not serve by itself: a Kubernetes reason and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
 
 /// The (user, repo) a pod claims through its labels, if both are there and valid names.
 pub fn key_of(pod: &Pod) -> Option<SessionKey> {
@@ -98,11 +122,9 @@ pub fn report_matches(
     Ok(())
 }
 
-/// The termination message the supervisor leaves when Bazel idled out.
-pub const IDLE_MESSAGE_PREFIX: &str = "idle:";
-
 /// True when the pod ended because its server idled out: phase Succeeded and the
-/// container's termination message starts with `idle:`.
+/// container's termination message is the supervisor's idle one
+/// ([`proto::pod::is_idle_message`]).
 fn idled_out(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
         return false;
@@ -113,7 +135,7 @@ fn idled_out(pod: &Pod) -> bool {
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .and_then(|t| t.message.as_deref())
-                .is_some_and(|m| m.trim_start().starts_with(IDLE_MESSAGE_PREFIX))
+                .is_some_and(proto::pod::is_idle_message)
         })
 }
 
@@ -131,20 +153,68 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
+/// The one reading of "this pod failed": the pod ended (phase Failed, or Succeeded other
+/// than by idling out), a container waits for one of [`FAILURE_REASONS`], or the scheduler
+/// says one of them. `None` for a pod that is going away (it is terminating, not failed)
+/// or that idled out.
+pub fn failure(pod: &Pod) -> Option<Failure> {
+    if pod.metadata.deletion_timestamp.is_some() || idled_out(pod) {
+        return None;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or("pod");
+    let status = pod.status.as_ref()?;
+    let phase = phase(pod);
+    if matches!(phase, "Failed" | "Succeeded") {
+        return Some(Failure {
+            reason: status
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("Pod{phase}")),
+            message: status
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{name} ended (phase {phase})")),
+        });
+    }
+    for c in status.container_statuses.iter().flatten() {
+        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        if let Some(reason) = waiting.reason.as_deref().filter(|r| is_failure_reason(r)) {
+            return Some(Failure {
+                reason: reason.to_string(),
+                message: waiting
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("container {} is {reason}", c.name)),
+            });
+        }
+    }
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .find_map(|c| {
+            let reason = c.reason.as_deref().filter(|r| is_failure_reason(r))?;
+            Some(Failure {
+                reason: reason.to_string(),
+                message: c
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("{name} cannot be scheduled")),
+            })
+        })
+}
+
 /// The reconciler's view of a pod.
 pub fn view(pod: &Pod) -> PodView {
     let health = if pod.metadata.deletion_timestamp.is_some() {
         PodHealth::Terminating
     } else if idled_out(pod) {
         PodHealth::Idle
-    } else if matches!(phase(pod), "Failed" | "Succeeded") {
-        PodHealth::Failed {
-            reason: pod
-                .status
-                .as_ref()
-                .and_then(|s| s.reason.clone())
-                .unwrap_or_else(|| phase(pod).to_string()),
-        }
+    } else if let Some(f) = failure(pod) {
+        PodHealth::Failed { reason: f.reason }
     } else if is_ready(pod) {
         PodHealth::Ready
     } else {
@@ -183,50 +253,15 @@ pub fn progress(pod: &Pod) -> Progress {
             message: format!("{name} is terminating"),
         };
     }
-    if phase(pod) == "Failed" {
-        let reason = status
-            .and_then(|s| s.reason.clone())
-            .unwrap_or_else(|| "PodFailed".to_string());
-        let message = status
-            .and_then(|s| s.message.clone())
-            .unwrap_or_else(|| format!("{name} failed"));
+    if let Some(Failure { reason, message }) = failure(pod) {
         return Progress::Failed { reason, message };
     }
     let containers = status
         .and_then(|s| s.container_statuses.clone())
         .unwrap_or_default();
-    for c in &containers {
-        if let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-            if let Some(reason) = waiting.reason.as_deref() {
-                if FAILURE_REASONS.contains(&reason) {
-                    return Progress::Failed {
-                        reason: reason.to_string(),
-                        message: waiting
-                            .message
-                            .clone()
-                            .unwrap_or_else(|| format!("container {} is {reason}", c.name)),
-                    };
-                }
-            }
-        }
-    }
     let conditions = status
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    if let Some(c) = conditions
-        .iter()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-    {
-        if c.reason.as_deref() == Some("Unschedulable") {
-            return Progress::Failed {
-                reason: "Unschedulable".to_string(),
-                message: c
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| format!("{name} cannot be scheduled")),
-            };
-        }
-    }
     if is_ready(pod) {
         return Progress::Stage {
             stage: Stage::ContainerRunning,
@@ -267,26 +302,22 @@ pub fn progress(pod: &Pod) -> Progress {
     }
 }
 
-/// Warning events that mean failure before the pod status says so (the scheduler's
-/// FailedScheduling is an event first and a condition a moment later).
+/// Warning events that mean failure before the pod status says so, read with the same
+/// list as the status ([`is_failure_reason`]): the kubelet's image events carry the
+/// container status's reasons, and the scheduler's `FailedScheduling` event comes a moment
+/// before its [`UNSCHEDULABLE`] condition.
 pub fn event_failure(event: &Event) -> Option<Progress> {
     if event.type_.as_deref() != Some("Warning") {
         return None;
     }
-    let reason = event.reason.as_deref()?;
-    let message = event.message.clone().unwrap_or_default();
-    let failed = |reason: &str| {
-        Some(Progress::Failed {
-            reason: reason.to_string(),
-            message: message.clone(),
-        })
+    let reason = match event.reason.as_deref()? {
+        "FailedScheduling" => UNSCHEDULABLE,
+        reason => reason,
     };
-    match reason {
-        "FailedScheduling" => failed("Unschedulable"),
-        // The kubelet's image events carry the same reasons as the container status.
-        "ErrImageNeverPull" | "InvalidImageName" => failed(reason),
-        _ => None,
-    }
+    is_failure_reason(reason).then(|| Progress::Failed {
+        reason: reason.to_string(),
+        message: event.message.clone().unwrap_or_default(),
+    })
 }
 
 /// Events that are part of a normal start and would only alarm a person watching: the
@@ -386,7 +417,7 @@ mod tests {
         }
     }
 
-    fn failure(p: Progress) -> String {
+    fn failed_reason(p: Progress) -> String {
         match p {
             Progress::Failed { reason, .. } => reason,
             Progress::Stage { stage, .. } => panic!("expected a failure, got {stage:?}"),
@@ -451,7 +482,7 @@ mod tests {
                 vec![container(waiting(reason))],
                 None,
             );
-            assert_eq!(failure(progress(&p)), reason);
+            assert_eq!(failed_reason(progress(&p)), reason);
         }
         let unschedulable = pod(
             "Pending",
@@ -459,16 +490,103 @@ mod tests {
             vec![],
             None,
         );
-        assert_eq!(failure(progress(&unschedulable)), "Unschedulable");
+        assert_eq!(failed_reason(progress(&unschedulable)), "Unschedulable");
         let mut evicted = pod("Failed", vec![], vec![], None);
         if let Some(s) = evicted.status.as_mut() {
             s.reason = Some("Evicted".into());
         }
-        assert_eq!(failure(progress(&evicted)), "Evicted");
+        assert_eq!(failed_reason(progress(&evicted)), "Evicted");
         assert_eq!(
-            failure(progress(&pod("Failed", vec![], vec![], None))),
+            failed_reason(progress(&pod("Failed", vec![], vec![], None))),
             "PodFailed"
         );
+    }
+
+    /// One pod per reading of "failed": WatchServer (progress, events), the reconciler
+    /// (view -> session::reconcile) and GetServer (view -> session::pod_step) agree.
+    fn failed_in_every_reading(p: &Pod, reason: &str) {
+        use crate::session::{self, Fence, ReconcileDecision, SessionRow, Status};
+        assert_eq!(failure(p).map(|f| f.reason).as_deref(), Some(reason));
+        assert_eq!(failed_reason(progress(p)), reason, "WatchServer");
+        let v = view(p);
+        assert_eq!(
+            v.health,
+            PodHealth::Failed {
+                reason: reason.to_string()
+            },
+            "view"
+        );
+        let fence = Fence {
+            session_id: SessionId::parse("s1").expect("valid"),
+            generation: 3,
+        };
+        let ready = SessionRow {
+            pod_ip: Some("10.244.0.5".into()),
+            command_port: Some(9001),
+            status: Status::Ready,
+            ..SessionRow::pending(&fence.session_id, 3)
+        };
+        assert_eq!(
+            session::reconcile(Some(&ready), &v),
+            ReconcileDecision::LeaveReady {
+                fence: fence.clone()
+            },
+            "reconciler"
+        );
+        assert_eq!(
+            session::pod_step(&fence, Some(&v)),
+            session::PodStep::Replace {
+                uid: Some("u1".into())
+            },
+            "GetServer"
+        );
+    }
+
+    #[test]
+    fn every_failure_reason_is_failed_in_every_reading() {
+        let scheduled = cond("PodScheduled", "True", None);
+        for reason in FAILURE_REASONS {
+            let waiting_pod = pod(
+                "Pending",
+                vec![scheduled.clone()],
+                vec![container(waiting(reason))],
+                None,
+            );
+            failed_in_every_reading(&waiting_pod, reason);
+            let event = Event {
+                type_: Some("Warning".into()),
+                reason: Some(reason.to_string()),
+                message: Some("m".into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                event_failure(&event),
+                Some(Progress::Failed {
+                    reason: reason.to_string(),
+                    message: "m".into()
+                }),
+                "event {reason}"
+            );
+        }
+        let unschedulable = pod(
+            "Pending",
+            vec![cond("PodScheduled", "False", Some(UNSCHEDULABLE))],
+            vec![],
+            None,
+        );
+        failed_in_every_reading(&unschedulable, UNSCHEDULABLE);
+        failed_in_every_reading(&pod("Failed", vec![], vec![], None), "PodFailed");
+        failed_in_every_reading(&pod("Succeeded", vec![], vec![], None), "PodSucceeded");
+        // A waiting reason outside the list is a start, in every reading.
+        let creating = pod(
+            "Pending",
+            vec![scheduled],
+            vec![container(waiting("ContainerCreating"))],
+            None,
+        );
+        assert_eq!(failure(&creating), None);
+        assert_eq!(view(&creating).health, PodHealth::Starting);
+        assert_eq!(stage(progress(&creating)), Stage::PodScheduled);
     }
 
     #[test]
@@ -492,7 +610,7 @@ mod tests {
         assert_eq!(
             view(&pod("Failed", vec![], vec![], None)).health,
             PodHealth::Failed {
-                reason: "Failed".into()
+                reason: "PodFailed".into()
             }
         );
         assert!(matches!(
@@ -513,7 +631,7 @@ mod tests {
             pod("Succeeded", vec![], vec![c], None)
         };
         assert_eq!(
-            view(&ended("idle: no command for 10800 s")).health,
+            view(&ended(&proto::pod::idle_message(10800))).health,
             PodHealth::Idle
         );
         assert!(matches!(
