@@ -559,9 +559,8 @@ async fn get_server_creates_exactly_one_pod_with_the_contract_manifest() {
     let added = caps.add.unwrap_or_default();
     assert_eq!(
         added,
-        orchestrator::pods::manifest::POD_CAPABILITIES
-            .iter()
-            .map(|c| c.to_string())
+        proto::pod::capability_names()
+            .map(str::to_string)
             .collect::<Vec<_>>(),
         "exactly the supervisor's capabilities, nothing privileged grants beyond them"
     );
