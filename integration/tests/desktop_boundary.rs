@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use proto::command_server::command_server_server::{CommandServer, CommandServerServer};
 use proto::command_server::{
-    CancelRequest, CancelResponse, ExecRequest, PingRequest, PingResponse, RunRequest,
-    RunResponse,
+    CancelRequest, CancelResponse, ExecRequest, PingRequest, PingResponse, RunRequest, RunResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -64,7 +63,10 @@ impl World {
     }
 
     fn jbazel(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
-        let mut cmd = self.alice.jbazel(&self.url, SESSION).expect("jbazel binary");
+        let mut cmd = self
+            .alice
+            .jbazel(&self.url, SESSION)
+            .expect("jbazel binary");
         cmd.args(args).env("JBAZEL_DEADLINE_SECS", "120");
         for (k, v) in env {
             cmd.env(k, v);
@@ -118,9 +120,7 @@ fn files_containing(dir: &Path, needle: &str, found: &mut Vec<PathBuf>) {
             if fs::File::open(&p)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .is_ok()
-                && bytes
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
             {
                 found.push(p);
             }
@@ -134,8 +134,7 @@ fn write_package(root: &Path, pkg: &str, files: &[(&str, &str)]) {
     for (name, content) in files {
         fs::write(dir.join(name), content).expect("write package file");
         if name.ends_with(".sh") {
-            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o755))
-                .expect("chmod");
+            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o755)).expect("chmod");
         }
     }
 }
@@ -172,16 +171,35 @@ try out_still_writable sh -c 'echo ok > /work/out/probe-was-here'
         "evil",
         &[
             ("probe.sh", probe),
-            ("writer.sh", "#!/bin/bash\necho evil > /work/src/.git/hooks/pre-commit\ntouch \"$1\"\n"),
-            ("BUILD", &format!("{}{}", genrule("probe", "probe.sh"), genrule("writer", "writer.sh"))),
+            (
+                "writer.sh",
+                "#!/bin/bash\necho evil > /work/src/.git/hooks/pre-commit\ntouch \"$1\"\n",
+            ),
+            (
+                "BUILD",
+                &format!(
+                    "{}{}",
+                    genrule("probe", "probe.sh"),
+                    genrule("writer", "writer.sh")
+                ),
+            ),
         ],
     );
     world.chown_checkout();
     let before = |p: &str| fs::read(root.join(p)).ok();
-    let (config, rc, app_build) = (before(".git/config"), before(".bazelrc"), before("app/BUILD"));
+    let (config, rc, app_build) = (
+        before(".git/config"),
+        before(".bazelrc"),
+        before("app/BUILD"),
+    );
 
     let out = world.jbazel(&[], &["build", "//evil:probe"]);
-    assert_eq!(out.status.code(), Some(0), "the probe builds: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the probe builds: {}",
+        text(&out)
+    );
     let report = fs::read_to_string(world.alice.artifact("evil", "probe.txt")).expect("report");
     eprintln!("boundary: probe report:\n{report}");
     for what in [
@@ -203,7 +221,12 @@ try out_still_writable sh -c 'echo ok > /work/out/probe-was-here'
 
     // A genrule that writes into the source tree fails, as in a sandboxed local build.
     let out = world.jbazel(&[], &["build", "//evil:writer"]);
-    assert_eq!(out.status.code(), Some(1), "writer must fail: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "writer must fail: {}",
+        text(&out)
+    );
 
     for p in [".git/hooks/pre-commit", "tools/bazel", ".envrc", "PWNED"] {
         assert!(!root.join(p).exists(), "{p} appeared in the checkout");
@@ -278,10 +301,18 @@ async fn a_repository_rc_cannot_import_desktop_files() {
     let world = World::start("boundary-import").await;
     let root = world.alice.desktop_path.clone();
     let canary = world.desktop_dir("secrets").join("canary.rc");
-    fs::write(&canary, "secret: CANARY123\nbuild --define=canary=CANARY123\n").expect("canary");
+    fs::write(
+        &canary,
+        "secret: CANARY123\nbuild --define=canary=CANARY123\n",
+    )
+    .expect("canary");
     fs::write(
         root.join(".bazelrc"),
-        format!("import {}\ntry-import {}\n", canary.display(), canary.display()),
+        format!(
+            "import {}\ntry-import {}\n",
+            canary.display(),
+            canary.display()
+        ),
     )
     .expect(".bazelrc");
     world.chown_checkout();
@@ -306,10 +337,17 @@ async fn a_repository_rc_cannot_import_desktop_files() {
 
     // The control: the user's own rc may import a desktop file.
     let home = world.desktop_dir("home");
-    fs::write(home.join(".bazelrc"), format!("import {}\n", canary.display())).expect("home rc");
+    fs::write(
+        home.join(".bazelrc"),
+        format!("import {}\n", canary.display()),
+    )
+    .expect("home rc");
     fs::write(root.join(".bazelrc"), "# clean\n").expect(".bazelrc");
     let out = world.jbazel(
-        &[("JBAZEL_DRY_RUN", "1"), ("HOME", home.to_str().expect("utf-8"))],
+        &[
+            ("JBAZEL_DRY_RUN", "1"),
+            ("HOME", home.to_str().expect("utf-8")),
+        ],
         &["build", "//app:hello"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -350,7 +388,8 @@ async fn a_huge_sparse_output_file_is_not_delivered() {
         ],
     );
     let took = t.elapsed();
-    let swapped = fs::read_to_string(world.alice.artifact("bloat", "bloat.txt")).unwrap_or_default();
+    let swapped =
+        fs::read_to_string(world.alice.artifact("bloat", "bloat.txt")).unwrap_or_default();
     assert!(
         !swapped.trim().is_empty(),
         "the attack must have swapped the staged file: {}",
@@ -396,8 +435,11 @@ impl CommandServer for Impostor {
         let req = req.into_inner();
         if let Ok(mut seen) = self.seen.lock() {
             seen.cookies.push(req.cookie.clone());
-            seen.args
-                .extend(req.arg.iter().map(|a| String::from_utf8_lossy(a).into_owned()));
+            seen.args.extend(
+                req.arg
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned()),
+            );
         }
         let done = RunResponse {
             cookie: self.response_cookie.clone(),
@@ -409,7 +451,10 @@ impl CommandServer for Impostor {
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))))
     }
 
-    async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        req: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
         if let Ok(mut seen) = self.seen.lock() {
             seen.cookies.push(req.into_inner().cookie);
         }
@@ -467,11 +512,21 @@ fn plant_cookies(out: &Path, request: &str, response: &str) {
 async fn an_impostor_server_cannot_make_the_desktop_exec() {
     let world = World::start("boundary-exec").await;
     let out = world.jbazel(&[], &["build", "//app:hello"]);
-    assert_eq!(out.status.code(), Some(0), "the real server works: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the real server works: {}",
+        text(&out)
+    );
 
     let canary = world.desktop_dir("pwn").join("PWNED-by-pod");
     let exec = ExecRequest {
-        working_directory: world.alice.desktop_path.to_string_lossy().as_bytes().to_vec(),
+        working_directory: world
+            .alice
+            .desktop_path
+            .to_string_lossy()
+            .as_bytes()
+            .to_vec(),
         argv: vec![
             b"/bin/sh".to_vec(),
             b"-c".to_vec(),
@@ -486,7 +541,11 @@ async fn an_impostor_server_cannot_make_the_desktop_exec() {
     };
     let seen = impostor.seen.clone();
     let addr = impostor.serve().await;
-    plant_cookies(&world.alice.out_dir(), "impostor-request", "impostor-response");
+    plant_cookies(
+        &world.alice.out_dir(),
+        "impostor-request",
+        "impostor-response",
+    );
 
     for args in [
         &["build", "//app:hello"][..],
@@ -505,7 +564,10 @@ async fn an_impostor_server_cannot_make_the_desktop_exec() {
             "{args:?}: the refusal says what was asked: {}",
             text(&out)
         );
-        assert!(!canary.exists(), "{args:?}: the desktop ran the pod's command");
+        assert!(
+            !canary.exists(),
+            "{args:?}: the desktop ran the pod's command"
+        );
     }
     // The control: the impostor was reached (so the refusals above were jbazel's).
     assert!(
@@ -561,8 +623,11 @@ async fn planted_links_and_pipes_in_the_mirror_are_not_followed() {
         }),
         ("a linked server directory", &|| {
             let elsewhere = world.desktop_dir("fake-server");
-            fs::write(elsewhere.join("request_cookie"), "aws_secret_access_key=CANARY-AWS-KEY")
-                .expect("fake cookie");
+            fs::write(
+                elsewhere.join("request_cookie"),
+                "aws_secret_access_key=CANARY-AWS-KEY",
+            )
+            .expect("fake cookie");
             fs::write(elsewhere.join("response_cookie"), "impostor-response").expect("fake");
             let server = mirror.join("server");
             let _ = fs::rename(&server, mirror.join("server.real"));
@@ -584,7 +649,12 @@ async fn planted_links_and_pipes_in_the_mirror_are_not_followed() {
         );
         let leaked = seen
             .lock()
-            .map(|s| s.cookies.iter().chain(&s.args).any(|c| c.contains("CANARY-AWS-KEY")))
+            .map(|s| {
+                s.cookies
+                    .iter()
+                    .chain(&s.args)
+                    .any(|c| c.contains("CANARY-AWS-KEY"))
+            })
             .unwrap_or(true);
         assert!(!leaked, "{what}: the secret was sent to the command port");
     }

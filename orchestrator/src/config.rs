@@ -92,7 +92,7 @@ pub struct Config {
     pub node_selector: Vec<(String, String)>,
 
     /// Bazel's command port in the pod when the supervisor has not reported one.
-    #[arg(long, default_value_t = 9001)]
+    #[arg(long, default_value_t = u32::from(proto::pod::COMMAND_PORT))]
     pub command_port: u32,
 
     /// Deadline, in seconds, of a request that carries no grpc-timeout.

@@ -36,7 +36,11 @@ impl Backoff {
     pub fn pause(&self, attempt: u32, jitter: f64) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
-        let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+        let jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
         half + half.mul_f64(jitter)
     }
 }

@@ -33,6 +33,19 @@ pub mod env {
     pub const POD_IP: &str = "POD_IP";
 }
 
+/// The port of the supervisor's health endpoint (`0.0.0.0:HEALTH_PORT`), which the pod's
+/// probes ask.
+pub const HEALTH_PORT: u16 = 8080;
+/// 200 once the Bazel server has answered (readiness).
+pub const READYZ_PATH: &str = "/readyz";
+/// 200 while the supervisor lives (liveness).
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Where the supervisor leaves its termination message (the container's
+/// `terminationMessagePath`).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// The Bazel server's command port in the pod, unless the supervisor reports another.
+pub const COMMAND_PORT: u16 = 9001;
+
 /// The filestore root R when nothing says otherwise (the harness's mock filestore).
 pub const DEFAULT_FILESTORE_ROOT: &str = "/tmp/mock-filestore";
 

@@ -11,15 +11,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use proto::pod::env;
 
 /// Default Bazel command port inside the pod (bound on 127.0.0.1).
-pub const DEFAULT_COMMAND_PORT: u16 = 9001;
-/// Default health endpoint (`/readyz`, `/healthz`).
+pub const DEFAULT_COMMAND_PORT: u16 = proto::pod::COMMAND_PORT;
+/// Default health endpoint (`/readyz`, `/healthz`), on `proto::pod::HEALTH_PORT` (the
+/// orchestrator's probes ask that port; a unit test keeps the two equal).
 pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
 /// Default system rc of the image.
 pub const DEFAULT_SYSTEM_BAZELRC: &str = "/etc/jbazel/system.bazelrc";
 /// Default parent of Bazel's home for a non-root owner.
 pub const DEFAULT_BAZEL_HOME_PARENT: &str = "/tmp";
 /// Kubernetes' default `terminationMessagePath`.
-pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+pub const DEFAULT_TERMINATION_LOG: &str = proto::pod::TERMINATION_LOG;
 
 /// PID 1 of a jbazel Bazel-server pod.
 ///
@@ -200,4 +201,16 @@ pub struct Opts {
     /// Log format on stderr (RUST_LOG selects levels).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_health_addr_is_the_port_the_pods_probes_ask() {
+        let addr: std::net::SocketAddr = DEFAULT_HEALTH_ADDR.parse().expect("an address");
+        assert_eq!(addr.port(), proto::pod::HEALTH_PORT);
+        assert!(addr.ip().is_unspecified(), "the kubelet probes the pod IP");
+    }
 }

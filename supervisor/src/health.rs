@@ -78,9 +78,9 @@ pub fn respond(request_line: &str, status: &Status) -> (u16, String) {
     }
     // Ignore a query string (`/readyz?verbose`).
     match path.split('?').next().unwrap_or("") {
-        "/healthz" | "/livez" => (200, "ok\n".into()),
-        "/readyz" if status.ready => (200, format!("ready: {}\n", status.detail)),
-        "/readyz" => (503, format!("not ready: {}\n", status.detail)),
+        proto::pod::HEALTHZ_PATH | "/livez" => (200, "ok\n".into()),
+        proto::pod::READYZ_PATH if status.ready => (200, format!("ready: {}\n", status.detail)),
+        proto::pod::READYZ_PATH => (503, format!("not ready: {}\n", status.detail)),
         _ => (404, "not found (try /readyz or /healthz)\n".into()),
     }
 }

@@ -57,10 +57,10 @@ const TOKEN_SECONDS: i64 = 3600;
 pub const CONTAINER: &str = "bazel-server";
 /// The supervisor's health endpoint (it listens on 0.0.0.0:8080: `supervisor::cli`'s
 /// default; `GET /readyz` answers 200 while Bazel answers Ping).
-pub const HEALTH_PORT: i32 = 8080;
-pub const READYZ_PATH: &str = "/readyz";
+pub const HEALTH_PORT: i32 = proto::pod::HEALTH_PORT as i32;
+pub const READYZ_PATH: &str = proto::pod::READYZ_PATH;
 /// 200 while the supervisor lives (liveness).
-pub const HEALTHZ_PATH: &str = "/healthz";
+pub const HEALTHZ_PATH: &str = proto::pod::HEALTHZ_PATH;
 /// The supervisor binary in the image (its ENTRYPOINT); `supervisor probe` checks readiness.
 pub const SUPERVISOR_BIN: &str = "/usr/local/bin/supervisor";
 
@@ -368,7 +368,7 @@ impl PodSpecFor<'_> {
             readiness_probe: Some(readiness_probe(settings.probe)),
             resources: settings.resources.requirements(),
             // The supervisor writes `proto::pod::idle_message` here when Bazel idled out.
-            termination_message_path: Some("/dev/termination-log".to_string()),
+            termination_message_path: Some(proto::pod::TERMINATION_LOG.to_string()),
             // A hung supervisor is restarted; generous, since a busy node is not a hang.
             liveness_probe: (settings.probe == ProbeMode::Http).then(|| Probe {
                 http_get: Some(HTTPGetAction {
