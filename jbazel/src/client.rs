@@ -40,7 +40,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Outcome {
     /// Exit with this code; why, when the server said (`RunResponse.failure_detail`).
     Exit(i32, Option<FailureDetail>),
-    /// `bazel run`: exec this (pod paths, not yet rewritten).
+    /// The server asks the client to execute this (Bazel's `run`; pod paths, not yet
+    /// rewritten). Whatever the command was: the caller honours it only as
+    /// [`crate::exec_policy`] allows.
     Exec(ExecRequest),
     /// Die by this signal (after the Cancel was sent).
     Signal(i32),
@@ -420,8 +422,9 @@ pub fn die_by_signal(sig: i32) -> ! {
     std::process::exit(128 + sig)
 }
 
-/// Execs `bazel run`'s request (already rewritten to desktop paths): its environment on top
-/// of ours, its working directory, its argv. Returns only on failure.
+/// Execs `bazel run`'s request (already admitted by [`crate::exec_policy`] and rewritten to
+/// desktop paths): its environment on top of ours, its working directory, its argv. Returns
+/// only on failure.
 pub fn exec(req: &ExecRequest) -> std::io::Error {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;

@@ -4,7 +4,9 @@
 //! - pure decisions (table-tested): [`workspace`] (root, RepoHash), [`identity`] (UserId,
 //!   SessionId), [`rc`] (rc files as Bazel's client reads them), [`args`] (command line split,
 //!   startup options, RunRequest args, client env), [`paths`] (desktop <-> pod paths),
-//!   [`file_flags`] (options naming files: pod paths, or staged and delivered);
+//!   [`file_flags`] (options naming files: pod paths, or staged and delivered),
+//!   [`exec_policy`] (which exec request is honoured: only `run`'s binary, from the workspace
+//!   or the mirror);
 //! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form), [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`endpoint_cache`] (the last pod-IP
 //!   endpoint, dialled while GetServer confirms it), [`hop`] (port-forward or direct connection),
@@ -20,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod credential;
 pub mod endpoint_cache;
+pub mod exec_policy;
 pub mod expunge;
 pub mod file_flags;
 pub mod hop;

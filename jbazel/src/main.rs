@@ -13,7 +13,7 @@ use jbazel::orchestrator_client::{self, Ids};
 use jbazel::paths::{self, PathMap, StreamRewriter};
 use jbazel::progress::{PlainLines, Progress, Spinner, TICK};
 use jbazel::rc::{self, DiskFs, RcLocations};
-use jbazel::{endpoint_cache, file_flags, links, terminal, workspace};
+use jbazel::{endpoint_cache, exec_policy, file_flags, links, terminal, workspace};
 use proto::command_server::RunRequest;
 use proto::error_chain::ErrorChain;
 use proto::names::RepoHash;
@@ -275,6 +275,8 @@ struct Prepared {
     translate_stderr: bool,
     /// Files the server writes into the output base for a desktop path elsewhere.
     deliveries: Vec<file_flags::Delivery>,
+    /// What the user wrote about `run` (`--run_under`, `--script_path`), for the exec policy.
+    named: exec_policy::Named,
 }
 
 fn home() -> Option<PathBuf> {
@@ -301,6 +303,22 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         let code = e.exit_code();
         fail(code, e)
     })?;
+    // The user's own rc files: every one but the system rc the pod publishes.
+    let system_canonical = std::fs::canonicalize(&system_rc).ok();
+    let run_names = exec_policy::Named::scan(plan.cl.args.iter().map(String::as_str)).merge(
+        exec_policy::Named::scan_rc(
+            files
+                .iter()
+                .filter(|f| f.canonical_paths.first() != system_canonical.as_ref())
+                .flat_map(|f| &f.options)
+                .map(|(section, opts)| {
+                    (
+                        section.as_str(),
+                        opts.iter().map(|o| o.option.as_str()).collect(),
+                    )
+                }),
+        ),
+    );
     let name = |p: &Path| plan.map.pod_name(p);
     let rc_args = rc::rc_args(&files, &name);
     let rc_startup: Vec<(String, String)> = rc::startup_options(&files)
@@ -388,6 +406,7 @@ fn prepare(plan: &Plan, start: Instant) -> Result<Prepared, Fail> {
         translate_stdout: translate && (stdout_tty || paths_on_stdout),
         translate_stderr: translate && stderr_tty,
         deliveries: files.deliveries,
+        named: run_names,
     })
 }
 
@@ -729,10 +748,16 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
         Ok(Outcome::Exit(code, _)) => Ok(Done::Exit(code)),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
         Ok(Outcome::Exec(req)) => {
-            // The binary runs from a desktop view of its runfiles tree (the pod's is made of
-            // /work/... links); a binary outside the workspace and the mirror is refused.
-            let run = jbazel::runfiles::prepare(&req, &plan.map).map_err(|e| {
-                let code = if e.is_refusal() { BAD_ARGV } else { LOCAL_ENV };
+            // Only `run`'s binary, from the workspace or the mirror (see exec_policy); it runs
+            // from a desktop view of its runfiles tree (the pod's is made of /work/... links).
+            let program = exec_policy::admit(&plan.cl.command, &req.argv, &prepared.named)
+                .map_err(|e| fail(client::INTERNAL_ERROR, e))?;
+            let run = jbazel::runfiles::prepare(&req, &program, &plan.map).map_err(|e| {
+                let code = if e.is_refusal() {
+                    client::INTERNAL_ERROR
+                } else {
+                    LOCAL_ENV
+                };
                 fail(code, e)
             })?;
             if let Some(warning) = run.warning() {
@@ -744,7 +769,9 @@ async fn remote(plan: &Plan, start: Instant) -> Result<Done, Fail> {
                 client::INTERNAL_ERROR,
                 anyhow!(err).context(format!(
                     "cannot run {} in {}",
-                    String::from_utf8_lossy(req.argv.last().map(Vec::as_slice).unwrap_or_default()),
+                    String::from_utf8_lossy(
+                        req.argv.first().map(Vec::as_slice).unwrap_or_default()
+                    ),
                     String::from_utf8_lossy(&req.working_directory)
                 )),
             ))

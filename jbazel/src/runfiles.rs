@@ -38,6 +38,7 @@
 //! Pure planning: [`locate`], [`parse_manifest`], [`Resolver`], [`plan_tree`], [`plan_view`],
 //! [`view_request`], [`plain_request`]; I/O: [`prepare`].
 
+use crate::exec_policy::{self, Program, Refusal};
 use crate::paths::{self, PathMap, ReadLink, Rewriter, POD_OUT, POD_SRC};
 use md5::{Digest, Md5};
 use proto::command_server::{EnvironmentVariable, ExecRequest};
@@ -131,6 +132,9 @@ pub enum RunfilesError {
         #[source]
         source: std::io::Error,
     },
+    /// The exec request breaks [`exec_policy`]'s rules.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl RunfilesError {
@@ -138,7 +142,9 @@ impl RunfilesError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            RunfilesError::ExecutableOutside { .. } | RunfilesError::WorkingDirectoryOutside { .. }
+            RunfilesError::ExecutableOutside { .. }
+                | RunfilesError::WorkingDirectoryOutside { .. }
+                | RunfilesError::Refused(_)
         )
     }
 }
@@ -577,20 +583,50 @@ fn set_env(req: &mut ExecRequest, name: &str, value: &Path) {
     });
 }
 
+/// The request to exec on the desktop, and the binary in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desktop {
+    /// Desktop paths; argv as [`Program::exec_argv`] makes it.
+    pub request: ExecRequest,
+    /// The program (first word) on the desktop, which must resolve inside the workspace or
+    /// the mirror ([`exec_policy::check_resolved`]).
+    pub binary: PathBuf,
+}
+
+/// `program` with `binary` first and the other words rewritten by `rw`.
+fn desktop_program(program: &Program, binary: &Path, rw: &Rewriter) -> Program {
+    let mut argv = vec![bytes(binary).to_vec()];
+    argv.extend(program.argv.iter().skip(1).map(|w| rw.rewrite(w)));
+    Program {
+        argv,
+        prefix: program.prefix.clone(),
+    }
+}
+
+/// The program's pod path resolved on the desktop (refused when it leaves the user's
+/// directories).
+fn resolve_binary(program: &Program, res: &mut Resolver) -> Result<PathBuf, RunfilesError> {
+    let pod = os(program.program());
+    res.resolve_pod(&pod)
+        .map_err(|why| RunfilesError::ExecutableOutside {
+            executable: pod,
+            why,
+        })
+}
+
 /// The exec request for the view in `dir`: the binary's pod path becomes `dir/<name>`, its
 /// runfiles `dir/<name>.runfiles` (working directory included), other pod paths desktop
-/// paths; `RUNFILES_DIR`, `JAVA_RUNFILES` and `RUNFILES_MANIFEST_FILE` name the view.
-///
-/// Limitation (as [`paths::rewrite_exec_request`]): a desktop path that needs shell quoting
-/// (a space in `$XDG_RUNTIME_DIR`, in the workspace root) is inserted as is into the command
-/// line.
+/// paths; `RUNFILES_DIR`, `JAVA_RUNFILES` and `RUNFILES_MANIFEST_FILE` name the view. A
+/// program other than the binary (a `--run_under` tool of the output base) is resolved.
 pub fn view_request(
     req: &ExecRequest,
+    program: &Program,
     map: &PathMap,
     loc: &Located,
     dir: &Path,
     view: &View,
-) -> ExecRequest {
+    res: &mut Resolver,
+) -> Result<Desktop, RunfilesError> {
     let exe = dir.join(&view.name);
     let runfiles = dir.join(view.runfiles_name());
     let rw = Rewriter::new(vec![
@@ -599,7 +635,13 @@ pub fn view_request(
         (POD_SRC.into(), bytes(&map.desktop_root).to_vec()),
         (POD_OUT.into(), bytes(&map.mirror_out).to_vec()),
     ]);
+    let binary = if os(program.program()) == loc.executable {
+        exe
+    } else {
+        resolve_binary(program, res)?
+    };
     let mut out = paths::rewrite_exec_request(req, &rw);
+    out.argv = desktop_program(program, &binary, &rw).exec_argv();
     set_env(&mut out, "RUNFILES_DIR", &runfiles);
     set_env(&mut out, "JAVA_RUNFILES", &runfiles);
     set_env(
@@ -607,41 +649,21 @@ pub fn view_request(
         "RUNFILES_MANIFEST_FILE",
         &runfiles.join("MANIFEST"),
     );
-    out
+    Ok(Desktop {
+        request: out,
+        binary,
+    })
 }
 
-/// Bazel's `ShellEscaper` safe characters: a word of only these needs no quotes.
-fn shell_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"@%_+=:,./-".contains(&b)
-}
-
-fn shell_quote(word: &[u8]) -> Vec<u8> {
-    if !word.is_empty() && word.iter().all(|b| shell_safe(*b)) {
-        return word.to_vec();
-    }
-    let mut q = b"'".to_vec();
-    for b in word {
-        if *b == b'\'' {
-            q.extend_from_slice(b"'\\''");
-        } else {
-            q.push(*b);
-        }
-    }
-    q.push(b'\'');
-    q
-}
-
-/// The exec request of a binary without a runfiles view: pod paths rewritten, the binary
-/// (first word of `sh -c`'s command line) and the working directory resolved, both
-/// refused when they resolve outside the user's directories.
-///
-/// Limitation: a desktop path with characters that need shell quoting is inserted as is
-/// into the rest of the command line.
+/// The exec request of a binary without a runfiles view: pod paths rewritten, the program
+/// and the working directory resolved, both refused when they resolve outside the user's
+/// directories.
 pub fn plain_request(
     req: &ExecRequest,
+    program: &Program,
     map: &PathMap,
     res: &mut Resolver,
-) -> Result<ExecRequest, RunfilesError> {
+) -> Result<Desktop, RunfilesError> {
     let rw = map.to_desktop();
     let mut out = paths::rewrite_exec_request(req, &rw);
     let wd = os(&req.working_directory);
@@ -654,26 +676,12 @@ pub fn plain_request(
             })?;
         out.working_directory = bytes(&dir).to_vec();
     }
-    if req.argv.len() == 3 && req.argv[1] == b"-c" {
-        let script = &req.argv[2];
-        let end = script
-            .iter()
-            .position(|b| *b == b' ')
-            .unwrap_or(script.len());
-        let first = os(&script[..end]);
-        if script[..end].iter().all(|b| shell_safe(*b)) && desktop_path(map, &first).is_some() {
-            let exe = res
-                .resolve_pod(&first)
-                .map_err(|why| RunfilesError::ExecutableOutside {
-                    executable: first.clone(),
-                    why,
-                })?;
-            let mut s = shell_quote(bytes(&exe));
-            s.extend_from_slice(&rw.rewrite(&script[end..]));
-            out.argv[2] = s;
-        }
-    }
-    Ok(out)
+    let binary = resolve_binary(program, res)?;
+    out.argv = desktop_program(program, &binary, &rw).exec_argv();
+    Ok(Desktop {
+        request: out,
+        binary,
+    })
 }
 
 /// What [`prepare`] made.
@@ -875,24 +883,57 @@ pub fn sweep(base: &Path, key: &str, keep: &Path) {
     }
 }
 
+/// The directories a binary may resolve into: the workspace root, the mirror's `src` and
+/// `out`, their aliases, and the canonical spelling of each.
+pub fn binary_roots(map: &PathMap) -> Vec<PathBuf> {
+    let mut roots = vec![
+        map.desktop_root.clone(),
+        map.mirror_src.clone(),
+        map.mirror_out.clone(),
+    ];
+    roots.extend(map.aliases.iter().map(|(p, _)| p.clone()));
+    let canonical: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    roots.extend(canonical);
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+/// [`exec_policy`]'s last rule on disk: the binary, its links resolved as `execve` would
+/// resolve them, lies inside [`binary_roots`].
+pub fn check_binary(binary: &Path, map: &PathMap) -> Result<(), Refusal> {
+    let resolved = std::fs::canonicalize(binary).map_err(|e| e.to_string());
+    exec_policy::check_resolved(binary, resolved, &binary_roots(map))
+}
+
 /// Makes `bazel run`'s exec request runnable on the desktop: with a runfiles view in
 /// [`default_base`] when the binary has runfiles, else with its paths translated and
-/// resolved.
-pub fn prepare(req: &ExecRequest, map: &PathMap) -> Result<Prepared, RunfilesError> {
-    prepare_in(req, map, &default_base())
+/// resolved. `program` is what [`exec_policy::admit`] made of the request.
+pub fn prepare(
+    req: &ExecRequest,
+    program: &Program,
+    map: &PathMap,
+) -> Result<Prepared, RunfilesError> {
+    prepare_in(req, program, map, &default_base())
 }
 
 /// [`prepare`] with the views in `base`.
 pub fn prepare_in(
     req: &ExecRequest,
+    program: &Program,
     map: &PathMap,
     base: &Path,
 ) -> Result<Prepared, RunfilesError> {
     let started = Instant::now();
     let mut res = Resolver::new(map, &paths::DiskLinks);
     let plain = |res: &mut Resolver| -> Result<Prepared, RunfilesError> {
+        let desktop = plain_request(req, program, map, res)?;
+        check_binary(&desktop.binary, map)?;
         Ok(Prepared {
-            request: plain_request(req, map, res)?,
+            request: desktop.request,
             view: None,
             reused: false,
             executable: None,
@@ -914,8 +955,10 @@ pub fn prepare_in(
     tracing::debug!(view = %dir.display(), entries = view.tree.links.len(),
         skipped = view.tree.skipped.len(), lookups = res.lookups(), reused,
         took_us = started.elapsed().as_micros() as u64, "desktop runfiles");
+    let desktop = view_request(req, program, map, &loc, &dir, &view, &mut res)?;
+    check_binary(&desktop.binary, map)?;
     Ok(Prepared {
-        request: view_request(req, map, &loc, &dir, &view),
+        request: desktop.request,
         view: Some(dir),
         reused,
         executable: Some(loc.executable),
@@ -1273,6 +1316,18 @@ mod tests {
         }
     }
 
+    /// What the policy admits of a `run` request.
+    fn program(req: &ExecRequest) -> Program {
+        exec_policy::admit("run", &req.argv, &exec_policy::Named::default()).expect("admitted")
+    }
+
+    fn argv_of(req: &ExecRequest) -> Vec<String> {
+        req.argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
     fn env_of(req: &ExecRequest) -> Vec<(String, String)> {
         req.environment_variable
             .iter()
@@ -1308,16 +1363,27 @@ mod tests {
         assert_eq!(view.tree.links.len(), 1);
 
         let d = Path::new("/run/user/1000/jbazel-run/k-c");
-        let got = view_request(&req, &m, &loc, d, &view);
+        let desktop =
+            view_request(&req, &program(&req), &m, &loc, d, &view, &mut res).expect("request");
+        assert_eq!(
+            desktop.binary,
+            PathBuf::from("/run/user/1000/jbazel-run/k-c/show_data")
+        );
+        let got = desktop.request;
         assert_eq!(
             String::from_utf8_lossy(&got.working_directory),
             "/run/user/1000/jbazel-run/k-c/show_data.runfiles/__main__"
         );
-        assert_eq!(got.argv[..2], req.argv[..2]);
+        // No shell: the binary and its arguments.
         assert_eq!(
-            String::from_utf8_lossy(&got.argv[2]),
-            "/run/user/1000/jbazel-run/k-c/show_data a 'b c' \
-             /run/user/1000/jbazel-run/k-c/show_data.runfiles/x /home/alice/proj/y"
+            argv_of(&got),
+            [
+                "/run/user/1000/jbazel-run/k-c/show_data",
+                "a",
+                "b c",
+                "/run/user/1000/jbazel-run/k-c/show_data.runfiles/x",
+                "/home/alice/proj/y"
+            ]
         );
         let rf = "/run/user/1000/jbazel-run/k-c/show_data.runfiles";
         let s = |k: &str, v: &str| (k.to_string(), v.to_string());
@@ -1367,15 +1433,15 @@ mod tests {
         );
         // Without runfiles too.
         let req = exec_request("/work/src", &format!("{BIN}/evil x"));
-        let err = plain_request(&req, &m, &mut res).expect_err("refused");
+        let err = plain_request(&req, &program(&req), &m, &mut res).expect_err("refused");
         assert!(
             matches!(err, RunfilesError::ExecutableOutside { .. }),
             "{err}"
         );
-        let req = exec_request("/work/out/to_etc", "/bin/true");
+        let req = exec_request("/work/out/to_etc", "/work/src/true");
         let fs = output_base();
         let mut res = Resolver::new(&m, &fs);
-        let err = plain_request(&req, &m, &mut res).expect_err("refused");
+        let err = plain_request(&req, &program(&req), &m, &mut res).expect_err("refused");
         assert!(
             matches!(err, RunfilesError::WorkingDirectoryOutside { .. }),
             "{err}"
@@ -1391,34 +1457,40 @@ mod tests {
             "/work/out/execroot/__main__/runfiles",
             &format!("{BIN}/runfiles/show_data a 'b c' /work/src/x"),
         );
-        let got = plain_request(&req, &m, &mut res).expect("request");
+        let got = plain_request(&req, &program(&req), &m, &mut res).expect("request");
         assert_eq!(
-            String::from_utf8_lossy(&got.argv[2]),
-            "/home/alice/proj/runfiles/show_data.sh a 'b c' /home/alice/proj/x"
+            got.binary,
+            PathBuf::from("/home/alice/proj/runfiles/show_data.sh")
         );
         assert_eq!(
-            String::from_utf8_lossy(&got.working_directory),
+            argv_of(&got.request),
+            [
+                "/home/alice/proj/runfiles/show_data.sh",
+                "a",
+                "b c",
+                "/home/alice/proj/x"
+            ]
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.request.working_directory),
             "/home/alice/proj/runfiles"
         );
-        // A first word that is not a pod path (e.g. --run_under=valgrind) is left alone.
-        let req = exec_request("/work/src", "valgrind /work/out/x");
-        let got = plain_request(&req, &m, &mut res).expect("request");
+        // A --run_under prefix the user named runs in the shell, before the binary.
+        let named = exec_policy::Named::scan(["--run_under=valgrind -q"]);
+        let inner = format!("valgrind -q {BIN}/runfiles/show_data 'a b'");
+        let line =
+            exec_policy::join_words(&[b"/bin/bash".to_vec(), b"-c".to_vec(), inner.into_bytes()]);
+        let req = exec_request("/work/src", &String::from_utf8_lossy(&line));
+        let p = exec_policy::admit("run", &req.argv, &named).expect("admitted");
+        let got = plain_request(&req, &p, &m, &mut res).expect("request");
         assert_eq!(
-            String::from_utf8_lossy(&got.argv[2]),
-            format!("valgrind {OUT}/x")
+            argv_of(&got.request),
+            [
+                "/bin/bash",
+                "-c",
+                "valgrind -q /home/alice/proj/runfiles/show_data.sh 'a b'"
+            ]
         );
-    }
-
-    #[test]
-    fn shell_quote_table() {
-        for (word, want) in [
-            ("/a/b-c_d.e", "/a/b-c_d.e"),
-            ("/a b", "'/a b'"),
-            ("/it's", "'/it'\\''s'"),
-            ("", "''"),
-        ] {
-            assert_eq!(String::from_utf8_lossy(&shell_quote(word.as_bytes())), want);
-        }
     }
 
     fn sample_view(target: &Path) -> View {
@@ -1518,7 +1590,8 @@ mod tests {
             &format!("{BIN}/pkg/tool 1"),
         );
         let base = t.path().join("jbazel-run");
-        let p = prepare_in(&req, &m, &base).expect("prepared");
+        let prog = program(&req);
+        let p = prepare_in(&req, &prog, &m, &base).expect("prepared");
         let dir = p.view.clone().expect("a view");
         assert!(dir.starts_with(&base));
         assert!(!p.reused);
@@ -1531,10 +1604,10 @@ mod tests {
             root.join("pkg/tool.sh")
         );
         assert_eq!(
-            String::from_utf8_lossy(&p.request.argv[2]),
-            format!("{}/tool 1", dir.display())
+            argv_of(&p.request),
+            [format!("{}/tool", dir.display()), "1".to_string()]
         );
-        let p2 = prepare_in(&req, &m, &base).expect("again");
+        let p2 = prepare_in(&req, &prog, &m, &base).expect("again");
         assert_eq!((p2.view.as_deref(), p2.reused), (Some(dir.as_path()), true));
         // The output base was not touched.
         assert_eq!(
@@ -1544,7 +1617,23 @@ mod tests {
         // A base another user could enter is refused.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let err = prepare_in(&req, &m, &base).expect_err("not private");
+        let err = prepare_in(&req, &prog, &m, &base).expect_err("not private");
         assert!(matches!(err, RunfilesError::NotPrivate { .. }), "{err}");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+
+        // A binary that is, on disk, a link out of the workspace is refused (no view).
+        std::fs::remove_file(root.join("pkg/tool.sh")).expect("rm");
+        std::os::unix::fs::symlink("/bin/true", root.join("pkg/tool.sh")).expect("link");
+        let req = exec_request("/work/src", "/work/src/pkg/tool.sh");
+        let err = prepare_in(&req, &program(&req), &m, &base).expect_err("outside");
+        assert!(err.is_refusal(), "{err}");
+        assert!(err.to_string().contains("/bin/true"), "{err}");
+
+        // The last check itself: a desktop path that resolves elsewhere.
+        let err = check_binary(&root.join("pkg/tool.sh"), &m).expect_err("outside");
+        assert!(matches!(err, Refusal::Outside { .. }), "{err}");
+        check_binary(&root.join("pkg/data.txt"), &m).expect("inside");
+        let err = check_binary(&root.join("pkg/missing"), &m).expect_err("missing");
+        assert!(matches!(err, Refusal::Unresolvable { .. }), "{err}");
     }
 }

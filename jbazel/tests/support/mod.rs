@@ -13,8 +13,13 @@
 //!
 //! The server is stopped by its pid (from `out/server/server.pid.txt`) when the fixture drops.
 //! Shared by the integration tests and the `no_op` bench (included with `#[path]`).
+//!
+//! [`stand_in`]: a stand-in server answering what a test chooses, for what no real Bazel
+//! server would say.
 
 #![allow(dead_code)]
+
+pub mod stand_in;
 
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
