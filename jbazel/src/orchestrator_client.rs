@@ -7,17 +7,18 @@
 //!   a reconnection pause), so the user is never left without news (see [`crate::progress`]).
 //! - Restarts: a transport failure or UNAVAILABLE (connection refused or reset, the watch
 //!   stream breaking or ending without READY or FAILED) is retried on a new connection
-//!   after a jittered exponential pause ([`backoff`]: 100 ms doubling to 2 s), shown as
+//!   after a jittered exponential pause ([`BACKOFF`]: 100 ms doubling to 2 s), shown as
 //!   "orchestrator unavailable: reconnecting (attempt N)", then GetServer again (idempotent
 //!   for the same session) and a new watch. Anything else (PermissionDenied,
 //!   InvalidArgument, FailedPrecondition such as a superseded session, STAGE_FAILED) is
 //!   final. Past the deadline: [`OrchestratorError::Deadline`], with the last reason the
 //!   orchestrator could not be had as its cause.
 //!
-//! Decisions are pure ([`step`], [`location`], [`retryable`], [`backoff`]); [`await_ready`]
+//! Decisions are pure ([`step`], [`location`], [`retryable`], [`BACKOFF`]); [`await_ready`]
 //! is the gRPC edge.
 
 use crate::progress::{Progress, TICK};
+use proto::backoff::{jitter, Backoff};
 use proto::error_chain::ErrorChain;
 use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
@@ -206,26 +207,9 @@ pub fn retryable(e: &OrchestratorError) -> bool {
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest pause before reconnecting.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// The pause before reconnection `attempt` (1, 2, ...): `BACKOFF_BASE * 2^(attempt-1)`,
-/// capped at `BACKOFF_CAP`, of which the upper half is jittered by `jitter` in [0, 1]
-/// (so clients cut off together do not come back together).
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    let half = exp / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// A number in [0, 1] from the process's random hash keys (no extra dependency).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
+/// The reconnection pauses: [`BACKOFF_BASE`] doubling to [`BACKOFF_CAP`], the upper half
+/// jittered (so clients cut off together do not come back together).
+pub const BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
 
 /// The location of a READY server (`fallback` fills fields an event leaves empty).
 pub fn location(
@@ -435,7 +419,7 @@ async fn follow(
         match attempt_once(target, ids, &tx, &mut shown).await {
             Err(e) if retryable(&e) => {
                 attempt += 1;
-                let pause = backoff(attempt, jitter());
+                let pause = BACKOFF.pause(attempt, jitter());
                 tracing::debug!(attempt, ?pause, error = %ErrorChain(&e),
                     "the orchestrator is unavailable; reconnecting");
                 let _ = tx.send(Note::Retry { attempt, error: e });
@@ -698,6 +682,7 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
         let ms = |n| Duration::from_millis(n);
+        let backoff = |attempt, jitter| BACKOFF.pause(attempt, jitter);
         assert_eq!(backoff(1, 0.0), ms(50));
         assert_eq!(backoff(1, 1.0), ms(100));
         assert_eq!(backoff(2, 1.0), ms(200));
