@@ -8,7 +8,7 @@ use crate::args::{self, CommandLine};
 use crate::config::{Hop, Settings};
 use crate::error::Error;
 use crate::exit_code::ExitCode;
-use crate::identity::{self, Identity};
+use crate::identity::{self, Caller};
 use crate::invocation::Invocation;
 use crate::mirror::Mirror;
 use crate::paths::{self, PathMap};
@@ -37,7 +37,7 @@ pub struct Plan {
     /// The working directory.
     pub cwd: PathBuf,
     pub repo_hash: RepoHash,
-    pub caller: Identity,
+    pub caller: Caller,
     pub map: PathMap,
     pub mirror: Mirror,
 }
@@ -230,7 +230,7 @@ fn dry_run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
 pub fn dry_run_text(plan: &Plan, p: &Prepared, kubeconfig: &str) -> String {
     let s = &plan.settings;
     let server = match &s.server {
-        Some(addr) => format!("{addr} (JBAZEL_SERVER, direct)"),
+        Some(addr) => format!("{addr} (JBAZEL_SERVER, no orchestrator)"),
         None => format!(
             "GetServer(user_id={}, repo_hash={}, session_id={}) at orchestrator {}, then {}",
             plan.caller.user_id,

@@ -13,8 +13,8 @@
 //! - edges (I/O): [`links`] (Bazel's convenience symlinks in desktop or pod form),
 //!   [`mirror`] (cookies and published files in the output base's mirror),
 //!   [`orchestrator_client`] (GetServer/WatchServer), [`endpoint_cache`] (the last pod-IP
-//!   endpoint, dialled while GetServer confirms it), [`hop`] (port-forward or direct
-//!   connection), [`client`] (Run, Cancel, exec), [`runfiles`] (`jbazel run`'s desktop
+//!   endpoint, dialled while GetServer confirms it), [`hop`] (the route to the server: port-forward,
+//!   pod IP, or the fixed `JBAZEL_SERVER` address), [`client`] (Run, Cancel, exec), [`runfiles`] (`jbazel run`'s desktop
 //!   runfiles view), [`terminal`], [`progress`];
 //! - [`config`]: jbazel's own `--jbazel-*` options and `JBAZEL_*` variables.
 //!

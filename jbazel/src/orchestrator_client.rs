@@ -287,13 +287,13 @@ fn endpoint(addr: &str, cred: &Credential) -> Result<Endpoint, OrchestratorError
 
 /// The orchestrator: its address as given, its endpoint, and the bearer token to present
 /// (when the credential is a token rather than a certificate).
-struct Target<'a> {
+struct Orchestrator<'a> {
     addr: &'a str,
     ep: Endpoint,
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
-impl Target<'_> {
+impl Orchestrator<'_> {
     /// `message` as a request carrying the credential.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
@@ -305,7 +305,7 @@ impl Target<'_> {
 }
 
 /// Connects to the orchestrator once.
-async fn connect(t: &Target<'_>) -> Result<OrchestratorClient<Channel>, OrchestratorError> {
+async fn connect(t: &Orchestrator<'_>) -> Result<OrchestratorClient<Channel>, OrchestratorError> {
     let ch =
         t.ep.connect()
             .await
@@ -369,14 +369,14 @@ pub async fn await_ready(
         ),
         _ => None,
     };
-    let target = Target {
+    let orchestrator = Orchestrator {
         addr,
         ep: endpoint(addr, cred)?,
         bearer,
     };
     progress.begin(ASKING, addr);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let work = follow(&target, ids, tx);
+    let work = follow(&orchestrator, ids, tx);
     tokio::pin!(work);
     let stop = tokio::time::sleep(deadline);
     tokio::pin!(stop);
@@ -409,14 +409,14 @@ pub async fn await_ready(
 
 /// Attempts until one ends with something other than a retryable failure.
 async fn follow(
-    target: &Target<'_>,
+    orchestrator: &Orchestrator<'_>,
     ids: &Ids,
     tx: mpsc::UnboundedSender<Note>,
 ) -> Result<ServerLocation, OrchestratorError> {
     let mut shown: Option<(String, String)> = None;
     let mut attempt = 0u32;
     loop {
-        match attempt_once(target, ids, &tx, &mut shown).await {
+        match attempt_once(orchestrator, ids, &tx, &mut shown).await {
             Err(e) if retryable(&e) => {
                 attempt += 1;
                 let pause = BACKOFF.pause(attempt, jitter());
@@ -440,14 +440,14 @@ fn show(tx: &mpsc::UnboundedSender<Note>, stage: &str, message: &str) {
 /// One connection: GetServer, then the watch. `shown` is the last stage shown; after a
 /// reconnection it is shown again until the new watch says more.
 async fn attempt_once(
-    target: &Target<'_>,
+    orchestrator: &Orchestrator<'_>,
     ids: &Ids,
     tx: &mpsc::UnboundedSender<Note>,
     shown: &mut Option<(String, String)>,
 ) -> Result<ServerLocation, OrchestratorError> {
-    let mut client = connect(target).await?;
+    let mut client = connect(orchestrator).await?;
     let got = client
-        .get_server(target.request(GetServerRequest {
+        .get_server(orchestrator.request(GetServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),
@@ -456,7 +456,7 @@ async fn attempt_once(
         .map_err(|status| {
             if tls_refused(&status) {
                 OrchestratorError::TlsRefused {
-                    addr: target.addr.to_string(),
+                    addr: orchestrator.addr.to_string(),
                     source: status,
                 }
             } else {
@@ -480,7 +480,7 @@ async fn attempt_once(
         .clone();
     show(tx, &stage, &message);
     let mut stream = client
-        .watch_server(target.request(WatchServerRequest {
+        .watch_server(orchestrator.request(WatchServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),

@@ -1,4 +1,4 @@
-//! A command on the server: find the route (the orchestrator and the hop, or
+//! A command on the server: find the [`Route`] (the orchestrator and the hop, or
 //! `JBAZEL_SERVER`), read the cookies, send the RunRequest (once more after waiting for a
 //! restarting server), finish a `clean --expunge` as Bazel does on the desktop, and turn
 //! the outcome into Bazel's exit code, or execute `run`'s binary as [`exec_policy`] allows.
@@ -9,7 +9,7 @@ use crate::config::Hop;
 use crate::error::Error;
 use crate::exec_policy;
 use crate::exit_code::ExitCode;
-use crate::hop::{self, Target};
+use crate::hop::{self, Route};
 use crate::invocation::Invocation;
 use crate::mirror::Mirror;
 use crate::orchestrator_client::{self, Ids};
@@ -42,12 +42,12 @@ fn stderr_progress(inv: &Invocation) -> Box<dyn Progress> {
     }
 }
 
-/// The hop target, and a connection already open to it when the pod-IP hop could dial the
-/// cached endpoint while GetServer confirmed it (see [`endpoint_cache`]).
-async fn find_target(plan: &Plan, inv: &Invocation) -> Result<(Target, Option<Channel>), Error> {
+/// The route to the server, and a connection already open along it when the pod-IP hop
+/// could dial the cached endpoint while GetServer confirmed it (see [`endpoint_cache`]).
+async fn find_route(plan: &Plan, inv: &Invocation) -> Result<(Route, Option<Channel>), Error> {
     let s = &plan.settings;
     if let Some(addr) = &s.server {
-        return Ok((Target::Direct { addr: addr.clone() }, None));
+        return Ok((Route::Fixed { addr: addr.clone() }, None));
     }
     let ids = Ids {
         user_id: plan.caller.user_id.clone(),
@@ -78,12 +78,12 @@ async fn find_target(plan: &Plan, inv: &Invocation) -> Result<(Target, Option<Ch
         if let Some(task) = early {
             task.abort();
         }
-        let target = Target::PortForward {
+        let route = Route::PortForward {
             namespace: loc.namespace,
             pod: loc.pod_name,
             port: loc.command_port,
         };
-        return Ok((target, None));
+        return Ok((route, None));
     }
     let fresh = endpoint_cache::Endpoint {
         session_id: plan.caller.session_id.to_string(),
@@ -110,13 +110,13 @@ async fn find_target(plan: &Plan, inv: &Invocation) -> Result<(Target, Option<Ch
             endpoint_cache::write(path, &fresh);
         }
     }
-    let target = Target::PodIp {
+    let route = Route::PodIp {
         ip: loc.pod_ip,
         port: loc.command_port,
         namespace: loc.namespace,
         pod: loc.pod_name,
     };
-    Ok((target, channel))
+    Ok((route, channel))
 }
 
 /// Awaits `work`, ticking `progress` meanwhile (so a slow hop or Ping never leaves the
@@ -141,7 +141,7 @@ async fn ticking<F: std::future::Future>(
 async fn wait_for_server(
     plan: &Plan,
     inv: &Invocation,
-    target: &Target,
+    route: &Route,
     deadline: Instant,
     why: &str,
 ) -> Result<(Channel, Cookies), Error> {
@@ -153,7 +153,7 @@ async fn wait_for_server(
     loop {
         let attempt = async {
             let cookies = read_cookies(&plan.mirror).map_err(|e| ErrorChain(&e).to_string())?;
-            let channel = hop::connect(target)
+            let channel = hop::connect(route)
                 .await
                 .map_err(|e| ErrorChain(&e).to_string())?;
             client::ping(channel.clone(), &cookies, PING_TIMEOUT)
@@ -276,19 +276,19 @@ async fn finish_expunge(
 
 /// Runs the command on the server.
 pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
-    let (target, early) = find_target(plan, inv).await?;
+    let (route, early) = find_route(plan, inv).await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
     let (mut channel, mut cookies) = match read_cookies(&plan.mirror) {
         Ok(cookies) => {
             let channel = match early {
                 Some(channel) => channel,
-                None => hop::connect(&target).await?,
+                None => hop::connect(&route).await?,
             };
             (channel, cookies)
         }
         Err(e) => {
             let why = ErrorChain(&e).to_string();
-            wait_for_server(plan, inv, &target, deadline, &why).await?
+            wait_for_server(plan, inv, &route, deadline, &why).await?
         }
     };
     let prepared = command::prepare(plan, inv)?;
@@ -329,7 +329,7 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
         _ => None,
     };
     if let Some(why) = retry {
-        (channel, cookies) = wait_for_server(plan, inv, &target, deadline, &why).await?;
+        (channel, cookies) = wait_for_server(plan, inv, &route, deadline, &why).await?;
         outcome = client::run(
             channel.clone(),
             prepared.request.clone(),
@@ -366,11 +366,11 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
             eprint!("\n{}\n", client::abrupt_message(&status, &log));
             if cancelled {
                 eprintln!(
-                    "jbazel: lost the connection to the Bazel server at {target}, which is \
+                    "jbazel: lost the connection to the Bazel server at {route}, which is \
                      still up; the command was cancelled there"
                 );
             }
-            tracing::debug!(error = %ErrorChain(&status), %target, cancelled, "Run stream broken");
+            tracing::debug!(error = %ErrorChain(&status), %route, cancelled, "Run stream broken");
             if !cancelled {
                 // The server is gone: give the pod's supervisor a moment to leave the code
                 // of an OOM kill (Bazel's own crashes write it before dying).
@@ -390,7 +390,7 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
             )))
         }
         Err(source @ ClientError::NotTaken { .. }) => Err(Error::NotTaken {
-            route: target.to_string(),
+            route: route.to_string(),
             source,
         }),
         Err(e) => Err(e.into()),

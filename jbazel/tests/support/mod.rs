@@ -206,7 +206,8 @@ impl BazelServer {
             .join(rel)
     }
 
-    /// jbazel, run from `P/<rel_cwd>` as a user would, talking to this server directly.
+    /// jbazel, run from `P/<rel_cwd>` as a user would, talking to this server at its address
+    /// (`JBAZEL_SERVER`).
     pub fn jbazel(&self, jbazel: &Path, rel_cwd: &str, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
         c.args([
