@@ -14,6 +14,7 @@
 //!   without one) and exit with the code the server left in the output base
 //!   ([`crate::mirror::Mirror::take_abrupt_exit_code`]: 37 unless Bazel wrote another).
 
+use crate::exit_code::ExitCode;
 use crate::expunge::HeldError;
 use crate::paths::StreamRewriter;
 use proto::command_server::command_server_client::CommandServerClient;
@@ -27,10 +28,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tonic::transport::Channel;
 
-/// Bazel's exit code for a request the server rejected before running it (bad cookie).
-pub const LOCAL_ENVIRONMENTAL_ERROR: i32 = 36;
-/// Bazel's client exit code for protocol trouble.
-pub const INTERNAL_ERROR: i32 = 37;
+/// [`ExitCode::LOCAL_ENVIRONMENTAL_ERROR`] as the number a response carries. Kept for
+/// [`crate::expunge`], which compares response codes with it until it takes an
+/// [`ExitCode`].
+pub const LOCAL_ENVIRONMENTAL_ERROR: i32 = ExitCode::LOCAL_ENVIRONMENTAL_ERROR.code();
 
 /// How long a Cancel may take on the way out.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,7 +41,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Outcome {
     /// Exit with this code; why, when the server said (`RunResponse.failure_detail`).
     Exit(i32, Option<FailureDetail>),
-    /// `bazel run`: exec this (pod paths, not yet rewritten).
+    /// The server asks the client to execute this (Bazel's `run`; pod paths, not yet
+    /// rewritten). Whatever the command was: the caller honours it only as
+    /// [`crate::exec_policy`] allows.
     Exec(ExecRequest),
     /// Die by this signal (after the Cancel was sent).
     Signal(i32),
@@ -293,7 +296,8 @@ pub async fn run(
             msg = stream.message() => match msg {
                 Ok(Some(resp)) => {
                     if resp.finished && resp.cookie.is_empty() && resp.command_id.is_empty()
-                        && resp.exit_code == LOCAL_ENVIRONMENTAL_ERROR && command_id.is_none() {
+                        && ExitCode::from_raw(resp.exit_code) == ExitCode::LOCAL_ENVIRONMENTAL_ERROR
+                        && command_id.is_none() {
                         // GrpcServerImpl rejects a bad cookie with an uncookied final response.
                         return Err(ClientError::BadCookie { cookie_path: cookies.request_path.clone() });
                     }
@@ -420,8 +424,9 @@ pub fn die_by_signal(sig: i32) -> ! {
     std::process::exit(128 + sig)
 }
 
-/// Execs `bazel run`'s request (already rewritten to desktop paths): its environment on top
-/// of ours, its working directory, its argv. Returns only on failure.
+/// Execs `bazel run`'s request (already admitted by [`crate::exec_policy`] and rewritten to
+/// desktop paths): its environment on top of ours, its working directory, its argv. Returns
+/// only on failure.
 pub fn exec(req: &ExecRequest) -> std::io::Error {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;

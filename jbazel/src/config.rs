@@ -71,7 +71,7 @@ pub struct Settings {
     )]
     pub session_id: Option<String>,
 
-    /// Talk to this Bazel server directly (host:port), skipping the orchestrator and the hop.
+    /// Talk to the Bazel server at this address (host:port), skipping the orchestrator and the hop.
     #[arg(
         long = "jbazel-server",
         env = "JBAZEL_SERVER",

@@ -1,13 +1,15 @@
-//! The hop from the desktop to the Bazel server's command port in the pod.
+//! The hop from the desktop to the Bazel server's command port in the pod, along one
+//! [`Route`]:
 //!
-//! - [`Target::PortForward`] (default): the Kubernetes API server's port-forward, in process
+//! - [`Route::PortForward`] (default): the Kubernetes API server's port-forward, in process
 //!   (kube-rs `Api::<Pod>::portforward`, WebSocket), honouring `KUBECONFIG` through
 //!   `kube::Client::try_default`. Each HTTP/2 connection tonic opens is one port-forward
 //!   stream, bridged into the `Channel` by a custom connector; no local port is bound and no
 //!   kubectl is needed.
-//! - [`Target::PodIp`]: straight to `<pod ip>:<port>` (where the network reaches pods and the
+//! - [`Route::PodIp`]: straight to `<pod ip>:<port>` (where the network reaches pods and the
 //!   supervisor relays); falls back to port-forward when it does not connect in time.
-//! - [`Target::Direct`]: `JBAZEL_SERVER=host:port`, for tests and pod-IP setups.
+//! - [`Route::Fixed`]: the address in `JBAZEL_SERVER=host:port`, for tests and setups where
+//!   the server's address is known; no orchestrator, no fallback.
 
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,17 +20,18 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// How long a TCP connect may take before a pod IP counts as unreachable.
 pub const POD_IP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where to connect.
+/// How to reach the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Direct {
-        addr: String,
-    },
+pub enum Route {
+    /// `JBAZEL_SERVER`: this address, as given.
+    Fixed { addr: String },
+    /// The API server's port-forward to the pod.
     PortForward {
         namespace: String,
         pod: String,
         port: u16,
     },
+    /// The pod IP (the supervisor's relay), port-forward when it does not connect.
     PodIp {
         ip: String,
         port: u16,
@@ -37,11 +40,11 @@ pub enum Target {
     },
 }
 
-impl std::fmt::Display for Target {
+impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Direct { addr } => write!(f, "{addr} (direct)"),
-            Target::PortForward {
+            Route::Fixed { addr } => write!(f, "{addr} (JBAZEL_SERVER)"),
+            Route::PortForward {
                 namespace,
                 pod,
                 port,
@@ -49,7 +52,7 @@ impl std::fmt::Display for Target {
                 f,
                 "pod {namespace}/{pod} port {port} (API server port-forward)"
             ),
-            Target::PodIp { ip, port, .. } => write!(f, "{ip}:{port} (pod IP)"),
+            Route::PodIp { ip, port, .. } => write!(f, "{ip}:{port} (pod IP)"),
         }
     }
 }
@@ -87,16 +90,16 @@ fn endpoint(uri: String) -> Result<Endpoint, HopError> {
         .keep_alive_while_idle(true))
 }
 
-/// A channel to the Bazel server.
-pub async fn connect(target: &Target) -> Result<Channel, HopError> {
-    match target {
-        Target::Direct { addr } => direct(addr, None).await,
-        Target::PortForward {
+/// A channel to the Bazel server along `route`.
+pub async fn connect(route: &Route) -> Result<Channel, HopError> {
+    match route {
+        Route::Fixed { addr } => dial(addr, None).await,
+        Route::PortForward {
             namespace,
             pod,
             port,
         } => port_forward(namespace, pod, *port).await,
-        Target::PodIp {
+        Route::PodIp {
             ip,
             port,
             namespace,
@@ -118,10 +121,11 @@ pub async fn dial_pod_ip(ip: &str, port: u16) -> Result<Channel, HopError> {
     } else {
         format!("{ip}:{port}")
     };
-    direct(&addr, Some(POD_IP_CONNECT_TIMEOUT)).await
+    dial(&addr, Some(POD_IP_CONNECT_TIMEOUT)).await
 }
 
-async fn direct(addr: &str, timeout: Option<Duration>) -> Result<Channel, HopError> {
+/// A plain TCP connection to `addr` (`host:port`).
+async fn dial(addr: &str, timeout: Option<Duration>) -> Result<Channel, HopError> {
     let mut ep = endpoint(format!("http://{addr}"))?;
     if let Some(t) = timeout {
         ep = ep.connect_timeout(t);

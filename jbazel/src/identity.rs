@@ -87,15 +87,15 @@ impl Sources {
     }
 }
 
-/// The settled identity.
+/// Who is asking: the settled UserId and SessionId.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct Caller {
     pub user_id: UserId,
     pub session_id: SessionId,
 }
 
 /// UserId and SessionId from their sources, validated.
-pub fn resolve(src: &Sources) -> Result<Identity, IdentityError> {
+pub fn resolve(src: &Sources) -> Result<Caller, IdentityError> {
     let (user, origin) = match (&src.jbazel_user, &src.login_name) {
         (Some(u), _) => (u.clone(), "JBAZEL_USER"),
         (None, Some(u)) => (u.clone(), "the login name"),
@@ -122,7 +122,7 @@ pub fn resolve(src: &Sources) -> Result<Identity, IdentityError> {
             })?
         }
     };
-    Ok(Identity {
+    Ok(Caller {
         user_id,
         session_id,
     })

@@ -7,17 +7,18 @@
 //!   a reconnection pause), so the user is never left without news (see [`crate::progress`]).
 //! - Restarts: a transport failure or UNAVAILABLE (connection refused or reset, the watch
 //!   stream breaking or ending without READY or FAILED) is retried on a new connection
-//!   after a jittered exponential pause ([`backoff`]: 100 ms doubling to 2 s), shown as
+//!   after a jittered exponential pause ([`BACKOFF`]: 100 ms doubling to 2 s), shown as
 //!   "orchestrator unavailable: reconnecting (attempt N)", then GetServer again (idempotent
 //!   for the same session) and a new watch. Anything else (PermissionDenied,
 //!   InvalidArgument, FailedPrecondition such as a superseded session, STAGE_FAILED) is
 //!   final. Past the deadline: [`OrchestratorError::Deadline`], with the last reason the
 //!   orchestrator could not be had as its cause.
 //!
-//! Decisions are pure ([`step`], [`location`], [`retryable`], [`backoff`]); [`await_ready`]
+//! Decisions are pure ([`step`], [`location`], [`retryable`], [`BACKOFF`]); [`await_ready`]
 //! is the gRPC edge.
 
 use crate::progress::{Progress, TICK};
+use proto::backoff::{jitter, Backoff};
 use proto::error_chain::ErrorChain;
 use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
@@ -206,26 +207,9 @@ pub fn retryable(e: &OrchestratorError) -> bool {
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest pause before reconnecting.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// The pause before reconnection `attempt` (1, 2, ...): `BACKOFF_BASE * 2^(attempt-1)`,
-/// capped at `BACKOFF_CAP`, of which the upper half is jittered by `jitter` in [0, 1]
-/// (so clients cut off together do not come back together).
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    let half = exp / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// A number in [0, 1] from the process's random hash keys (no extra dependency).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
+/// The reconnection pauses: [`BACKOFF_BASE`] doubling to [`BACKOFF_CAP`], the upper half
+/// jittered (so clients cut off together do not come back together).
+pub const BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
 
 /// The location of a READY server (`fallback` fills fields an event leaves empty).
 pub fn location(
@@ -303,13 +287,13 @@ fn endpoint(addr: &str, cred: &Credential) -> Result<Endpoint, OrchestratorError
 
 /// The orchestrator: its address as given, its endpoint, and the bearer token to present
 /// (when the credential is a token rather than a certificate).
-struct Target<'a> {
+struct Orchestrator<'a> {
     addr: &'a str,
     ep: Endpoint,
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
-impl Target<'_> {
+impl Orchestrator<'_> {
     /// `message` as a request carrying the credential.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
@@ -321,7 +305,7 @@ impl Target<'_> {
 }
 
 /// Connects to the orchestrator once.
-async fn connect(t: &Target<'_>) -> Result<OrchestratorClient<Channel>, OrchestratorError> {
+async fn connect(t: &Orchestrator<'_>) -> Result<OrchestratorClient<Channel>, OrchestratorError> {
     let ch =
         t.ep.connect()
             .await
@@ -385,14 +369,14 @@ pub async fn await_ready(
         ),
         _ => None,
     };
-    let target = Target {
+    let orchestrator = Orchestrator {
         addr,
         ep: endpoint(addr, cred)?,
         bearer,
     };
     progress.begin(ASKING, addr);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let work = follow(&target, ids, tx);
+    let work = follow(&orchestrator, ids, tx);
     tokio::pin!(work);
     let stop = tokio::time::sleep(deadline);
     tokio::pin!(stop);
@@ -425,17 +409,17 @@ pub async fn await_ready(
 
 /// Attempts until one ends with something other than a retryable failure.
 async fn follow(
-    target: &Target<'_>,
+    orchestrator: &Orchestrator<'_>,
     ids: &Ids,
     tx: mpsc::UnboundedSender<Note>,
 ) -> Result<ServerLocation, OrchestratorError> {
     let mut shown: Option<(String, String)> = None;
     let mut attempt = 0u32;
     loop {
-        match attempt_once(target, ids, &tx, &mut shown).await {
+        match attempt_once(orchestrator, ids, &tx, &mut shown).await {
             Err(e) if retryable(&e) => {
                 attempt += 1;
-                let pause = backoff(attempt, jitter());
+                let pause = BACKOFF.pause(attempt, jitter());
                 tracing::debug!(attempt, ?pause, error = %ErrorChain(&e),
                     "the orchestrator is unavailable; reconnecting");
                 let _ = tx.send(Note::Retry { attempt, error: e });
@@ -456,14 +440,14 @@ fn show(tx: &mpsc::UnboundedSender<Note>, stage: &str, message: &str) {
 /// One connection: GetServer, then the watch. `shown` is the last stage shown; after a
 /// reconnection it is shown again until the new watch says more.
 async fn attempt_once(
-    target: &Target<'_>,
+    orchestrator: &Orchestrator<'_>,
     ids: &Ids,
     tx: &mpsc::UnboundedSender<Note>,
     shown: &mut Option<(String, String)>,
 ) -> Result<ServerLocation, OrchestratorError> {
-    let mut client = connect(target).await?;
+    let mut client = connect(orchestrator).await?;
     let got = client
-        .get_server(target.request(GetServerRequest {
+        .get_server(orchestrator.request(GetServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),
@@ -472,7 +456,7 @@ async fn attempt_once(
         .map_err(|status| {
             if tls_refused(&status) {
                 OrchestratorError::TlsRefused {
-                    addr: target.addr.to_string(),
+                    addr: orchestrator.addr.to_string(),
                     source: status,
                 }
             } else {
@@ -496,7 +480,7 @@ async fn attempt_once(
         .clone();
     show(tx, &stage, &message);
     let mut stream = client
-        .watch_server(target.request(WatchServerRequest {
+        .watch_server(orchestrator.request(WatchServerRequest {
             user_id: ids.user_id.to_string(),
             repo_hash: ids.repo_hash.to_string(),
             session_id: ids.session_id.to_string(),
@@ -698,6 +682,7 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
         let ms = |n| Duration::from_millis(n);
+        let backoff = |attempt, jitter| BACKOFF.pause(attempt, jitter);
         assert_eq!(backoff(1, 0.0), ms(50));
         assert_eq!(backoff(1, 1.0), ms(100));
         assert_eq!(backoff(2, 1.0), ms(200));

@@ -1,4 +1,4 @@
-//! Desktop <-> pod path translation (design.md, "Path model").
+//! Desktop <-> pod path translation.
 //!
 //! The pod's Bazel sees the checkout at `/work/src` and its output base at `/work/out`; the
 //! desktop sees the same directories at the workspace root `P` and at the filestore mirror
@@ -242,11 +242,9 @@ impl StreamRewriter {
 }
 
 /// `bazel run`'s exec request with pod paths replaced by desktop paths, in the working
-/// directory, every argv element (argv is `[sh, -c, <escaped command line>]` in Bazel 4)
-/// and every environment value (`BUILD_WORKSPACE_DIRECTORY`, `BUILD_WORKING_DIRECTORY`, ...).
-///
-/// Limitation: a desktop path with characters that need shell quoting is inserted as is into
-/// the escaped command line.
+/// directory, every argv element and every environment value (`BUILD_WORKSPACE_DIRECTORY`,
+/// `BUILD_WORKING_DIRECTORY`, ...). [`crate::runfiles`] then replaces argv with the words
+/// [`crate::exec_policy`] admitted, each rewritten on its own (no shell line to re-quote).
 pub fn rewrite_exec_request(req: &ExecRequest, rw: &Rewriter) -> ExecRequest {
     ExecRequest {
         working_directory: rw.rewrite(&req.working_directory),

@@ -54,7 +54,8 @@ fn build_run_mirror_and_wrong_cookie() {
     let extra = vec![
         (
             "tools/where.sh".to_string(),
-            "#!/bin/sh\necho \"pwd=$(pwd)\"\necho \"ws=$BUILD_WORKSPACE_DIRECTORY\"\necho \"args=$*\"\n"
+            "#!/bin/sh\necho \"pwd=$(pwd)\"\necho \"ws=$BUILD_WORKSPACE_DIRECTORY\"\necho \"args=$*\"\n\
+             echo \"under=$JBAZEL_UNDER\"\n"
                 .to_string(),
         ),
         (
@@ -120,6 +121,41 @@ fn build_run_mirror_and_wrong_cookie() {
         "{out}"
     );
     assert!(out.contains("args=a b c"), "{out}");
+
+    // --run_under: a tool built in the workspace runs the binary (here `where` runs
+    // `hello`, so it prints hello's path as its argument)...
+    let o = run(srv.jbazel(
+        &jb,
+        "",
+        &["run", "--run_under=//tools:where", "//app:hello"],
+    ));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let out = text(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("args=") && l.ends_with("/hello")),
+        "{}",
+        describe(&o)
+    );
+    // ...and a desktop tool the user names runs with the binary, in a shell.
+    let o = run(srv.jbazel(
+        &jb,
+        "app",
+        &[
+            "run",
+            "--run_under=env JBAZEL_UNDER=1",
+            "//tools:where",
+            "--",
+            "x",
+        ],
+    ));
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("args=x\n") && out.contains("under=1\n"),
+        "{}",
+        describe(&o)
+    );
 
     // A failing local binary gives its exit code (jbazel exec'd it).
     // 3. A wrong cookie gives a clear error and Bazel's exit code for it.
@@ -277,9 +313,10 @@ fn run_finds_runfiles_on_the_desktop() {
             .unwrap_or_default()
     );
 
-    // A binary that resolves outside the workspace and the output base is refused.
+    // A binary that resolves outside the workspace and the output base is refused, and
+    // nothing runs (Bazel's exit code for a refused exec request: 37).
     let o = run(srv.jbazel(&jb, "", &["run", "//escape"]));
-    assert_eq!(code(&o), 2, "{}", describe(&o));
+    assert_eq!(code(&o), 37, "{}", describe(&o));
     let err = text(&o.stderr);
     assert!(
         err.contains("refusing to run /work/out/") && err.contains("/bin/true"),

@@ -13,8 +13,13 @@
 //!
 //! The server is stopped by its pid (from `out/server/server.pid.txt`) when the fixture drops.
 //! Shared by the integration tests and the `no_op` bench (included with `#[path]`).
+//!
+//! [`stand_in`]: a stand-in server answering what a test chooses, for what no real Bazel
+//! server would say.
 
 #![allow(dead_code)]
+
+pub mod stand_in;
 
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
@@ -201,7 +206,8 @@ impl BazelServer {
             .join(rel)
     }
 
-    /// jbazel, run from `P/<rel_cwd>` as a user would, talking to this server directly.
+    /// jbazel, run from `P/<rel_cwd>` as a user would, talking to this server at its address
+    /// (`JBAZEL_SERVER`).
     pub fn jbazel(&self, jbazel: &Path, rel_cwd: &str, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
         c.args([
