@@ -28,11 +28,6 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tonic::transport::Channel;
 
-/// [`ExitCode::LOCAL_ENVIRONMENTAL_ERROR`] as the number a response carries. Kept for
-/// [`crate::expunge`], which compares response codes with it until it takes an
-/// [`ExitCode`].
-pub const LOCAL_ENVIRONMENTAL_ERROR: i32 = ExitCode::LOCAL_ENVIRONMENTAL_ERROR.code();
-
 /// How long a Cancel may take on the way out.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -203,14 +203,12 @@ pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
         tracing::warn!(path = %plan.mirror.client_env_path().display(),
             "the pod's client env is not published; sending Debian's default PATH");
     }
-    let system_canonical = std::fs::canonicalize(&system_rc).ok();
     let inputs = request::Inputs {
         invocation: inv,
         command_line: &plan.cl,
         map: &plan.map,
         cwd: &plan.cwd,
         rc_files: &files,
-        system_rc: system_canonical.as_deref(),
         pod_env: pod_env.as_deref(),
         startup_time_ms: inv.elapsed_ms(),
         translate_paths: !plan.settings.no_translate_paths,

@@ -115,7 +115,7 @@ impl Error {
             | Error::Request(RequestError::Startup(_) | RequestError::FileFlag(_)) => {
                 ExitCode::COMMAND_LINE_ERROR
             }
-            Error::Rc(e) => ExitCode::from_raw(e.exit_code()),
+            Error::Rc(e) => e.exit_code(),
             Error::Cwd(_)
             | Error::ExecBazelReal { .. }
             | Error::Runtime(_)

@@ -22,7 +22,7 @@
 
 use proto::command_server::FailureDetail;
 
-use crate::client::LOCAL_ENVIRONMENTAL_ERROR;
+use crate::exit_code::ExitCode;
 use crate::paths::POD_OUT;
 
 /// `failure_details.CleanCommand.Code.OUTPUT_BASE_DELETE_FAILURE`.
@@ -74,7 +74,7 @@ fn clean_failure(
     code: i32,
     names: fn(&str) -> bool,
 ) -> bool {
-    exit_code == LOCAL_ENVIRONMENTAL_ERROR
+    exit_code == ExitCode::LOCAL_ENVIRONMENTAL_ERROR.code()
         && detail.is_some_and(|d| {
             d.clean_command.as_ref().is_some_and(|c| c.code == code) && names(&d.message)
         })

@@ -18,7 +18,7 @@ use crate::untrusted_fs::{self, UntrustedFileError};
 
 /// Bazel's client's exit code for a server that died mid-command without leaving another
 /// (`blaze_exit_code::INTERNAL_ERROR`).
-pub const ABRUPT_EXIT_DEFAULT: i32 = 37;
+pub const ABRUPT_EXIT_DEFAULT: i32 = crate::exit_code::ExitCode::INTERNAL_ERROR.code();
 /// More than this in the abrupt-exit file is not an exit code.
 pub const ABRUPT_EXIT_MAX_BYTES: u64 = 64;
 

@@ -83,10 +83,15 @@ impl PathMap {
     /// The rewriter of pod paths to desktop paths: `/work/src` -> `P`, `/work/out` ->
     /// `R/U/H/out`.
     pub fn to_desktop(&self) -> Rewriter {
-        Rewriter::new(vec![
-            (POD_SRC.into(), path_bytes(&self.desktop_root)),
-            (POD_OUT.into(), path_bytes(&self.mirror_out)),
-        ])
+        self.to_desktop_with(Vec::new())
+    }
+
+    /// [`PathMap::to_desktop`] with `first` tried before the two trees' prefixes (more
+    /// specific pod paths, such as the convenience links' directory).
+    pub fn to_desktop_with(&self, mut first: Vec<(Vec<u8>, Vec<u8>)>) -> Rewriter {
+        first.push((POD_SRC.into(), path_bytes(&self.desktop_root)));
+        first.push((POD_OUT.into(), path_bytes(&self.mirror_out)));
+        Rewriter::new(first)
     }
 }
 

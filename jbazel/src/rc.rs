@@ -166,10 +166,11 @@ pub enum RcError {
 
 impl RcError {
     /// Bazel client's exit code: 2 (BAD_ARGV) except for unreadable files (37).
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> crate::exit_code::ExitCode {
+        use crate::exit_code::ExitCode;
         match self {
-            RcError::Unreadable { .. } => 37,
-            _ => 2,
+            RcError::Unreadable { .. } => ExitCode::INTERNAL_ERROR,
+            _ => ExitCode::COMMAND_LINE_ERROR,
         }
     }
 }
@@ -941,7 +942,7 @@ mod tests {
         for (files, is, code) in cases {
             let err = parse(&MemFs::with(files), "/a").expect_err("must fail");
             assert!(is(&err), "{files:?}: {err:?}");
-            assert_eq!(err.exit_code(), *code);
+            assert_eq!(err.exit_code().code(), *code);
         }
         let err = parse(
             &MemFs::with(&[("/a", "import /b"), ("/b", "import /a")]),
@@ -1045,7 +1046,7 @@ mod tests {
         // An unreadable --bazelrc is an error (exit 2), a missing default is not.
         let err = top_level_files(&fs, &sel(&|s| s.bazelrc = vec!["/nope".into()]), &loc(home))
             .expect_err("unreadable");
-        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.exit_code().code(), 2);
         assert_eq!(err.to_string(), "Unable to read .bazelrc file '/nope'.");
         // A home rc that is a symlink to the workspace rc is read once.
         fs.links
@@ -1120,7 +1121,7 @@ mod tests {
             matches!(err, RcError::ImportOutsideWorkspace { .. }),
             "{err:?}"
         );
-        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.exit_code().code(), 2);
         for target in ["/ws/../etc/passwd", "%workspace%/../etc/passwd"] {
             let content = format!("import {target}\n");
             let fs = MemFs::with(&[
@@ -1182,7 +1183,7 @@ mod tests {
             matches!(err, RcError::ImportOutsideWorkspace { .. }),
             "{err:?}"
         );
-        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.exit_code().code(), 2);
         let text = err.to_string();
         assert!(
             text.contains("/home/u/.kube/config") && text.contains("~/.bazelrc"),
@@ -1234,7 +1235,7 @@ mod tests {
             .insert("/ws/.bazelrc".into(), "/home/u/.aws/credentials".into());
         let err = parse(&fs, "/ws/.bazelrc").expect_err("refused");
         assert!(matches!(err, RcError::LinkOutOfWorkspace { .. }), "{err:?}");
-        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.exit_code().code(), 2);
         assert!(!err.to_string().contains("CANARY"));
         // Through read_all too, and as a --bazelrc named in the workspace.
         let sel = RcSelection {

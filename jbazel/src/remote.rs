@@ -196,37 +196,34 @@ fn read_cookies(m: &Mirror) -> Result<Cookies, Error> {
         request: m.request_cookie().map_err(Error::Cookies)?,
         response: m.response_cookie().map_err(Error::Cookies)?,
         request_path: m.request_cookie_path().display().to_string(),
-        response_path: m.out.join("server/response_cookie").display().to_string(),
+        response_path: m.response_cookie_path().display().to_string(),
     })
 }
 
-/// Puts Bazel's convenience symlinks in the workspace root in `form` (see [`links`]). A
-/// failure only costs the desktop its shortcuts, so it is logged, not fatal.
-fn convenience_links(plan: &Plan, form: links::Form) {
-    match links::flip(&plan.root, &plan.map, form) {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(changed = n, ?form, "convenience symlinks"),
-        Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot update the convenience symlinks"),
+/// Mirrors the convenience links the pod's Bazel made in its links directory into the
+/// workspace root (see [`links`]); after a successful `clean`, removes them as Bazel's
+/// `clean` does. A failure only costs the desktop its shortcuts, so it is a warning.
+fn convenience_links(plan: &Plan, names: &[links::LinkName], cleaned: bool) {
+    let done = if cleaned {
+        links::clean(&plan.root, &plan.map, names)
+    } else {
+        links::mirror(&plan.root, &plan.map, names)
+    };
+    if done.changed > 0 {
+        tracing::debug!(changed = done.changed, cleaned, "convenience symlinks");
+    }
+    for e in &done.errors {
+        eprintln!("jbazel: WARNING: {}", ErrorChain(e));
     }
 }
 
 /// Creates the directory the server writes output files into for a desktop path elsewhere
-/// (see [`file_flags`]), owned as the tree: a jbazel run as root (an admin, a test harness)
-/// must not leave it root's. Failures are logged; the delivery will say what is missing.
-fn staging_dir(plan: &Plan, inv: &Invocation) {
-    let staging = plan.map.mirror_out.join(file_flags::FILES_DIR);
-    if let Err(e) = std::fs::create_dir_all(&staging) {
-        tracing::warn!(dir = %staging.display(), error = %ErrorChain(&e), "cannot create the staging dir for output files");
-    }
-    if inv.root {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(owner) = std::fs::metadata(&plan.map.mirror_out) {
-            let _ = nix::unistd::chown(
-                &staging,
-                Some(nix::unistd::Uid::from_raw(owner.uid())),
-                Some(nix::unistd::Gid::from_raw(owner.gid())),
-            );
-        }
+/// (see [`file_flags`]) without following a link the pod planted, owned as the tree (a
+/// jbazel run as root must not leave it root's). Failures are logged; the delivery will
+/// say what is missing.
+fn staging_dir(plan: &Plan) {
+    if let Err(e) = file_flags::prepare_staging(&plan.map) {
+        tracing::warn!(error = %ErrorChain(&e), "cannot create the staging dir for output files");
     }
 }
 
@@ -292,7 +289,19 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
         }
     };
     let prepared = command::prepare(plan, inv)?;
-    let rewriter = plan.map.to_desktop();
+    for p in &prepared.refused_prefixes {
+        eprintln!(
+            "jbazel: WARNING: {}",
+            crate::symlink_prefix::refusal_message(p)
+        );
+    }
+    // Paths Bazel prints under its links directory read as the desktop's links, as local
+    // Bazel prints them (`bazel-bin/app/hello`), then the two trees' prefixes.
+    let rewriter = plan.map.to_desktop_with(links::printed_path_rules(
+        &prepared.links,
+        &plan.root,
+        plan.cwd == plan.root,
+    ));
     let is_clean = plan.cl.command == "clean";
     let mut out = Output {
         stdout: prepared
@@ -303,9 +312,8 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
             .then(|| StreamRewriter::new(rewriter.clone())),
         held: is_clean.then(expunge::HeldError::default),
     };
-    convenience_links(plan, links::Form::Pod);
     if !prepared.deliveries.is_empty() {
-        staging_dir(plan, inv);
+        staging_dir(plan);
     }
     let mut outcome = client::run(
         channel.clone(),
@@ -349,13 +357,24 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
         )
         .await;
     }
-    convenience_links(plan, links::Form::Desktop);
+    convenience_links(
+        plan,
+        &prepared.links,
+        is_clean && matches!(outcome, Ok(Outcome::Exit(0, _))),
+    );
+    let mut undelivered = false;
     for d in &prepared.deliveries {
         if let Err(e) = file_flags::deliver(d, &plan.map) {
-            eprintln!("jbazel: WARNING: {}", ErrorChain(&e));
+            eprintln!("jbazel: ERROR: {}", ErrorChain(&e));
+            undelivered = true;
         }
     }
     match outcome {
+        // A file the user asked for is missing: a command that succeeded did not do what
+        // was asked of it on this desktop (an IDE would read a file that is not there).
+        Ok(Outcome::Exit(0, _)) if undelivered => {
+            Ok(Done::Exit(ExitCode::LOCAL_ENVIRONMENTAL_ERROR))
+        }
         Ok(Outcome::Exit(code, _)) => Ok(Done::Exit(ExitCode::from_raw(code))),
         Ok(Outcome::Signal(sig)) => Ok(Done::Signal(sig)),
         Ok(Outcome::Exec(req)) => Err(exec(plan, &prepared.named, &req)),

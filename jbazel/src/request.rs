@@ -8,9 +8,11 @@ use crate::args::{self, CommandLine, Startup};
 use crate::exec_policy::Named;
 use crate::file_flags::{self, FileFlagError};
 use crate::invocation::Invocation;
+use crate::links::{self, LinkName};
 use crate::mirror;
 use crate::paths::{OutsideWorkspace, PathMap};
 use crate::rc::{self, RcFile};
+use crate::symlink_prefix;
 use proto::command_server::RunRequest;
 use std::path::Path;
 
@@ -38,9 +40,6 @@ pub struct Inputs<'a> {
     pub cwd: &'a Path,
     /// The rc files read, in Bazel's order.
     pub rc_files: &'a [RcFile],
-    /// The canonical path of the system rc the pod publishes: its options are not the
-    /// user's (see [`Named`]).
-    pub system_rc: Option<&'a Path>,
     /// The pod's published client env (`out/jbazel/client-env`), None when unpublished.
     pub pod_env: Option<&'a [(String, String)]>,
     /// `--startup_time`.
@@ -61,23 +60,29 @@ pub struct Prepared {
     pub deliveries: Vec<file_flags::Delivery>,
     /// What the user wrote about `run` (`--run_under`, `--script_path`), for the exec policy.
     pub named: Named,
+    /// The convenience links the pod's Bazel makes in its links directory, to mirror into
+    /// the workspace after the command (see [`crate::links`]).
+    pub links: Vec<LinkName>,
+    /// `--symlink_prefix` values that would put links outside the workspace: sent as `/`
+    /// (no links), each worth a warning.
+    pub refused_prefixes: Vec<String>,
 }
 
-/// What the user wrote about `run`: the command line and their own rc files (every one but
-/// the pod's system rc).
-pub fn named(cl: &CommandLine, rc_files: &[RcFile], system_rc: Option<&Path>) -> Named {
-    let from_rc = Named::scan_rc(
-        rc_files
-            .iter()
-            .filter(|f| f.canonical_paths.first().map(|p| p.as_path()) != system_rc)
-            .flat_map(|f| &f.options)
-            .map(|(section, opts)| {
-                (
-                    section.as_str(),
-                    opts.iter().map(|o| o.option.as_str()).collect(),
-                )
-            }),
-    );
+/// What the user wrote about `run`: the command line and their own rc files (not the
+/// repository's, nor the pod's system rc: a repository's `--run_under` would run a desktop
+/// program the user never named).
+pub fn named(cl: &CommandLine, rc_files: &[RcFile]) -> Named {
+    let from_rc = Named::scan_rc(rc_files.iter().flat_map(|f| {
+        f.options.iter().map(move |(section, opts)| {
+            (
+                section.as_str(),
+                opts.iter()
+                    .filter(|o| f.owners.get(o.source_index) == Some(&rc::RcOwner::User))
+                    .map(|o| o.option.as_str())
+                    .collect(),
+            )
+        })
+    }));
     Named::scan(cl.args.iter().map(String::as_str)).merge(from_rc)
 }
 
@@ -97,10 +102,13 @@ pub fn build(i: &Inputs<'_>) -> Result<Prepared, RequestError> {
     if !pod_env.iter().any(|(k, _)| k == "PATH") {
         pod_env.push(("PATH".into(), mirror::FALLBACK_POD_PATH.into()));
     }
+    // Only the user's own rc files (and the command line) may name a desktop variable: a
+    // repository's rc is the pod's attacker's to write.
+    let user_rc = rc::applied_options(i.rc_files, &cl.command, &cl.args, rc::RcOwner::User);
     let env_named = args::named_env_vars(
-        rc_args
+        user_rc
             .iter()
-            .map(|a| args::rc_option(a))
+            .map(String::as_str)
             .chain(cl.args.iter().map(String::as_str)),
     );
     let client_env = args::client_env(&pod_env, &inv.env, &env_named);
@@ -108,6 +116,13 @@ pub fn build(i: &Inputs<'_>) -> Result<Prepared, RequestError> {
     let emacs = args::is_emacs(inv.var("EMACS"), inv.var("INSIDE_EMACS").is_some());
     let client_cwd = i.map.pod_cwd(i.cwd)?;
     let files = file_flags::rewrite(&cl.args, i.cwd, i.map)?;
+    // The checkout is read-only in the pod: Bazel makes its convenience links in the output
+    // base, and jbazel mirrors them.
+    let moved = symlink_prefix::rewrite(&cl.command, &rc_args, &files.args);
+    let link_names = links::names(
+        &moved.prefixes,
+        i.map.desktop_root.file_name().and_then(|b| b.to_str()),
+    );
     let input = args::RunArgsInput {
         command: cl.command.clone(),
         startup_time_ms: i.startup_time_ms,
@@ -115,10 +130,10 @@ pub fn build(i: &Inputs<'_>) -> Result<Prepared, RequestError> {
         isatty: args::is_standard_terminal(inv.var("TERM"), emacs, inv.stdout_tty, inv.stderr_tty),
         terminal_columns: inv.terminal_columns(),
         emacs,
-        rc_args,
+        rc_args: moved.rc_args,
         client_env,
         client_cwd,
-        user_args: files.args,
+        user_args: moved.user_args,
     };
     let request = RunRequest {
         cookie: String::new(),
@@ -143,7 +158,9 @@ pub fn build(i: &Inputs<'_>) -> Result<Prepared, RequestError> {
         translate_stdout: i.translate_paths && (inv.stdout_tty || paths_on_stdout),
         translate_stderr: i.translate_paths && inv.stderr_tty,
         deliveries: files.deliveries,
-        named: named(cl, i.rc_files, i.system_rc),
+        named: named(cl, i.rc_files),
+        links: link_names,
+        refused_prefixes: moved.refused,
     })
 }
 
@@ -164,8 +181,15 @@ mod tests {
     }
 
     fn rc_file(path: &str, options: &[(&str, &[&str])]) -> RcFile {
+        // The workspace's and the pod's files are the repository's; the rest the user's.
+        let owner = if path.starts_with("/home/alice/proj/") || path.starts_with("/fs/") {
+            rc::RcOwner::Repository
+        } else {
+            rc::RcOwner::User
+        };
         RcFile {
             canonical_paths: vec![PathBuf::from(path)],
+            owners: vec![owner],
             options: options
                 .iter()
                 .map(|(section, opts)| {
@@ -223,8 +247,12 @@ mod tests {
                 ("run", &["--run_under", "gdb --args"]),
             ],
         );
+        let home = rc_file(
+            "/home/alice/.bazelrc",
+            &[("run", &["--run_under=valgrind"])],
+        );
         let m = map();
-        let files = [system, workspace];
+        let files = [system, workspace, home];
         let pod_env = [
             ("PATH".to_string(), "/pod/bin".to_string()),
             ("SECRET".to_string(), "pod".to_string()),
@@ -235,9 +263,6 @@ mod tests {
             map: &m,
             cwd: Path::new("/home/alice/proj/app"),
             rc_files: &files,
-            system_rc: Some(Path::new(
-                "/fs/alice/0123456789abcdef0123456789abcdef/out/jbazel/system.bazelrc",
-            )),
             pod_env: Some(&pod_env),
             startup_time_ms: 12,
             translate_paths: true,
@@ -252,12 +277,17 @@ mod tests {
                 "--rc_source=client",
                 "--default_override=0:common=--isatty=0",
                 "--default_override=0:common=--terminal_columns=80",
+                // The checkout is read-only in the pod: its links go to the output base.
+                "--default_override=0:build=--symlink_prefix=/work/out/jbazel/links/bazel-",
+                "--default_override=0:build=--experimental_no_product_name_out_symlink",
                 "--rc_source=/work/out/jbazel/system.bazelrc",
                 "--rc_source=/work/src/.bazelrc",
+                "--rc_source=/home/alice/.bazelrc",
                 "--default_override=1:build=--run_under=evil",
                 "--default_override=2:build=--jobs=2",
                 "--default_override=2:run=--run_under",
                 "--default_override=2:run=gdb --args",
+                "--default_override=3:run=--run_under=valgrind",
                 "--client_env=AWS_SECRET_ACCESS_KEY=s3cr3t",
                 "--client_env=CC=clang",
                 "--client_env=LANG=C.UTF-8",
@@ -275,8 +305,9 @@ mod tests {
             format!("pid=4242 (jbazel {} on desk)", env!("CARGO_PKG_VERSION"))
         );
         assert!(!p.translate_stdout && !p.translate_stderr);
-        // The pod's system rc names no --run_under the user wrote.
-        assert_eq!(p.named.run_under, ["gdb --args"]);
+        // Only the user's own rc names a --run_under: not the pod's system rc, not the
+        // repository's .bazelrc.
+        assert_eq!(p.named.run_under, ["valgrind"]);
     }
 
     #[test]
@@ -293,7 +324,6 @@ mod tests {
             map: &m,
             cwd: Path::new("/home/alice/proj"),
             rc_files: &[],
-            system_rc: None,
             pod_env: None,
             startup_time_ms: 0,
             translate_paths: true,
