@@ -33,7 +33,7 @@ need_update=0
 has_deb_src=0
 for f in "${apt_files[@]}" "$src_list"; do
   [ -f "$f" ] || continue
-  if grep -qsE "^deb-src .*[[:space:]]$codename[[:space:]]" "$f" \
+  if grep -qsE "^deb-src .*[[:space:]]${codename}[[:space:]]" "$f" \
     || { grep -qsiE '^Types:.*deb-src' "$f" && grep -qsiE "^Suites:.*(^|[[:space:]])$codename([[:space:]]|$)" "$f"; }; then
     has_deb_src=1
   fi
