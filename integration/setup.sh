@@ -6,12 +6,13 @@
 set -euo pipefail
 
 # Bazel 4.2.3 (offline with the rule stubs in image/bazel) and the sandbox.
-# The rest is what the local Kubernetes needs (see integration/kubernetes/).
+# Then what the local Kubernetes needs (see integration/kubernetes/), and CI's shell lint.
 PACKAGES=(
   bazel-bootstrap bubblewrap util-linux
   build-essential
   golang-go etcd-server containerd runc containernetworking-plugins
   debootstrap dpkg-dev iproute2 iptables openssl curl ca-certificates
+  shellcheck
 )
 
 missing=()
