@@ -53,6 +53,6 @@ apt_deb_entries() {
 # apt_archive_uri SUITE: the first configured archive URI that serves SUITE (empty if none).
 apt_archive_uri() {
   local files
-  mapfile -t files < <(apt_source_files)
+  mapfile -t files < <(apt_source_files "")
   apt_deb_entries "${files[@]}" | awk -F'\t' -v suite="$1" '$2 == suite { print $1; exit }'
 }

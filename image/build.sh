@@ -127,8 +127,8 @@ EOF
     # What a container runtime provides or a layer should not carry.
     rm -f "$rootfs/usr/sbin/policy-rc.d"
     : >"$rootfs/etc/resolv.conf"
-    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log \
-        "$rootfs"/dev/* "$rootfs"/proc/* "$rootfs"/sys/* "$rootfs"/tmp/* "$rootfs"/run/*
+    rm -rf "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/cache/apt/*.bin "${rootfs:?}"/var/log/*.log \
+        "${rootfs:?}"/dev/* "${rootfs:?}"/proc/* "${rootfs:?}"/sys/* "${rootfs:?}"/tmp/* "${rootfs:?}"/run/*
     chroot "$rootfs" bazel --version >"$tmp/bazel-version" 2>&1 ||
         { cat "$tmp/bazel-version" >&2; die "bazel does not run in the new rootfs"; }
 

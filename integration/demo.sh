@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 if [ "${1:-}" = "--down" ]; then
-  [ -x target/debug/jbazel-demo ] && target/debug/jbazel-demo --down || true
+  if [ -x target/debug/jbazel-demo ]; then
+    target/debug/jbazel-demo --down || true
+  fi
   exec integration/kubernetes/local.sh down
 fi
 

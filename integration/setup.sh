@@ -6,12 +6,13 @@
 set -euo pipefail
 
 # Bazel 4.2.3 (offline with the rule stubs in image/bazel) and the sandbox.
-# The rest is what the local Kubernetes needs (see integration/kubernetes/).
+# Then what the local Kubernetes needs (see integration/kubernetes/), and CI's shell lint.
 PACKAGES=(
   bazel-bootstrap bubblewrap util-linux
   build-essential
   golang-go etcd-server containerd runc containernetworking-plugins
   debootstrap dpkg-dev iproute2 iptables openssl curl ca-certificates
+  shellcheck
 )
 
 missing=()
@@ -33,7 +34,7 @@ need_update=0
 has_deb_src=0
 for f in "${apt_files[@]}" "$src_list"; do
   [ -f "$f" ] || continue
-  if grep -qsE "^deb-src .*[[:space:]]$codename[[:space:]]" "$f" \
+  if grep -qsE "^deb-src .*[[:space:]]${codename}[[:space:]]" "$f" \
     || { grep -qsiE '^Types:.*deb-src' "$f" && grep -qsiE "^Suites:.*(^|[[:space:]])$codename([[:space:]]|$)" "$f"; }; then
     has_deb_src=1
   fi

@@ -505,15 +505,12 @@ async fn main() {
     let (replica_a, url_a) = start_replica(store_a.clone(), &settings).await;
     let (replica_b, url_b) = start_replica(store_b, &settings).await;
     for r in [&replica_a, &replica_b] {
-        let full_cache = async {
-            while cached(r, &user_namespaces) < rows {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        if tokio::time::timeout(SETUP_DEADLINE, full_cache)
-            .await
-            .is_err()
-        {
+        let full_cache =
+            testkit::wait_until_async(SETUP_DEADLINE, Duration::from_millis(20), async || {
+                (cached(r, &user_namespaces) >= rows).then_some(())
+            })
+            .await;
+        if full_cache.is_none() {
             panic!(
                 "replica {} cache holds {} of {rows} pods after {SETUP_DEADLINE:?}",
                 r.addr,

@@ -79,7 +79,8 @@ if [[ ! -s $OPENAPI_OUT ]]; then
            grep -v -e '^vendor/k8s.io/code-generator/' -e '^vendor/k8s.io/sample-apiserver/' |
            LC_ALL=C sort -u)
     log "running openapi-gen over $(wc -l <<<"$dirs") packages"
-    inputs=$(sed "s|^|$PKG/|" <<<"$dirs" | paste -sd, -)
+    mapfile -t packages <<<"$dirs"
+    inputs=$(IFS=,; echo "${packages[*]/#/$PKG/}")
     "$CACHE/tools/openapi-gen" --logtostderr -v 0 \
         -i "$inputs" -p "$PKG/pkg/generated/openapi" -O zz_generated.openapi \
         -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \

@@ -102,11 +102,11 @@ die() { log "ERROR: $*"; exit 1; }
 # Processes: pid files hold "<pid> <starttime>" so a recycled pid is never taken for ours.
 
 starttime() { # field 22 of /proc/PID/stat (after the parenthesised comm)
-    local stat
+    local stat fields
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
     stat=${stat##*) }
-    set -- $stat
-    echo "${20}"
+    read -ra fields <<<"$stat"
+    echo "${fields[19]}"
 }
 
 pid_of() { # prints the pid of component $1 if it runs (a zombie does not count)
@@ -615,8 +615,8 @@ state_mounts() { # mount points under $STATE, deepest first
 }
 
 unmount_state() {
-    local m n=0 pass
-    for pass in 1 2 3; do
+    local m n=0
+    for _ in 1 2 3; do
         while IFS= read -r m; do
             [[ -n $m ]] || continue
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
@@ -637,12 +637,12 @@ kill_containers() { # containers and shims of OUR containerd (runc root and sock
         done
     fi
     # Shims outlive containerd by design; ours name our socket on their command line.
-    for pid in $(grep -lsF -- "$SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+    while IFS= read -r pid; do
         [[ $pid != "$$" ]] || continue
         if { tr "\0" " " <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "^[^ ]*containerd-shim.* -address $SOCK"; then
             kill -KILL "$pid" 2>/dev/null || true
         fi
-    done
+    done < <(grep -lsF -- "$SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3)
     ((n == 0)) || log "removed $n containers left in $RUNC_ROOT"
 }
 

@@ -34,7 +34,7 @@ pub const MAX_USER_NAME: usize = 40;
 const UP_HINT: &str = "run integration/kubernetes/local.sh up";
 
 /// Why a credential could not be found or made.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum CredentialError {
     /// The user name is not a lowercase DNS label of at most 40 characters.
     #[error("invalid user name {name:?}: a lowercase DNS label (a-z, 0-9, '-', starting and ending alphanumeric) of at most {MAX_USER_NAME} characters")]
@@ -98,6 +98,7 @@ pub enum CredentialError {
         source: serde_json::Error,
     },
 }
+debug_is_the_chain!(CredentialError);
 
 /// A platform user's client credential: a kubeconfig that authenticates as `user`, and the
 /// certificate and key in it as PEM files.

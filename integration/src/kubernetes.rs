@@ -41,7 +41,7 @@ const HINT: &str =
     "start it with `integration/kubernetes/local.sh up` (and `image/build.sh` for the pod image)";
 
 /// Why the cluster fixture could not do what a test asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ClusterError {
     /// The kubeconfig is missing or invalid.
     #[error("cannot load kubeconfig {path} ({HINT})")]
@@ -83,6 +83,7 @@ pub enum ClusterError {
         reason: String,
     },
 }
+debug_is_the_chain!(ClusterError);
 
 /// The kubeconfig path tests use: the first entry of `KUBECONFIG`, else [`DEFAULT_KUBECONFIG`].
 pub fn kubeconfig_path() -> PathBuf {

@@ -10,6 +10,19 @@
 //! Architecture invariant: fixtures start real components (emulator, Bazel, cluster) and
 //! fail loudly when they cannot; nothing here fakes a component.
 
+/// `Debug` for a fixture's error is its chain, as `Display` and the sources say it: a test's
+/// `.expect(..)` prints `{:?}`, and must show what to start or install (`start it with
+/// integration/kubernetes/local.sh up`), not the variant's fields.
+macro_rules! debug_is_the_chain {
+    ($error:ty) => {
+        impl std::fmt::Debug for $error {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&proto::error_chain::ErrorChain(self), f)
+            }
+        }
+    };
+}
+
 pub mod credentials;
 pub mod kubernetes;
 pub mod platform;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::process::GroupChild;
 
 /// Why a platform component could not be set up.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum PlatformError {
     /// A binary of the workspace is not built.
     #[error("binary {0} not found: run `cargo build --workspace --bins` first")]
@@ -59,6 +59,7 @@ pub enum PlatformError {
         source: tonic::transport::Error,
     },
 }
+debug_is_the_chain!(PlatformError);
 
 /// A gRPC channel to the orchestrator at `url` (https) that authenticates as `user` with
 /// the user's client certificate (made by `local.sh user` when missing). Lazy: it connects

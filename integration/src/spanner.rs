@@ -29,10 +29,10 @@ const DATABASE: &str = "sessions";
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Why the emulator fixture could not be set up.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum EmulatorError {
     /// The emulator binary is missing or not executable.
-    #[error("cannot start the Spanner emulator {bin}")]
+    #[error("cannot start the Spanner emulator {bin} (install the Cloud SDK's cloud-spanner-emulator component, or name its emulator_main in SPANNER_EMULATOR_BIN)")]
     Spawn { bin: PathBuf, source: io::Error },
     /// No free loopback port could be reserved.
     #[error("cannot reserve a loopback port for the Spanner emulator")]
@@ -47,6 +47,7 @@ pub enum EmulatorError {
     #[error("cannot create a Spanner client for {database}: {message}")]
     Client { database: String, message: String },
 }
+debug_is_the_chain!(EmulatorError);
 
 /// A running emulator with the project's database created. Dropping it stops the emulator.
 pub struct SpannerEmulator {

@@ -10,7 +10,7 @@ use crate::platform::{Desktop, Orchestrator, OrchestratorOptions, PlatformError}
 use crate::spanner::{EmulatorError, SpannerEmulator};
 
 /// Why the platform could not start; each names the part.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum StackError {
     #[error("the local cluster must be up (integration/kubernetes/local.sh up)")]
     Cluster(#[from] ClusterError),
@@ -23,6 +23,7 @@ pub enum StackError {
     #[error("the orchestrator must start")]
     Orchestrator(#[from] PlatformError),
 }
+debug_is_the_chain!(StackError);
 
 /// A running platform for one test. Keep it alive as long as its desktops.
 pub struct TestPlatform {
@@ -148,5 +149,25 @@ impl TestPlatform {
             &self.scratch.path().join(rel_path),
             workspace,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_says_what_to_start_when_a_test_expects_it() {
+        let e = StackError::Cluster(ClusterError::Unreachable {
+            path: "/var/lib/jbazel-cluster/admin.kubeconfig".into(),
+            reason: "connection refused".into(),
+        });
+        // `.expect(..)` shows Debug: the chain, with the command to run.
+        let shown = format!("{e:?}");
+        assert!(
+            shown.contains("connection refused")
+                && shown.contains("integration/kubernetes/local.sh up"),
+            "{shown}"
+        );
     }
 }

@@ -319,8 +319,10 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
         desktop.repo_hash.clone(),
     );
     let idle_since = Instant::now();
-    let culled = tokio::time::timeout(Duration::from_secs(120), async {
-        loop {
+    let culled = testkit::wait_until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        async || {
             let row = store
                 .read(&key, tokio::time::Instant::now() + Duration::from_secs(5))
                 .await
@@ -329,15 +331,12 @@ async fn an_idle_server_is_culled_and_the_next_command_respawns_on_the_warm_outp
                 .await
                 .expect("list pods")
                 .is_empty();
-            if gone && row.as_ref().is_some_and(|r| r.status == Status::Idle) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
+            (gone && row.as_ref().is_some_and(|r| r.status == Status::Idle)).then_some(())
+        },
+    )
     .await;
     assert!(
-        culled.is_ok(),
+        culled.is_some(),
         "not culled; orchestrator log:\n{}",
         integration::platform::tail(&stack.orchestrator.log(), 40)
     );

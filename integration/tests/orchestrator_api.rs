@@ -9,7 +9,6 @@
 //! checks the contract's image name, whatever the pod's state.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -430,7 +429,7 @@ impl Fixture {
             UserId::parse(user).expect("valid"),
             RepoHash::parse(HASH).expect("valid"),
         );
-        until(WAIT, what, || async {
+        testkit::wait_until_async(WAIT, Duration::from_millis(50), async || {
             let row = self
                 .store
                 .read(&key, Instant::now() + WAIT)
@@ -439,27 +438,12 @@ impl Fixture {
             cond(row.as_ref()).then_some(row)
         })
         .await
+        .unwrap_or_else(|| panic!("timed out after {WAIT:?}: {what}"))
     }
 }
 
 fn sid(s: &str) -> SessionId {
     SessionId::parse(s).expect("valid session id")
-}
-
-/// Re-evaluates `check` every 50 ms until it yields a value, failing after `deadline`.
-async fn until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {deadline:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn user(prefix: &str) -> String {

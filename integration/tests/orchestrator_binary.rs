@@ -17,7 +17,6 @@ use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use proto::orchestrator::orchestrator_client::OrchestratorClient;
 use proto::orchestrator::{GetServerRequest, ServerStatus};
-use tokio::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -117,20 +116,23 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
 
     // Up when it accepts connections (bounded wait); then the standard health service
     // (no credential needed) says SERVING.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "orchestrator exited with {status}: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "orchestrator did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listening = testkit::wait_until_async(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        async || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "orchestrator exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert!(listening.is_some(), "orchestrator did not listen");
     let anonymous = integration::platform::channel_with(&url, "health", None).expect("TLS channel");
     let health = HealthClient::new(anonymous.clone())
         .check(HealthCheckRequest {
@@ -194,14 +196,13 @@ async fn the_binary_creates_its_database_serves_health_and_get_server_and_stops_
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let stop_deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < stop_deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = testkit::wait_until_async(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        async || child.0.try_wait().expect("wait"),
+    )
+    .await
+    .expect("no exit after SIGTERM");
     let mut log = String::new();
     std::fs::File::open(&log_path)
         .and_then(|mut f| f.read_to_string(&mut log))

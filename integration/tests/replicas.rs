@@ -427,33 +427,34 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
 
     // Quiescence: the reconcilers of both replicas settle the cluster on the rows.
     let settle = std::time::Instant::now();
-    let mut last: Vec<String>;
-    loop {
+    let mut last: Vec<String> = Vec::new();
+    let settled = testkit::wait_until_async(QUIESCE, Duration::from_millis(500), async || {
         let rows = rows(&store, &keys).await;
         let list = platform_pods(namespace).await;
         last = violations(&rows, &list);
-        if last.is_empty() {
-            let by_status: BTreeMap<String, usize> =
-                rows.values().flatten().fold(BTreeMap::new(), |mut m, r| {
-                    *m.entry(r.status.to_string()).or_default() += 1;
-                    m
-                });
-            eprintln!(
-                "storm: {OPS} ops in {storm:?} ({counts:?}); settled {:?} later: {} pods for {} rows {by_status:?}",
-                settle.elapsed(),
-                list.len(),
-                rows.values().flatten().count(),
-            );
-            break;
-        }
-        assert!(
-            settle.elapsed() < QUIESCE,
+        last.is_empty().then_some((rows, list))
+    })
+    .await;
+    let Some((settled_rows, list)) = settled else {
+        panic!(
             "not settled after {QUIESCE:?}: {last:#?}\nreplica A log tail:\n{}",
             integration::platform::tail(&p.orchestrator.log(), 40)
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(last.is_empty());
+    };
+    let by_status: BTreeMap<String, usize> =
+        settled_rows
+            .values()
+            .flatten()
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r.status.to_string()).or_default() += 1;
+                m
+            });
+    eprintln!(
+        "storm: {OPS} ops in {storm:?} ({counts:?}); settled {:?} later: {} pods for {} rows {by_status:?}",
+        settle.elapsed(),
+        list.len(),
+        settled_rows.values().flatten().count(),
+    );
     assert!(counts.get_server > 200 && counts.reports > 100 && counts.pod_deletes > 30);
     assert!(
         counts.forged_refused > 30,
@@ -472,16 +473,9 @@ async fn a_storm_over_two_replicas_with_a_kill_settles_to_one_fenced_pod_per_key
         };
         let name = pod_name(&k.user_id, &k.repo_hash, row.generation);
         let pods = namespace.user_pods(k.user_id.as_str());
-        let pod = tokio::time::timeout(QUIESCE, async {
-            loop {
-                let pod = pods.get_opt(&name).await.expect("get pod");
-                if let Some(pod) =
-                    pod.filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
-                {
-                    return pod;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let pod = testkit::wait_until_async(QUIESCE, Duration::from_millis(200), async || {
+            let pod = pods.get_opt(&name).await.expect("get pod");
+            pod.filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
         })
         .await
         .expect("the current pod gets an IP");
@@ -609,18 +603,20 @@ async fn when_spanner_goes_away_clients_get_clear_errors_no_pod_leaks_and_all_re
     // first pod's row is gone, so the reconciler removes that pod: nothing leaks.
     p.emulator.restart().await.expect("emulator back");
     let recovered = std::time::Instant::now();
-    let server = loop {
-        match clients.user("eve").get_server(get("eve")).await {
-            Ok(r) => break r.into_inner().server.expect("server"),
+    let mut refused = None;
+    let server = testkit::wait_until_async(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || match clients.user("eve").get_server(get("eve")).await {
+            Ok(r) => Some(r.into_inner().server.expect("server")),
             Err(e) => {
-                assert!(
-                    recovered.elapsed() < Duration::from_secs(60),
-                    "no recovery: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                refused = Some(e);
+                None
             }
-        }
-    };
+        },
+    )
+    .await
+    .unwrap_or_else(|| panic!("no recovery: {refused:?}"));
     eprintln!(
         "GetServer works again {:?} after the emulator came back",
         recovered.elapsed()

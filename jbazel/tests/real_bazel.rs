@@ -407,16 +407,12 @@ fn wait_child(
     child: &mut std::process::Child,
     deadline: Duration,
 ) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut status = None;
+    testkit::wait_until(deadline, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
 }
 
 fn slow_build(srv: &BazelServer, marker: &std::path::Path) -> std::process::Child {

@@ -1,8 +1,10 @@
 //! Test support every test tree needs, kept once: a free loopback port, a copy of a
-//! directory tree, and a wait on a condition with a deadline (never a bare sleep).
+//! directory tree, and a wait on a condition with a deadline (never a bare sleep), for
+//! plain code ([`wait_until`]) and for async code ([`wait_until_async`]).
 //!
 //! Architecture invariant: the bottom of the test side. It depends on no crate of the
-//! workspace, and only tests and the integration harness depend on it.
+//! workspace (only on tokio's timer, for the async wait), and only tests and the
+//! integration harness depend on it.
 
 use std::io;
 use std::net::TcpListener;
@@ -64,6 +66,32 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs the async `check` until it yields a value, pausing `every` between runs, for at
+/// most `within`; returns the value, or `None` when the deadline passed first. `check` is
+/// always run once more at the deadline. The clock is tokio's: a test with paused time
+/// waits on its virtual clock.
+///
+/// A boolean condition yields `(cond).then_some(())`; a check that remembers why it has
+/// not succeeded yet (for the caller's timeout message) can write to its captures, since
+/// it is an `async` closure called one run at a time.
+pub async fn wait_until_async<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every.min(deadline - now)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +131,41 @@ mod tests {
         let start = Instant::now();
         assert!(!wait_until(Duration::from_millis(60), || false));
         assert!(start.elapsed() >= Duration::from_millis(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_until_async_returns_the_value_or_none_at_the_deadline() {
+        let mut runs = 0;
+        let start = tokio::time::Instant::now();
+        let got = wait_until_async(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            async || {
+                runs += 1;
+                (runs == 3).then_some(runs * 10)
+            },
+        )
+        .await;
+        assert_eq!(got, Some(30));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(200),
+            "two pauses of `every`"
+        );
+
+        // Never: runs at 0, 400, 800 and once more at the deadline (1000), then gives up.
+        let (mut runs, start) = (0, tokio::time::Instant::now());
+        let got: Option<()> = wait_until_async(
+            Duration::from_secs(1),
+            Duration::from_millis(400),
+            async || {
+                runs += 1;
+                None
+            },
+        )
+        .await;
+        assert_eq!(got, None);
+        assert_eq!(runs, 4);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 }

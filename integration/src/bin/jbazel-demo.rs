@@ -422,11 +422,13 @@ async fn watch_pod_stages(
 async fn kill_group_and_wait(pgid: i32) {
     let pid = nix::unistd::Pid::from_raw(pgid);
     let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(10);
     // The leader is not our child (a previous run started it): wait for it to vanish.
-    while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait_until_async(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || nix::sys::signal::kill(pid, None).is_err().then_some(()),
+    )
+    .await;
 }
 
 /// Stops what a previous run recorded, deletes the demo's pods, unmounts the desktop.
