@@ -182,13 +182,9 @@ fn check_mirror(plan: &Plan) {
     }
 }
 
-/// Reads the rc files and the pod env from the mirror and builds the RunRequest
-/// ([`request::build`]).
-pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
+/// Reads the rc files (the pod's system rc from the mirror, when published).
+fn read_rc_files(plan: &Plan, inv: &Invocation) -> Result<Vec<rc::RcFile>, Error> {
     let system_rc = plan.mirror.system_rc();
-    if !system_rc.is_file() {
-        tracing::warn!(path = %system_rc.display(), "the pod's system bazelrc is not published in the mirror");
-    }
     let home = inv.home();
     let sel = args::rc_selection(&plan.cl.startup);
     let loc = RcLocations {
@@ -197,7 +193,25 @@ pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
         home: home.as_deref(),
         cwd: &plan.cwd,
     };
-    let files = rc::read_all(&DiskFs, &sel, &loc)?;
+    Ok(rc::read_all(&DiskFs, &sel, &loc)?)
+}
+
+/// The rc files' errors (a refused import, a bad line) before any server is asked for, as
+/// Bazel's client reads its rc files before it starts a server: a command that cannot be
+/// sent must not wait for a pod first. [`prepare`] reads them again once the server has
+/// published its system rc.
+pub fn check_rc_files(plan: &Plan, inv: &Invocation) -> Result<(), Error> {
+    read_rc_files(plan, inv).map(drop)
+}
+
+/// Reads the rc files and the pod env from the mirror and builds the RunRequest
+/// ([`request::build`]).
+pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
+    let system_rc = plan.mirror.system_rc();
+    if !system_rc.is_file() {
+        tracing::warn!(path = %system_rc.display(), "the pod's system bazelrc is not published in the mirror");
+    }
+    let files = read_rc_files(plan, inv)?;
     let pod_env = plan.mirror.client_env();
     if pod_env.is_none() {
         tracing::warn!(path = %plan.mirror.client_env_path().display(),

@@ -273,6 +273,7 @@ async fn finish_expunge(
 
 /// Runs the command on the server.
 pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
+    command::check_rc_files(plan, inv)?;
     let (route, early) = find_route(plan, inv).await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
     let (mut channel, mut cookies) = match read_cookies(&plan.mirror) {
