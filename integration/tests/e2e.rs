@@ -244,6 +244,16 @@ async fn a_users_day_on_the_remote_bazel_server() {
     let labels = bounced[0].metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("day2"));
 
+    // 8. The pods pushed their readiness themselves (the pod-bound token, read by the
+    // supervisor through the secret dir its pivot hides), not only the reconciler's watch.
+    let log = stack.orchestrator.log();
+    let pushed = log.matches("ReportReady accepted").count();
+    assert!(
+        pushed >= 3,
+        "each of the three pods reported itself ready ({pushed} accepted):\n{}",
+        integration::platform::tail(&log, 40)
+    );
+
     drop(desktop);
     let (_scratch, _) = stack.cleanup().await;
     assert!(

@@ -127,6 +127,10 @@ fn real_main(cli: Cli) -> Result<i32, Failure> {
         out = %the_plan.out.display(),
         "pivot mode chosen"
     );
+    // ReportReady's token lives in a secret dir the pivot hides from this process too.
+    if let Err(e) = supervisor::report::keep_token_dir() {
+        tracing::warn!(error = %ErrorChain(&e), "cannot open the bound token's directory; readiness is not pushed");
+    }
     if the_plan.mode.mode == Mode::Direct {
         let started = std::time::Instant::now();
         match pivot::enter_direct(&the_plan) {

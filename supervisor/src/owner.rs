@@ -200,6 +200,23 @@ impl OwnerFs {
         Ok(OwnerFs { active: true })
     }
 
+    /// Runs `f` with this thread's filesystem ids back at root's, then restores them: for
+    /// the one file of root's the supervisor reads after it entered the owner's ids (the
+    /// pod's bound token, mode 0400). `f` must not await or spawn: the ids are this
+    /// thread's.
+    pub fn as_root<T>(f: impl FnOnce() -> T) -> T {
+        let (uid, gid) = Self::current();
+        if uid == 0 && gid == 0 {
+            return f();
+        }
+        set_fs_id(libc::setfsuid, 0);
+        set_fs_id(libc::setfsgid, 0);
+        let out = f();
+        set_fs_id(libc::setfsgid, gid);
+        set_fs_id(libc::setfsuid, uid);
+        out
+    }
+
     /// The current thread's filesystem ids (for logs and tests).
     pub fn current() -> (u32, u32) {
         // SAFETY: -1 only reads.
@@ -434,5 +451,27 @@ mod tests {
             !names.contains(&"SYS_CHROOT"),
             "measured: bwrap does without"
         );
+    }
+
+    #[test]
+    fn as_root_restores_the_owners_ids() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // On a thread of its own: the ids are per thread.
+        std::thread::spawn(|| {
+            let run_as = RunAs {
+                uid: 54321,
+                gid: 54321,
+                switch: true,
+                reason: "test".into(),
+            };
+            let _fs = OwnerFs::enter(&run_as).expect("enter");
+            assert_eq!(OwnerFs::current(), (54321, 54321));
+            assert_eq!(OwnerFs::as_root(OwnerFs::current), (0, 0));
+            assert_eq!(OwnerFs::current(), (54321, 54321));
+        })
+        .join()
+        .expect("thread");
     }
 }

@@ -117,13 +117,77 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     ep.tls_config(tls)
 }
 
+/// A token file read through a handle on its directory, opened once: the pivot covers the
+/// pod's secret dirs with an empty tmpfs in the supervisor's own view too (its children
+/// inherit that view), so the path no longer leads there afterwards; the handle does, and
+/// the file is opened relative to it at each read (the kubelet renews the file inside the
+/// directory). Close-on-exec: Bazel and its actions never hold it.
+#[derive(Debug)]
+pub struct TokenDir {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+}
+
+impl TokenDir {
+    /// Opens the directory of the token file `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, std::io::Error> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(std::io::Error::other("the token file names no directory"));
+        };
+        let dir = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(TokenDir {
+            dir,
+            name: name.to_os_string(),
+        })
+    }
+
+    /// The token as the file holds it now, trimmed. Opened with root's filesystem ids (the
+    /// file is root's, 0400, and the supervisor touches the user's tree with the owner's).
+    pub fn read(&self) -> Result<String, std::io::Error> {
+        let fd = crate::owner::OwnerFs::as_root(|| {
+            nix::fcntl::openat(
+                &self.dir,
+                self.name.as_os_str(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        })?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)?;
+        Ok(text.trim().to_owned())
+    }
+}
+
+/// The bound token's directory, kept by [`keep_token_dir`] before the pivot.
+static TOKEN_DIR: std::sync::OnceLock<TokenDir> = std::sync::OnceLock::new();
+
+/// Opens the bound token's directory for [`bound_token`]; call before the pivot hides it.
+/// Without a token file (outside a platform pod) this does nothing.
+pub fn keep_token_dir() -> Result<(), std::io::Error> {
+    let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let _ = TOKEN_DIR.set(TokenDir::open(std::path::Path::new(&path))?);
+    Ok(())
+}
+
 /// The bound token, if the pod has one (`None` outside a platform pod).
 fn bound_token() -> Result<Option<String>, std::io::Error> {
-    let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
-        return Ok(None);
+    let token = if let Some(dir) = TOKEN_DIR.get() {
+        dir.read()?
+    } else {
+        let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(&path)?.trim().to_owned()
     };
-    let token = std::fs::read_to_string(&path)?;
-    Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty()))
+    Ok(Some(token).filter(|t| !t.is_empty()))
 }
 
 /// How the reporting ended.
@@ -307,5 +371,23 @@ mod tests {
         );
         let long = pod_ip(&"x".repeat(10_000)).expect_err("garbage");
         assert!(long.to_string().len() < 100, "{long}");
+    }
+
+    #[test]
+    fn the_token_is_read_through_its_directory_after_the_path_is_gone() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let secrets = t.path().join("secrets");
+        std::fs::create_dir(&secrets).expect("mkdir");
+        // As the kubelet lays out a projected volume: the file is a link into `..data`.
+        std::fs::create_dir(secrets.join("..data")).expect("mkdir");
+        std::fs::write(secrets.join("..data/token"), "first\n").expect("write");
+        std::os::unix::fs::symlink("..data/token", secrets.join("token")).expect("link");
+        let dir = TokenDir::open(&secrets.join("token")).expect("open");
+        // The path stops leading there (the pivot's cover), and the kubelet renews the file.
+        std::fs::rename(&secrets, t.path().join("covered")).expect("rename");
+        assert!(std::fs::read(secrets.join("token")).is_err());
+        std::fs::write(t.path().join("covered/..data/token"), "renewed\n").expect("renew");
+        assert_eq!(dir.read().expect("read"), "renewed");
+        assert!(TokenDir::open(std::path::Path::new("/")).is_err());
     }
 }
