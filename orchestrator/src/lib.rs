@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod notify;
 pub mod pods;
+pub mod probe;
 pub mod reconcile;
 pub mod schema;
 pub mod service;
