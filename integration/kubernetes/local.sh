@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes (1.20.2, built from Debian's source) for jbazel's tests and
 # demo, on a machine without Docker or a registry: etcd + kube-apiserver +
-# kube-controller-manager + kube-scheduler + containerd + kubelet + a CNI bridge.
+# kube-controller-manager + kube-scheduler + containerd + kubelet + kube-proxy (iptables
+# mode, so ClusterIP Services work from the host and from pods) + a CNI bridge.
 #
 # Usage: local.sh up       start (or check) the cluster; returns once the node is Ready, the
-#                            default service account exists and namespace `jbazel` is there
+#                            default service account exists and namespace `jbazel` is there.
+#                            On a running cluster it converges: starts a missing kube-proxy,
+#                            restarts kube-apiserver or kube-proxy alone when this script
+#                            now gives them other flags (pods keep running)
 #        local.sh down     stop what `up` started (by the process groups in its pid files),
 #                            unmount pod volumes and netns under the state dir, drop runtime
 #                            state (keeps certificates, etcd data and imported images)
@@ -17,21 +21,29 @@
 #                            O=jbazel:users) and users/NAME.kubeconfig with cert, key and CA
 #                            embedded (mode 0600, so it can be copied to a desktop user)
 #
-# Tenancy credentials `up` also makes (under the state dir): pki/orchestrator.{crt,key}, the
+# Tenancy `up` also makes: the namespace, ServiceAccount and ClusterRoles of deploy/base/rbac
+# (`kubectl apply -k`, the files an operator applies); pki/orchestrator.{crt,key}, the
 # orchestrator's serving certificate (signed by the cluster CA; SANs localhost,
-# jbazel-orchestrator, 127.0.0.1, the pod gateway, the host's primary address);
-# orchestrator.kubeconfig, the token of ServiceAccount jbazel/jbazel-orchestrator bound to
-# ClusterRole jbazel-orchestrator; ClusterRole jbazel-user (the orchestrator binds it per
-# user namespace, never cluster-wide); users alice, bob and mallory (`user` above).
+# jbazel-orchestrator and its Service names jbazel-orchestrator.jbazel.svc[.cluster.local],
+# 127.0.0.1, the Service's fixed ClusterIP from deploy/overlays/local/service.yaml, the pod
+# gateway, the host's primary address), also as Secret jbazel/jbazel-orchestrator-tls, and
+# the cluster CA as ConfigMap jbazel/jbazel-client-ca (what deploy/overlays/local mounts);
+# orchestrator.kubeconfig, the token of ServiceAccount jbazel/jbazel-orchestrator (for
+# orchestrators run as host processes); users alice, bob and mallory (`user` above).
 #
-# Everything listens on loopback (apiserver https://127.0.0.1:6443, etcd 127.0.0.1:2379,
-# kubelet 127.0.0.1:10250); pods live on bridge jbazel0, 10.244.0.0/24, gateway 10.244.0.1
-# (the host), no masquerade. State: /var/lib/jbazel-cluster (JBAZEL_CLUSTER_STATE);
+# Listening: etcd 127.0.0.1:2379 and the kubelet 127.0.0.1:10250 on loopback only; the
+# apiserver on every address (https://127.0.0.1:6443 for the host; pods reach it as Service
+# kubernetes, 10.96.0.1:443, at the pod gateway), with a host firewall chain that admits it
+# only from loopback and the pod bridge. Pods live on bridge jbazel0, 10.244.0.0/24, gateway
+# 10.244.0.1 (the host); kube-proxy masquerades only Service traffic that needs it.
+# State: /var/lib/jbazel-cluster (JBAZEL_CLUSTER_STATE);
 # binaries: /var/cache/jbazel/kubernetes-1.20.2/bin (built on first use, ~4-5 min).
 # Processes run in their own sessions (setsid) and outlive the shell that ran `up`.
 # Env: JBAZEL_CLUSTER_INSTANCE=N (1-9) a second, separate cluster (state dir
 #      /var/lib/jbazel-cluster-N, ports +100*N, pods 10.244.N.0/24 on bridge jbazelN);
-#      JBAZEL_CLUSTER_TIMEOUT readiness deadline in s (180); JBAZEL_KUBELET_VERBOSITY (0).
+#      JBAZEL_CLUSTER_TIMEOUT readiness deadline in s (180); JBAZEL_KUBELET_VERBOSITY (0);
+#      JBAZEL_KUBE_PROXY=0|1 run kube-proxy (default 1 for instance 0 only: its iptables
+#      chains are host-wide, so one cluster per host has one; a lock refuses a second).
 # Not here yet (TODO): a kind path for machines with Docker (kind create cluster with an
 # extraMount of the filestore root at the same path, `kind load image-archive` of
 # image/build.sh's archive or `kind load docker-image` after building image/Dockerfile).
@@ -63,6 +75,8 @@ KUBELET_PORT=$(shift_port 10250)
 KUBELET_HEALTHZ_PORT=$(shift_port 10248)
 CONTROLLER_MANAGER_PORT=$(shift_port 10257)
 SCHEDULER_PORT=$(shift_port 10259)
+KUBE_PROXY_HEALTHZ_PORT=$(shift_port 10256)
+KUBE_PROXY_METRICS_PORT=$(shift_port 10249)
 POD_SUBNET=10.244.$INSTANCE.0/24
 POD_GATEWAY=10.244.$INSTANCE.1
 BRIDGE=jbazel$INSTANCE
@@ -70,6 +84,12 @@ BRIDGE=jbazel$INSTANCE
 CGROUP_ROOT=/jbazel$INSTANCE
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
+# kube-proxy's iptables chains (KUBE-SERVICES, ...) are host-wide: one cluster per host runs it.
+if ((INSTANCE == 0)); then KUBE_PROXY=${JBAZEL_KUBE_PROXY:-1}; else KUBE_PROXY=${JBAZEL_KUBE_PROXY:-0}; fi
+[[ $KUBE_PROXY =~ ^[01]$ ]] || { echo "JBAZEL_KUBE_PROXY must be 0 or 1" >&2; exit 2; }
+KUBE_PROXY_LOCK=/run/lock/jbazel-kube-proxy.lock
+# This instance's own chain in the host's filter INPUT: see host_network.
+FIREWALL_CHAIN=JBAZEL-FIREWALL-$INSTANCE
 NAMESPACE=jbazel
 PAUSE_IMAGE=docker.io/library/jbazel-pause:3.4.1
 TEST_NAMESPACE_LABEL=jbazel.dev/test-namespace
@@ -88,12 +108,25 @@ ORCHESTRATOR_KUBECONFIG=$STATE/orchestrator.kubeconfig
 ORCHESTRATOR_SA=jbazel-orchestrator
 USER_PKI=$PKI/users
 USER_KUBECONFIGS=$STATE/users
-USER_ROLE=jbazel-user
 USER_GROUP=jbazel:users
 DEMO_USERS=(alice bob mallory)
 
-# Start order; `down` stops in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet)
+# The orchestrator's Service and its fixed ClusterIP, as deploy/overlays/local declares them
+# (its serving certificate names both).
+ORCHESTRATOR_SERVICE=jbazel-orchestrator
+ORCHESTRATOR_SERVICE_IP=$(sed -n 's/^ *clusterIP: *\([0-9.]*\) *$/\1/p' "$REPO/deploy/overlays/local/service.yaml" 2>/dev/null | head -1)
+[[ $ORCHESTRATOR_SERVICE_IP =~ ^10\.96\.[0-9]+\.[0-9]+$ ]] ||
+    { echo "no clusterIP in 10.96.0.0/16 in $REPO/deploy/overlays/local/service.yaml" >&2; exit 2; }
+ORCHESTRATOR_TLS_SECRET=jbazel-orchestrator-tls
+CLIENT_CA_CONFIGMAP=jbazel-client-ca
+
+# Start order; `down` stops in reverse (kube-proxy too when this instance does not run one
+# now). A running cluster is one whose core components all run (`up` then starts a missing
+# kube-proxy alone).
+CORE_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet)
+ALL_COMPONENTS=("${CORE_COMPONENTS[@]}" kube-proxy)
+COMPONENTS=("${CORE_COMPONENTS[@]}")
+((KUBE_PROXY == 0)) || COMPONENTS+=(kube-proxy)
 
 log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -128,26 +161,31 @@ start() { # start COMPONENT CMD...: own session and process group, log under $LO
     setsid nohup "$@" >>"$LOGS/$c.log" 2>&1 </dev/null 8>&- &
     local pid=$!
     echo "$pid $(starttime "$pid")" >"$RUN/$c.pid"
+    printf '%s\n' "$*" >"$RUN/$c.args"
     log "started $c (pid $pid, log $LOGS/$c.log)"
 }
 
 gone() { [[ ! -d /proc/$1 ]] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
-stop() { # stop COMPONENT: TERM its process group, KILL after 15 s
-    local c=$1 pid i
+stop() { # stop COMPONENT [GRACE_S]: TERM its process group, KILL after GRACE_S (15) s
+    local c=$1 grace=${2:-15} pid i
     if pid=$(pid_of "$c"); then
         log "stopping $c (pgid $pid)"
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 150; i++)); do
+        for ((i = 0; i < grace * 10; i++)); do
             gone "$pid" && break
             sleep 0.1
         done
         if ! gone "$pid"; then
-            log "$c did not stop in 15 s: SIGKILL"
+            log "$c did not stop in $grace s: SIGKILL"
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
-    rm -f "$RUN/$c.pid"
+    rm -f "$RUN/$c.pid" "$RUN/$c.args"
+}
+
+args_changed() { # args_changed COMPONENT CMD...: it was not started with exactly CMD
+    [[ $(cat "$RUN/$1.args" 2>/dev/null) != "${*:2}" ]]
 }
 
 log_tail() { # the failing component's own words
@@ -239,6 +277,7 @@ make_pki() {
     mkcert scheduler "/CN=system:kube-scheduler" clientAuth
     mkcert kubelet-client "/O=system:nodes/CN=system:node:$NODE" clientAuth
     mkcert kubelet "/CN=$NODE" serverAuth "DNS:$NODE,DNS:localhost,IP:127.0.0.1"
+    mkcert kube-proxy "/CN=system:kube-proxy" clientAuth
     if [[ ! -s $PKI/sa.key ]]; then
         openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
         openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -264,6 +303,7 @@ make_kubeconfigs() {
     make_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
     make_kubeconfig "$STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
     make_kubeconfig "$STATE/kubelet.kubeconfig" kubelet-client "system:node:$NODE"
+    make_kubeconfig "$STATE/kube-proxy.kubeconfig" kube-proxy system:kube-proxy
 }
 
 # ---------------------------------------------------------------------------------------
@@ -347,7 +387,9 @@ host_address() { # the primary IPv4 address of the host (on the default route's 
 }
 
 make_orchestrator_cert() {
-    local san="DNS:localhost,DNS:jbazel-orchestrator,IP:127.0.0.1,IP:$POD_GATEWAY" host
+    local svc=$ORCHESTRATOR_SERVICE.$NAMESPACE host
+    local san="DNS:localhost,DNS:$ORCHESTRATOR_SERVICE,DNS:$svc,DNS:$svc.svc,DNS:$svc.svc.cluster.local"
+    san+=",IP:127.0.0.1,IP:$ORCHESTRATOR_SERVICE_IP,IP:$POD_GATEWAY"
     host=$(host_address)
     [[ -n $host && $host != "$POD_GATEWAY" ]] && san+=",IP:$host"
     if [[ $(cat "$PKI/orchestrator.san" 2>/dev/null) != "$san" ]]; then
@@ -358,79 +400,6 @@ make_orchestrator_cert() {
         echo "$san" >"$PKI/orchestrator.san"
         log "orchestrator serving certificate: $PKI/orchestrator.crt ($san)"
     fi
-}
-
-rbac_manifest() {
-    cat <<EOF
-# The orchestrator: only what it does (watch and manage session pods; create user
-# namespaces, their service accounts and the RoleBinding of $USER_ROLE in them; review tokens).
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: $ORCHESTRATOR_SA
-  namespace: $NAMESPACE
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: jbazel-orchestrator
-rules:
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch, create, delete, patch]
-- apiGroups: [""]
-  resources: [events]
-  verbs: [list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [get, list, watch, create]
-- apiGroups: [""]
-  resources: [serviceaccounts]
-  verbs: [get, create]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [rolebindings]
-  verbs: [get, create]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [clusterroles]
-  verbs: [bind]
-  resourceNames: [$USER_ROLE]
-- apiGroups: [networking.k8s.io]
-  resources: [networkpolicies]
-  verbs: [get, create]
-- apiGroups: [authentication.k8s.io]
-  resources: [tokenreviews]
-  verbs: [create]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: jbazel-orchestrator
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: jbazel-orchestrator
-subjects:
-- kind: ServiceAccount
-  name: $ORCHESTRATOR_SA
-  namespace: $NAMESPACE
----
-# A platform user, in their own namespace only: the orchestrator binds this with a
-# RoleBinding in namespace jbazel-<user>; it is never bound cluster-wide. No exec.
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: $USER_ROLE
-rules:
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [pods/portforward]
-  verbs: [create, get]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-EOF
 }
 
 orchestrator_token_secret() { # the name of the token Secret of the orchestrator's ServiceAccount
@@ -472,9 +441,26 @@ make_orchestrator_kubeconfig() { # the ServiceAccount's token (its Secret made b
     done
 }
 
+apply_quietly() { # apply_quietly WHAT KUBECTL_APPLY_ARGS...: kubectl apply, its output only on failure
+    local what=$1 out
+    shift
+    out=$(kctl apply "$@" 2>&1) || { printf '%s\n' "$out" >&2; fail kube-apiserver "applying $what failed"; }
+}
+
+orchestrator_tls_objects() { # the serving key (Secret) and client CA (ConfigMap) deploy/overlays/local mounts
+    kctl -n "$NAMESPACE" create secret tls "$ORCHESTRATOR_TLS_SECRET" \
+        --cert="$PKI/orchestrator.crt" --key="$PKI/orchestrator.key" --dry-run=client -o yaml
+    echo "---"
+    kctl -n "$NAMESPACE" create configmap "$CLIENT_CA_CONFIGMAP" \
+        --from-file=ca.crt="$PKI/ca.crt" --dry-run=client -o yaml
+}
+
 make_tenancy() { # needs the API server and the controller manager (token controller)
     make_orchestrator_cert
-    rbac_manifest | kctl apply -f - >/dev/null || fail kube-apiserver "applying the jbazel RBAC objects failed"
+    # The namespace, ServiceAccount and ClusterRoles an operator applies, from the same files.
+    apply_quietly "the jbazel RBAC objects (deploy/base/rbac)" -k "$REPO/deploy/base/rbac"
+    apply_quietly "Secret $ORCHESTRATOR_TLS_SECRET and ConfigMap $CLIENT_CA_CONFIGMAP" \
+        -f <(orchestrator_tls_objects)
     make_orchestrator_kubeconfig
     local u
     for u in "${DEMO_USERS[@]}"; do make_user "$u"; done
@@ -494,6 +480,40 @@ print_credentials() {
 
 # ---------------------------------------------------------------------------------------
 # Config files.
+
+write_cni_config() { # the pod network; rewritten only when it changed (containerd reloads it)
+    local f=$CNI_CONF/10-jbazel.conflist tmp
+    mkdir -p "$CNI_CONF"
+    tmp=$(mktemp "$f.XXXXXX")
+    # hairpinMode: a pod may reach itself through a Service (kube-proxy DNATs it back to the
+    # bridge port it came from).
+    cat >"$tmp" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "jbazel",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$POD_GATEWAY"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "$CNI_IPAM"
+      }
+    }
+  ]
+}
+EOF
+    if cmp -s "$tmp" "$f"; then
+        rm -f "$tmp"
+    else
+        mv "$tmp" "$f"
+    fi
+}
 
 write_configs() {
     mkdir -p "$CTRD/root" "$CTRD/state" "$RUNC_ROOT" "$CNI_CONF" "$CNI_IPAM" "$KUBELET_DIR"
@@ -546,26 +566,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     max_conf_num = 1
 EOF
 
-    cat >"$CNI_CONF/10-jbazel.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "jbazel",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$BRIDGE",
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$POD_GATEWAY"}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": "$CNI_IPAM"
-      }
-    }
-  ]
-}
-EOF
+    write_cni_config
 
     cat >"$STATE/kubelet-config.yaml" <<EOF
 # Generated by integration/kubernetes/local.sh.
@@ -710,9 +711,142 @@ import_pause_image() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Services: kube-proxy in iptables mode, and what the host must allow for it.
 
-any_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" && return 0; done; return 1; }
-all_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done; }
+apiserver_command() { # sets APISERVER: the kube-apiserver command line
+    # Every address: pods reach it at the pod gateway through Service kubernetes
+    # (10.96.0.1:443), which is how in-cluster clients (the orchestrator's Deployment) find
+    # it; host_network firewalls it. Its Endpoints are ours (kubernetes_endpoints): the
+    # apiserver's own reconciler makes it hang ~15 s at every stop, removing them.
+    # shellcheck disable=SC2054 # commas inside flag values (Node,RBAC), not between elements
+    APISERVER=("$BIN/kube-apiserver"
+        --etcd-servers="http://127.0.0.1:$ETCD_PORT"
+        --bind-address=0.0.0.0 --advertise-address="$POD_GATEWAY"
+        --secure-port="$API_PORT" --insecure-port=0
+        --endpoint-reconciler-type=none
+        --client-ca-file="$PKI/ca.crt"
+        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+        --kubelet-certificate-authority="$PKI/ca.crt"
+        --kubelet-preferred-address-types=Hostname,InternalIP
+        --service-account-key-file="$PKI/sa.pub"
+        --service-account-signing-key-file="$PKI/sa.key"
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local
+        --api-audiences=https://kubernetes.default.svc.cluster.local
+        --service-cluster-ip-range="$SERVICE_CIDR"
+        --allow-privileged=true
+        --authorization-mode=Node,RBAC
+        --enable-admission-plugins=NodeRestriction
+        --profiling=false)
+}
+
+kubernetes_endpoints() { # Service default/kubernetes -> the apiserver at the pod gateway
+    apply_quietly "the Endpoints of Service default/kubernetes" -f - <<EOF
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: kubernetes
+  namespace: default
+subsets:
+- addresses:
+  - ip: $POD_GATEWAY
+  ports:
+  - name: https
+    port: $API_PORT
+    protocol: TCP
+EOF
+}
+
+host_network() { # host settings for the apiserver's address and for Services; idempotent
+    # Pod -> ClusterIP -> pod is routed through the host (the CNI bridge plugin sets this
+    # too, but only when it adds a pod), and its reply must pass the bridge's netfilter to be
+    # un-NATed (kube-proxy only warns when it is off).
+    sysctl -qw net.ipv4.ip_forward=1 || die "cannot set net.ipv4.ip_forward=1"
+    if [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+        sysctl -qw net.bridge.bridge-nf-call-iptables=1 || die "cannot set net.bridge.bridge-nf-call-iptables=1"
+    else
+        log "warning: no br_netfilter (modprobe br_netfilter): pod -> Service -> pod replies may be lost"
+    fi
+    # Our own INPUT chain, rebuilt each time: the apiserver only from loopback and our pod
+    # bridge; and, because kube-proxy sets route_localnet=1, no packet to 127.0.0.0/8 from
+    # elsewhere (CVE-2020-8558: etcd and the kubelet listen there; the kubelet installs this
+    # rule itself only with makeIPTablesUtilChains, which this cluster turns off).
+    iptables -w -N "$FIREWALL_CHAIN" 2>/dev/null || iptables -w -F "$FIREWALL_CHAIN" ||
+        die "cannot create iptables chain $FIREWALL_CHAIN"
+    iptables -w -A "$FIREWALL_CHAIN" -p tcp --dport "$API_PORT" -i lo -j RETURN
+    iptables -w -A "$FIREWALL_CHAIN" -p tcp --dport "$API_PORT" -i "$BRIDGE" -j RETURN
+    iptables -w -A "$FIREWALL_CHAIN" -p tcp --dport "$API_PORT" -j DROP
+    iptables -w -A "$FIREWALL_CHAIN" -d 127.0.0.0/8 ! -s 127.0.0.0/8 \
+        -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+    iptables -w -C INPUT -j "$FIREWALL_CHAIN" 2>/dev/null || iptables -w -I INPUT -j "$FIREWALL_CHAIN" ||
+        die "cannot add iptables chain $FIREWALL_CHAIN to INPUT"
+}
+
+write_kube_proxy_config() { # returns 0 when the file changed
+    local f=$STATE/kube-proxy-config.yaml tmp
+    tmp=$(mktemp "$f.XXXXXX")
+    cat >"$tmp" <<EOF
+# Generated by integration/kubernetes/local.sh.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection:
+  kubeconfig: $STATE/kube-proxy.kubeconfig
+hostnameOverride: $NODE
+# Traffic to a Service from outside the pod network (the host) is masqueraded.
+clusterCIDR: $POD_SUBNET
+healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
+metricsBindAddress: 127.0.0.1:$KUBE_PROXY_METRICS_PORT
+# NodePorts only on the host's loopback and the pod gateway, never on its public address.
+nodePortAddresses: ["127.0.0.0/8", "$POD_GATEWAY/32"]
+# Leave the host's conntrack table size and timeouts as they are.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+iptables:
+  syncPeriod: 30s
+  minSyncPeriod: 0s
+EOF
+    if cmp -s "$tmp" "$f"; then
+        rm -f "$tmp"
+        return 1
+    fi
+    mv "$tmp" "$f"
+}
+
+kube_proxy_synced() { # its rules for Service default/kubernetes are in the nat table
+    iptables -w -t nat -S KUBE-SERVICES 2>/dev/null | grep -q 'default/kubernetes:https cluster IP'
+}
+
+ensure_kube_proxy() { # start kube-proxy, or restart it when its config or flags changed
+    ((KUBE_PROXY)) || return 0
+    local changed=0 cmd
+    write_kube_proxy_config && changed=1
+    # The lock (held for kube-proxy's life) refuses a second kube-proxy on this host.
+    cmd=(flock --nonblock --conflict-exit-code 75 "$KUBE_PROXY_LOCK"
+        "$BIN/kube-proxy" --config="$STATE/kube-proxy-config.yaml" --v=0)
+    if alive kube-proxy; then
+        if ((changed == 0)) && ! args_changed kube-proxy "${cmd[@]}"; then
+            return 0
+        fi
+        log "kube-proxy's configuration changed: restarting it"
+        stop kube-proxy
+    fi
+    flock --nonblock "$KUBE_PROXY_LOCK" true ||
+        die "another cluster on this host runs kube-proxy (it holds $KUBE_PROXY_LOCK): set JBAZEL_KUBE_PROXY=0 for this one"
+    start kube-proxy "${cmd[@]}"
+    wait_until kube-proxy "kube-proxy healthz on 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT" \
+        curl -fsS "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz"
+    wait_until kube-proxy "kube-proxy's iptables rules for Service default/kubernetes" kube_proxy_synced
+}
+
+# ---------------------------------------------------------------------------------------
+
+any_alive() { local c; for c in "${ALL_COMPONENTS[@]}"; do alive "$c" && return 0; done; return 1; }
+all_alive() { local c; for c in "${CORE_COMPONENTS[@]}"; do alive "$c" || return 1; done; }
 
 node_ready() {
     [[ $(kctl get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
@@ -758,11 +892,27 @@ cmd_up() {
     BIN=$("$HERE/build.sh") || die "building Kubernetes $K8S_VERSION failed"
     local built=$SECONDS
 
+    apiserver_command
     if all_alive; then
         set_deadline "$UP_TIMEOUT"
         wait_until kube-apiserver "apiserver /readyz" kctl get --raw /readyz
+        host_network
+        if args_changed kube-apiserver "${APISERVER[@]}"; then
+            # Pods, the kubelet and the controllers keep running; their watches reconnect.
+            # With them connected, its graceful stop waits out its 60 s request timeout: all
+            # state is in etcd, so 3 s of grace and then SIGKILL.
+            log "kube-apiserver runs with other flags than this script gives: restarting it alone"
+            stop kube-apiserver 3
+            start kube-apiserver "${APISERVER[@]}"
+            wait_until kube-apiserver "apiserver /readyz on 127.0.0.1:$API_PORT" kctl get --raw /readyz
+        fi
         ensure_namespace
+        kubernetes_endpoints
         wait_until kubelet "node $NODE Ready and default service accounts" cluster_ready
+        make_pki
+        make_kubeconfigs
+        write_cni_config
+        ensure_kube_proxy
         make_tenancy
         log "cluster already up ($((SECONDS - t0)) s)"
         cmd_status >&2
@@ -778,6 +928,7 @@ cmd_up() {
     write_configs
     make_cgroup_root
     make_bridge
+    host_network
     set_deadline "$UP_TIMEOUT"
 
     start etcd etcd --name jbazel --data-dir "$STATE/etcd" \
@@ -790,28 +941,10 @@ cmd_up() {
     wait_until etcd "etcd health on 127.0.0.1:$ETCD_PORT" \
         curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
-    start kube-apiserver "$BIN/kube-apiserver" \
-        --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-        --secure-port="$API_PORT" --insecure-port=0 \
-        --endpoint-reconciler-type=none \
-        --client-ca-file="$PKI/ca.crt" \
-        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-        --kubelet-certificate-authority="$PKI/ca.crt" \
-        --kubelet-preferred-address-types=Hostname,InternalIP \
-        --service-account-key-file="$PKI/sa.pub" \
-        --service-account-signing-key-file="$PKI/sa.key" \
-        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-        --api-audiences=https://kubernetes.default.svc.cluster.local \
-        --service-cluster-ip-range="$SERVICE_CIDR" \
-        --allow-privileged=true \
-        --authorization-mode=Node,RBAC \
-        --enable-admission-plugins=NodeRestriction \
-        --profiling=false
+    start kube-apiserver "${APISERVER[@]}"
     wait_until kube-apiserver "apiserver /readyz on 127.0.0.1:$API_PORT" kctl get --raw /readyz
     forget_stale_objects
+    kubernetes_endpoints
 
     start kube-controller-manager "$BIN/kube-controller-manager" \
         --kubeconfig="$STATE/controller-manager.kubeconfig" \
@@ -849,6 +982,9 @@ cmd_up() {
     wait_until kubelet "kubelet healthz" curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
     wait_until kubelet "node $NODE Ready" node_ready
     wait_until kube-controller-manager "default service accounts in default and $NAMESPACE" cluster_ready
+    local proxy_t0=$SECONDS
+    ensure_kube_proxy
+    ((KUBE_PROXY == 0)) || log "kube-proxy synced in $((SECONDS - proxy_t0)) s"
     make_tenancy
     log "cluster up in $((SECONDS - t0)) s ($((built - t0)) s build check/build, $((SECONDS - built)) s start)"
     cmd_status >&2
@@ -858,8 +994,8 @@ stop_all() {
     stop kubelet
     kill_containers
     local i
-    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-        stop "${COMPONENTS[i]}"
+    for ((i = ${#ALL_COMPONENTS[@]} - 1; i >= 0; i--)); do
+        stop "${ALL_COMPONENTS[i]}"
     done
 }
 

@@ -13,7 +13,11 @@ use crate::service::ServiceSettings;
 /// The jbazel orchestrator: BuildSessions rows in Spanner, one Bazel server pod per
 /// (user, repository) in Kubernetes, gRPC API for jbazel and the supervisors.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "orchestrator", version)]
+#[command(
+    name = "orchestrator",
+    version,
+    after_help = "Probe: orchestrator probe --help"
+)]
 pub struct Config {
     /// Spanner emulator address (host:port). The store connects to the emulator only
     /// (no credentials).

@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod notify;
 pub mod pods;
+pub mod probe;
 pub mod schema;
 pub mod service;
 pub mod session;

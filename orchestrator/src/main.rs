@@ -9,6 +9,11 @@ use orchestrator::store::Store;
 use proto::error_chain::ErrorChain;
 
 fn main() -> std::process::ExitCode {
+    // `orchestrator probe ...`: the exec probe (its own flags; see `orchestrator probe --help`).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "probe") {
+        let args = orchestrator::probe::ProbeArgs::parse_from(std::env::args_os().skip(1));
+        return orchestrator::probe::run(args);
+    }
     let config = Config::parse();
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
