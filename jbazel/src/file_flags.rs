@@ -1,11 +1,12 @@
 //! Options that name a file the server writes or reads, rewritten so the file is where the
 //! user named it on the desktop (issue: IDEs pass `--build_event_json_file=/tmp/...`).
 //!
-//! - A path in the workspace (or the filestore mirror) becomes its pod path
-//!   (`/work/src/...`, `/work/out/...`): the server writes it and the desktop sees it.
-//! - An output file anywhere else on the desktop is written by the server into the
-//!   output base (`/work/out/jbazel/files/<pid>-<n>-<name>`) and copied to the desktop
-//!   path after the command, whatever its outcome ([`deliver`]).
+//! - An output file in the filestore mirror becomes its pod path (`/work/out/...`): the
+//!   server writes it and the desktop sees it.
+//! - An output file anywhere else on the desktop, the workspace included (it is read-only
+//!   in the pod), is written by the server into the output base
+//!   (`/work/out/jbazel/files/<pid>-<n>-<name>`) and copied to the desktop path after the
+//!   command, whatever its outcome ([`deliver`]).
 //! - `--override_repository=NAME=PATH` with PATH outside the workspace is refused with a
 //!   clear error: the pod cannot see the desktop's other directories.
 //!
@@ -121,7 +122,13 @@ pub fn rewrite(args: &[String], cwd: &Path, map: &PathMap) -> Result<Rewritten, 
         match parsed {
             Some((name, Some(value), consumed)) if OUTPUT_FILE_FLAGS.contains(&name) => {
                 let desktop = absolute(cwd, value);
-                let pod = match pod_path(map, &desktop) {
+                // The server writes the mirror directly; the checkout is read-only in the
+                // pod, so a file for the workspace is staged and delivered like any other.
+                let in_mirror = pod_path(map, &desktop).filter(|pod| {
+                    pod.strip_prefix(POD_OUT)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                });
+                let pod = match in_mirror {
                     Some(pod) => pod,
                     None if value.is_empty() => String::new(),
                     None => {
@@ -448,7 +455,7 @@ mod tests {
     fn every_output_flag_in_both_spellings() {
         let cwd = Path::new("/home/a/my repo/lib");
         for flag in OUTPUT_FILE_FLAGS {
-            // Inside the workspace: the pod path, nothing to deliver.
+            // Inside the workspace, which is read-only in the pod: staged, then delivered.
             let r = rewrite(
                 &v(&["//...", &format!("--{flag}=out/bep.json")]),
                 cwd,
@@ -457,10 +464,13 @@ mod tests {
             .expect("rewrite");
             assert_eq!(
                 r.args,
-                v(&["//...", &format!("--{flag}=/work/src/lib/out/bep.json")]),
+                v(&["//...", &format!("--{flag}={}", staged(0, "bep.json"))]),
                 "{flag}"
             );
-            assert!(r.deliveries.is_empty());
+            assert_eq!(
+                r.deliveries.iter().map(|d| &d.to).collect::<Vec<_>>(),
+                [Path::new("/home/a/my repo/lib/out/bep.json")]
+            );
             // Elsewhere, spelled as two arguments: staged in the output base, delivered after.
             let r = rewrite(
                 &v(&[&format!("--{flag}"), "/tmp/intellij-bep-123"]),
@@ -497,10 +507,6 @@ mod tests {
                 v(&["//app:x", "--keep_going"]),
             ),
             (
-                v(&["--profile=../elsewhere/../my repo/p.gz"]),
-                v(&["--profile=/work/src/p.gz"]),
-            ),
-            (
                 v(&[&format!("--profile={out}/p.gz")]),
                 v(&["--profile=/work/out/p.gz"]),
             ),
@@ -525,6 +531,19 @@ mod tests {
             assert_eq!(r.args, want, "{args:?}");
             assert!(r.deliveries.is_empty(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_file_for_the_workspace_is_delivered_there() {
+        let r = rewrite(
+            &v(&["--profile=../elsewhere/../my repo/p.gz"]),
+            Path::new("/home/a/my repo"),
+            &map(),
+        )
+        .expect("rewrite");
+        assert_eq!(r.args, v(&[&format!("--profile={}", staged(0, "p.gz"))]));
+        assert_eq!(r.deliveries.len(), 1);
+        assert_eq!(r.deliveries[0].to, Path::new("/home/a/my repo/p.gz"));
     }
 
     #[test]
