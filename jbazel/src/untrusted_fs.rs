@@ -249,9 +249,9 @@ fn open_error(root: &Path, rel: &Path, e: std::io::Error) -> UntrustedFileError 
     }
 }
 
-/// Opens the regular file `rel` below `root` for reading, the safe way (see the module
-/// doc). The handle is non-blocking, which changes nothing for a regular file.
-pub fn open_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFileError> {
+/// What every operation below `root` starts with: the full path (for errors), the
+/// components of `rel` (none may be `..` or absolute), and `root` opened.
+fn start(root: &Path, rel: &Path) -> Result<(PathBuf, Vec<CString>, OwnedFd), UntrustedFileError> {
     let path = root.join(rel);
     let names = components(rel).ok_or_else(|| UntrustedFileError::Link {
         path: path.clone(),
@@ -261,6 +261,13 @@ pub fn open_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFileError>
         path: path.clone(),
         source,
     })?;
+    Ok((path, names, dir))
+}
+
+/// Opens the regular file `rel` below `root` for reading, the safe way (see the module
+/// doc). The handle is non-blocking, which changes nothing for a regular file.
+pub fn open_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFileError> {
+    let (path, names, dir) = start(root, rel)?;
     let fd = open_below(&dir, rel, &names, FILE_FLAGS).map_err(|e| open_error(root, rel, e))?;
     let file = File::from(fd);
     let meta = file.metadata().map_err(|source| UntrustedFileError::Read {
@@ -321,15 +328,7 @@ pub fn read_beneath_to_string(
 /// less the umask), never through a link: an existing link where a directory should be is
 /// an error, not followed. Returns the directory, open (e.g. for `fchown`).
 pub fn create_dir_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFileError> {
-    let path = root.join(rel);
-    let names = components(rel).ok_or_else(|| UntrustedFileError::Link {
-        path: path.clone(),
-        root: root.to_path_buf(),
-    })?;
-    let mut here = open_root(root).map_err(|source| UntrustedFileError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let (_, names, mut here) = start(root, rel)?;
     let mut done = PathBuf::new();
     for name in &names {
         done.push(std::ffi::OsStr::from_bytes(name.as_bytes()));
@@ -351,15 +350,7 @@ pub fn create_dir_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFile
 
 /// Opens the existing directory `rel` below `root`, never through a link.
 pub fn open_dir_beneath(root: &Path, rel: &Path) -> Result<File, UntrustedFileError> {
-    let path = root.join(rel);
-    let names = components(rel).ok_or_else(|| UntrustedFileError::Link {
-        path: path.clone(),
-        root: root.to_path_buf(),
-    })?;
-    let dir = open_root(root).map_err(|source| UntrustedFileError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let (_, names, dir) = start(root, rel)?;
     open_below(&dir, rel, &names, DIR_FLAGS)
         .map(File::from)
         .map_err(|e| open_error(root, rel, e))
