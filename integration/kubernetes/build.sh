@@ -5,7 +5,7 @@
 # once; a cache that lacks some binaries (one made before kube-proxy was added) gets only
 # those built, each moved into bin/ when done. The source tree, GOPATH and GOCACHE stay
 # under the cache dir, so a later build of one more binary compiles only what is new.
-# Facts behind the method: /work/shared/environment.md, "A real Kubernetes here".
+# Why from source: no container registry and no Docker here; Debian ships the source.
 #
 # Usage: build.sh            build (or reuse) the binaries; print the bin dir
 #        build.sh --print    print the bin dir only if the cache is complete

@@ -47,7 +47,7 @@
 # Not here yet (TODO): a kind path for machines with Docker (kind create cluster with an
 # extraMount of the filestore root at the same path, `kind load image-archive` of
 # image/build.sh's archive or `kind load docker-image` after building image/Dockerfile).
-# Measured facts behind the flags: /work/shared/environment.md "A real Kubernetes here".
+# Each flag below says why it is there, where it is set.
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }

@@ -55,7 +55,7 @@ pub struct Settings {
         long = "jbazel-filestore-root",
         env = "JBAZEL_FILESTORE_ROOT",
         value_name = "DIR",
-        default_value = "/tmp/mock-filestore"
+        default_value = proto::pod::DEFAULT_FILESTORE_ROOT
     )]
     pub filestore_root: PathBuf,
 

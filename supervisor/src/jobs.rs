@@ -446,7 +446,7 @@ impl Job<'_> {
     }
 }
 
-/// The direct hop: `<pod IP>:<command port>` -> Bazel on the pod's loopback. None when the
+/// The pod-IP hop: `<pod IP>:<command port>` -> Bazel on the pod's loopback. None when the
 /// "pod IP" is a loopback or unspecified address (as in tests: Bazel's own address, nothing
 /// to relay), is no address, or cannot be bound (jbazel then uses the port-forward).
 async fn start_relay(pod_ip: &str, command_port: u16) -> Option<tokio::task::JoinHandle<()>> {

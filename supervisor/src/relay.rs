@@ -1,4 +1,4 @@
-//! The direct hop's pod end: a TCP relay from `<pod IP>:<command port>` to the Bazel server's
+//! The pod-IP hop's pod end: a TCP relay from `<pod IP>:<command port>` to the Bazel server's
 //! command port on the pod's loopback (Bazel binds only `127.0.0.1`). jbazel connects here
 //! when it can reach pod IPs (`JBAZEL_HOP=pod-ip`), saving the API server's port-forward.
 //!

@@ -45,8 +45,8 @@ struct Args {
     /// Mock filestore root R (hostPath of the pods).
     #[arg(
         long,
-        env = "MOCK_FILESTORE_PATH",
-        default_value = "/tmp/mock-filestore"
+        env = proto::pod::env::FILESTORE_ROOT,
+        default_value = proto::pod::DEFAULT_FILESTORE_ROOT
     )]
     filestore_root: PathBuf,
     /// The desktop checkout: a bind mount of R/<user>/<md5(path)>/src.
