@@ -349,8 +349,9 @@ pub enum PodHealth {
     /// The Ready condition is true.
     Ready,
     /// It will not become ready by itself: it ended (phase Failed, or Succeeded other than
-    /// by idling out), or a container or the scheduler gives one of the reasons of
+    /// by idling out), or a container gives one of the reasons of
     /// [`crate::pods::view::FAILURE_REASONS`] (read by [`crate::pods::view::failure`]).
+    /// A pod waiting for a node is Starting.
     /// The reason is the Kubernetes one.
     Failed { reason: String },
     /// The supervisor ended the pod because Bazel idled out (phase Succeeded, termination

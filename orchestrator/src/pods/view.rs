@@ -18,9 +18,11 @@ use crate::session::{PodHealth, PodView, SessionKey};
 pub const UNSCHEDULABLE: &str = "Unschedulable";
 
 /// Reasons that mean "this pod will not serve by itself": a container waiting for one of
-/// them (the kubelet's image and start errors), or the `PodScheduled` condition False for
-/// one of them ([`UNSCHEDULABLE`]). WatchServer reports them at once as STAGE_FAILED, the
-/// reconciler takes the row out of READY, and GetServer replaces the pod.
+/// them (the kubelet's image and start errors). WatchServer reports them at once as
+/// STAGE_FAILED, the reconciler takes the row out of READY, and GetServer replaces the pod.
+/// [`UNSCHEDULABLE`] is not one of them: on a full node, or a cluster whose autoscaler is
+/// adding one, the pod waits for a node, and every reader says so ([`progress`] shows the
+/// scheduler's words) while the client's deadline runs.
 pub const FAILURE_REASONS: &[&str] = &[
     "ErrImageNeverPull",
     "ErrImagePull",
@@ -31,7 +33,6 @@ pub const FAILURE_REASONS: &[&str] = &[
     "CreateContainerConfigError",
     "CreateContainerError",
     "RunContainerError",
-    UNSCHEDULABLE,
 ];
 
 /// Whether `reason` is one of [`FAILURE_REASONS`].
@@ -296,9 +297,17 @@ pub fn progress(pod: &Pod) -> Progress {
             message: format!("{name} scheduled to {node}: {waiting}"),
         };
     }
+    let scheduler = conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .and_then(|c| c.message.as_deref())
+        .filter(|m| !m.trim().is_empty());
     Progress::Stage {
         stage: Stage::PodPending,
-        message: format!("{name} is waiting for a node"),
+        message: match scheduler {
+            Some(why) => format!("{name} is waiting for a node: {why}"),
+            None => format!("{name} is waiting for a node"),
+        },
     }
 }
 
@@ -310,10 +319,7 @@ pub fn event_failure(event: &Event) -> Option<Progress> {
     if event.type_.as_deref() != Some("Warning") {
         return None;
     }
-    let reason = match event.reason.as_deref()? {
-        "FailedScheduling" => UNSCHEDULABLE,
-        reason => reason,
-    };
+    let reason = event.reason.as_deref()?;
     is_failure_reason(reason).then(|| Progress::Failed {
         reason: reason.to_string(),
         message: event.message.clone().unwrap_or_default(),
@@ -484,13 +490,35 @@ mod tests {
             );
             assert_eq!(failed_reason(progress(&p)), reason);
         }
-        let unschedulable = pod(
+        let mut unschedulable = pod(
             "Pending",
             vec![cond("PodScheduled", "False", Some("Unschedulable"))],
             vec![],
             None,
         );
-        assert_eq!(failed_reason(progress(&unschedulable)), "Unschedulable");
+        // A full node is a wait (an autoscaler may be adding one), with the scheduler's words.
+        if let Some(c) = unschedulable
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            c.message = Some("0/1 nodes are available: 1 Insufficient cpu.".into());
+        }
+        match progress(&unschedulable) {
+            Progress::Stage { stage, message } => {
+                assert_eq!(stage, Stage::PodPending);
+                assert!(
+                    message.contains(
+                        "waiting for a node: 0/1 nodes are available: 1 Insufficient cpu."
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("a wait, not {other:?}"),
+        }
+        assert!(failure(&unschedulable).is_none());
+        assert_eq!(view(&unschedulable).health, PodHealth::Starting);
         let mut evicted = pod("Failed", vec![], vec![], None);
         if let Some(s) = evicted.status.as_mut() {
             s.reason = Some("Evicted".into());
@@ -568,13 +596,6 @@ mod tests {
                 "event {reason}"
             );
         }
-        let unschedulable = pod(
-            "Pending",
-            vec![cond("PodScheduled", "False", Some(UNSCHEDULABLE))],
-            vec![],
-            None,
-        );
-        failed_in_every_reading(&unschedulable, UNSCHEDULABLE);
         failed_in_every_reading(&pod("Failed", vec![], vec![], None), "PodFailed");
         failed_in_every_reading(&pod("Succeeded", vec![], vec![], None), "PodSucceeded");
         // A waiting reason outside the list is a start, in every reading.
@@ -738,13 +759,7 @@ mod tests {
             message: Some("0/1 nodes are available".into()),
             ..Default::default()
         };
-        assert_eq!(
-            event_failure(&ev("Warning", "FailedScheduling")),
-            Some(Progress::Failed {
-                reason: "Unschedulable".into(),
-                message: "0/1 nodes are available".into()
-            })
-        );
+        assert_eq!(event_failure(&ev("Warning", "FailedScheduling")), None);
         assert_eq!(event_failure(&ev("Normal", "Scheduled")), None);
         assert_eq!(event_failure(&ev("Warning", "BackOff")), None);
     }
