@@ -75,7 +75,18 @@ fn timed(mut c: Command, what: &str) -> Result<Duration> {
     let st = c.status().with_context(|| format!("spawn {what}"))?;
     let d = t.elapsed();
     if !st.success() {
-        bail!("{what} failed: {st}");
+        // Once more with its output kept, for the message (a bench run is not the place to
+        // stream every command's output).
+        let again = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("spawn {what}"))?;
+        bail!(
+            "{what} failed: {st}\n{}{}",
+            String::from_utf8_lossy(&again.stdout),
+            String::from_utf8_lossy(&again.stderr)
+        );
     }
     Ok(d)
 }
@@ -170,17 +181,27 @@ fn main() -> Result<()> {
     };
 
     let build = ["build", args.target.as_str()];
-    // jbazel leaves Bazel's convenience symlinks in desktop form (into the filestore,
-    // which this fixture's server can see); the real client expects Bazel's own form, as
-    // jbazel restores it before each of its commands. Untimed.
+    // Each client's convenience symlinks are the other's problem here: jbazel's point into
+    // the filestore (dangling in a pod, which hides it, but this fixture's server sees it)
+    // and the real client's are named by a prefix jbazel's commands do not use, so either
+    // set would be walked by the other's `//...`. Both are removed before each command,
+    // untimed (jbazel makes its own again after each command, as in a pod).
     let map = jbazel::paths::PathMap::new(&srv.desktop, &srv.filestore, support::USER, &srv.hash);
+    let clear_links = || -> Result<()> {
+        jbazel::links::remove(&srv.desktop, &map)?;
+        Ok(())
+    };
     let bazel_run = |what: &str| -> Result<Duration> {
-        jbazel::links::flip(&srv.desktop, &map, jbazel::links::Form::Pod)?;
+        clear_links()?;
         timed(real(&build)?, what)
+    };
+    let jbazel_run = |what: &str| -> Result<Duration> {
+        clear_links()?;
+        timed(jb(&build), what)
     };
     // Warm up: both clients build once, twice, so every later run is a no-op.
     for _ in 0..2 {
-        timed(jb(&build), "jbazel build (warm-up)")?;
+        jbazel_run("jbazel build (warm-up)")?;
         bazel_run("bazel build (warm-up)")?;
     }
     // The real client must not have restarted the server.
@@ -197,11 +218,11 @@ fn main() -> Result<()> {
     for i in 0..args.iterations {
         // Alternate who goes first, so neither always follows the other.
         if i % 2 == 0 {
-            ours.push(timed(jb(&build), "jbazel build")?);
+            ours.push(jbazel_run("jbazel build")?);
             theirs.push(bazel_run("bazel build")?);
         } else {
             theirs.push(bazel_run("bazel build")?);
-            ours.push(timed(jb(&build), "jbazel build")?);
+            ours.push(jbazel_run("jbazel build")?);
         }
     }
     let pid_now = std::fs::read_to_string(srv.out.join("server/server.pid.txt"))?;

@@ -313,6 +313,13 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
             .then(|| StreamRewriter::new(rewriter.clone())),
         held: is_clean.then(expunge::HeldError::default),
     };
+    // Links an older jbazel left in the pod's form (`/work/out/...`, if it was killed
+    // between its two flips) would resolve in the pod, and the new prefix no longer marks
+    // them as Bazel's: `//...` would walk into the output base. The desktop form dangles
+    // there (R is hidden). Nothing to change is one readdir of the root.
+    if let Err(e) = links::flip(&plan.root, &plan.map, links::Form::Desktop) {
+        tracing::debug!(error = %ErrorChain(&e), "convenience symlinks left in the pod's form");
+    }
     if !prepared.deliveries.is_empty() {
         staging_dir(plan);
     }
