@@ -80,12 +80,10 @@ pub enum RunfilesError {
     /// The working directory resolves outside the workspace and the output base.
     #[error("refusing to run in {}: {why}", dir.display())]
     WorkingDirectoryOutside { dir: PathBuf, why: Escape },
-    #[error("cannot read the runfiles manifest {}", path.display())]
-    ReadManifest {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The manifest is a build output: read as anything the pod writes (no FIFO, no
+    /// device, a size cap), the source names it.
+    #[error("cannot read the runfiles manifest")]
+    ReadManifest(#[source] crate::untrusted_fs::UntrustedFileError),
     #[error("cannot create the directory for desktop runfiles {}", path.display())]
     Base {
         path: PathBuf,
@@ -178,6 +176,9 @@ impl Prepared {
     }
 }
 
+/// The largest runfiles manifest jbazel reads (a line per runfile: 64 MiB is millions).
+const MANIFEST_MAX_BYTES: u64 = 64 << 20;
+
 /// Reads the pod's manifest of `loc` (`X.runfiles/MANIFEST`, else `X.runfiles_manifest`);
 /// None when there is none the desktop can read.
 fn read_manifest(loc: &Located, res: &mut Resolver) -> Result<Option<Vec<u8>>, RunfilesError> {
@@ -188,10 +189,15 @@ fn read_manifest(loc: &Located, res: &mut Resolver) -> Result<Option<Vec<u8>>, R
             tracing::debug!(manifest = %pod.display(), "runfiles manifest not in the user's directories");
             continue;
         };
-        match std::fs::read(&path) {
+        // `path` is resolved already: its last component is opened without following a
+        // link, without blocking, checked as a regular file and read with a cap.
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        match crate::untrusted_fs::read_beneath(dir, Path::new(name), MANIFEST_MAX_BYTES) {
             Ok(text) => return Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(RunfilesError::ReadManifest { path, source }),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(RunfilesError::ReadManifest(e)),
         }
     }
     Ok(None)
@@ -284,6 +290,50 @@ pub fn prepare_in(
 mod tests {
     use super::*;
     use crate::runfiles::fixtures::*;
+
+    #[test]
+    fn a_fifo_for_a_manifest_is_refused_at_once() {
+        // The pod's build made the manifest a FIFO: a plain read would wait for a writer.
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("ws");
+        let m = PathMap::new(&root, &t.path().join("fs"), "alice", "h");
+        let bin = m
+            .mirror_out
+            .join("execroot/__main__/bazel-out/k8-fastbuild/bin/pkg");
+        std::fs::create_dir_all(root.join("pkg")).expect("mkdir");
+        std::fs::create_dir_all(bin.join("tool.runfiles/__main__")).expect("mkdir");
+        std::fs::write(root.join("pkg/tool.sh"), "#!/bin/sh\n").expect("write");
+        std::os::unix::fs::symlink("/work/src/pkg/tool.sh", bin.join("tool")).expect("link");
+        nix::unistd::mkfifo(
+            &bin.join("tool.runfiles/MANIFEST"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("mkfifo");
+        let req = exec_request(
+            &format!("{BIN}/pkg/tool.runfiles/__main__"),
+            &format!("{BIN}/pkg/tool"),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let base = t.path().join("jbazel-run");
+        let m2 = m.clone();
+        std::thread::spawn(move || {
+            let prog = program(&req);
+            let _ = tx.send(prepare_in(&req, &prog, &m2, &base).map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no hang on a FIFO");
+        let err = got.expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                RunfilesError::ReadManifest(
+                    crate::untrusted_fs::UntrustedFileError::NotRegular { .. }
+                )
+            ),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn prepare_on_disk_end_to_end() {
