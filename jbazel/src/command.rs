@@ -182,8 +182,10 @@ fn check_mirror(plan: &Plan) {
     }
 }
 
-/// Reads the rc files (the pod's system rc from the mirror, when published).
-fn read_rc_files(plan: &Plan, inv: &Invocation) -> Result<Vec<rc::RcFile>, Error> {
+/// Reads the rc files (the pod's system rc from the mirror, when published). Bazel's
+/// client reads them before it starts a server, and so does jbazel: a command that cannot
+/// be sent (a refused import, a bad line) must not wait for a pod first.
+pub fn read_rc_files(plan: &Plan, inv: &Invocation) -> Result<Vec<rc::RcFile>, Error> {
     let system_rc = plan.mirror.system_rc();
     let home = inv.home();
     let sel = args::rc_selection(&plan.cl.startup);
@@ -196,22 +198,13 @@ fn read_rc_files(plan: &Plan, inv: &Invocation) -> Result<Vec<rc::RcFile>, Error
     Ok(rc::read_all(&DiskFs, &sel, &loc)?)
 }
 
-/// The rc files' errors (a refused import, a bad line) before any server is asked for, as
-/// Bazel's client reads its rc files before it starts a server: a command that cannot be
-/// sent must not wait for a pod first. [`prepare`] reads them again once the server has
-/// published its system rc.
-pub fn check_rc_files(plan: &Plan, inv: &Invocation) -> Result<(), Error> {
-    read_rc_files(plan, inv).map(drop)
-}
-
-/// Reads the rc files and the pod env from the mirror and builds the RunRequest
-/// ([`request::build`]).
-pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
+/// Reads the pod env from the mirror and builds the RunRequest ([`request::build`]) with
+/// the rc files read by [`read_rc_files`].
+pub fn prepare(plan: &Plan, inv: &Invocation, files: &[rc::RcFile]) -> Result<Prepared, Error> {
     let system_rc = plan.mirror.system_rc();
     if !system_rc.is_file() {
         tracing::warn!(path = %system_rc.display(), "the pod's system bazelrc is not published in the mirror");
     }
-    let files = read_rc_files(plan, inv)?;
     let pod_env = plan.mirror.client_env();
     if pod_env.is_none() {
         tracing::warn!(path = %plan.mirror.client_env_path().display(),
@@ -222,7 +215,7 @@ pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
         command_line: &plan.cl,
         map: &plan.map,
         cwd: &plan.cwd,
-        rc_files: &files,
+        rc_files: files,
         pod_env: pod_env.as_deref(),
         startup_time_ms: inv.elapsed_ms(),
         translate_paths: !plan.settings.no_translate_paths,
@@ -232,7 +225,7 @@ pub fn prepare(plan: &Plan, inv: &Invocation) -> Result<Prepared, Error> {
 
 /// `JBAZEL_DRY_RUN`: what would be sent, and to whom; nothing is contacted.
 fn dry_run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
-    let p = prepare(plan, inv)?;
+    let p = prepare(plan, inv, &read_rc_files(plan, inv)?)?;
     let kubeconfig = inv.var("KUBECONFIG").unwrap_or("~/.kube/config");
     print!("{}", dry_run_text(plan, &p, kubeconfig));
     Ok(Done::Exit(ExitCode::SUCCESS))

@@ -273,7 +273,10 @@ async fn finish_expunge(
 
 /// Runs the command on the server.
 pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
-    command::check_rc_files(plan, inv)?;
+    // Whether the pod's system rc is there is looked at before the rc files are read: a
+    // server that publishes it meanwhile is caught by the second read below.
+    let system_rc_read = plan.mirror.system_rc().is_file();
+    let mut rc_files = command::read_rc_files(plan, inv)?;
     let (route, early) = find_route(plan, inv).await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settings.deadline_secs);
     let (mut channel, mut cookies) = match read_cookies(&plan.mirror) {
@@ -289,7 +292,11 @@ pub async fn run(plan: &Plan, inv: &Invocation) -> Result<Done, Error> {
             wait_for_server(plan, inv, &route, deadline, &why).await?
         }
     };
-    let prepared = command::prepare(plan, inv)?;
+    if !system_rc_read {
+        // A new server published its system rc while jbazel waited for it.
+        rc_files = command::read_rc_files(plan, inv)?;
+    }
+    let prepared = command::prepare(plan, inv, &rc_files)?;
     for p in &prepared.refused_prefixes {
         eprintln!(
             "jbazel: WARNING: {}",
