@@ -31,13 +31,13 @@ impl Backoff {
     }
 
     /// The pause before retry `attempt`: [`Backoff::ceiling`] of which the upper half is
-    /// scaled by `jitter` in [0, 1] (clamped; NaN counts as 0), so it lies in
-    /// [ceiling/2, ceiling].
+    /// scaled by `jitter` in [0, 1] (clamped; NaN counts as 1: a broken jitter source never
+    /// makes a client call back sooner), so it lies in [ceiling/2, ceiling].
     pub fn pause(&self, attempt: u32, jitter: f64) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
         let jitter = if jitter.is_nan() {
-            0.0
+            1.0
         } else {
             jitter.clamp(0.0, 1.0)
         };
@@ -84,7 +84,7 @@ mod tests {
         assert_eq!(b.pause(30, 1.0), Duration::from_secs(2));
         assert_eq!(b.pause(2, 7.0), Duration::from_millis(200), "clamped");
         assert_eq!(b.pause(2, -1.0), Duration::from_millis(100), "clamped");
-        assert_eq!(b.pause(2, f64::NAN), Duration::from_millis(100), "NaN is 0");
+        assert_eq!(b.pause(2, f64::NAN), Duration::from_millis(200), "NaN is 1");
         assert_eq!(b.pause(2, f64::INFINITY), Duration::from_millis(200));
     }
 

@@ -52,8 +52,6 @@ pub fn after_failure(attempt: u32, elapsed: Duration, jitter: f64) -> Next {
     if attempt >= MAX_ATTEMPTS {
         return Next::GiveUp;
     }
-    // A NaN would survive the policy's clamp (and panic in Duration::mul_f64): the longest.
-    let jitter = if jitter.is_nan() { 1.0 } else { jitter };
     let delay = BACKOFF.pause(attempt, jitter);
     if elapsed.saturating_add(delay) >= BUDGET {
         Next::GiveUp

@@ -13,14 +13,10 @@ use proto::orchestrator::Stage;
 use super::manifest::{LABEL_GENERATION, LABEL_REPO_HASH, LABEL_SESSION, LABEL_USER};
 use crate::session::{PodHealth, PodView, SessionKey};
 
-/// The reason the scheduler gives (the `PodScheduled` condition's reason) for a pod no
-/// node can take.
-pub const UNSCHEDULABLE: &str = "Unschedulable";
-
 /// Reasons that mean "this pod will not serve by itself": a container waiting for one of
 /// them (the kubelet's image and start errors). WatchServer reports them at once as
 /// STAGE_FAILED, the reconciler takes the row out of READY, and GetServer replaces the pod.
-/// [`UNSCHEDULABLE`] is not one of them: on a full node, or a cluster whose autoscaler is
+/// The scheduler's `Unschedulable` is not one of them: on a full node, or a cluster whose autoscaler is
 /// adding one, the pod waits for a node, and every reader says so ([`progress`] shows the
 /// scheduler's words) while the client's deadline runs.
 pub const FAILURE_REASONS: &[&str] = &[
@@ -313,8 +309,8 @@ pub fn progress(pod: &Pod) -> Progress {
 
 /// Warning events that mean failure before the pod status says so, read with the same
 /// list as the status ([`is_failure_reason`]): the kubelet's image events carry the
-/// container status's reasons, and the scheduler's `FailedScheduling` event comes a moment
-/// before its [`UNSCHEDULABLE`] condition.
+/// container status's reasons. The scheduler's `FailedScheduling` is none of them: a pod
+/// waiting for a node is a wait.
 pub fn event_failure(event: &Event) -> Option<Progress> {
     if event.type_.as_deref() != Some("Warning") {
         return None;
