@@ -640,17 +640,7 @@ mod tests {
         }
     }
 
-    /// Runs `f` on a thread; the test fails unless it returns within `limit`.
-    fn within<T: Send + 'static>(
-        limit: std::time::Duration,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit).expect("returned in time")
-    }
+    use crate::untrusted_fs::within;
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -227,19 +227,7 @@ mod tests {
         );
     }
 
-    /// Runs `f` on a thread; the test fails unless it returns within `limit` (a blocking
-    /// read would otherwise hang the run).
-    fn within<T: Send + 'static>(
-        limit: std::time::Duration,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit)
-            .expect("returned in time, without blocking")
-    }
+    use crate::untrusted_fs::within;
 
     #[test]
     fn a_planted_link_is_never_followed() {

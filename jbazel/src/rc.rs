@@ -1471,19 +1471,15 @@ mod tests {
         )
         .expect("mkfifo");
         let (ws2, home2, sys2) = (ws.clone(), home.clone(), system_rc.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let r = crate::untrusted_fs::within(std::time::Duration::from_secs(10), move || {
             let loc = RcLocations {
                 system_rc: &sys2,
                 workspace: &ws2,
                 home: Some(&home2),
                 cwd: &ws2,
             };
-            let _ = tx.send(read_all(&DiskFs, &RcSelection::default(), &loc).map(drop));
+            read_all(&DiskFs, &RcSelection::default(), &loc).map(drop)
         });
-        let r = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("no hang");
         assert!(matches!(r, Err(RcError::Unreadable { .. })), "{r:?}");
     }
 }

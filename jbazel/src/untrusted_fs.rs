@@ -390,22 +390,29 @@ pub fn remove_file_beneath(root: &Path, rel: &Path) -> Result<(), UntrustedFileE
     Ok(())
 }
 
+/// Runs `f` on a thread and fails the test if it does not return within `limit`: what
+/// reads the pod's files must not block, and a blocking open or read would hang the test
+/// run instead of failing it. For this crate's tests.
+#[cfg(test)]
+pub(crate) fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("returned in time, without blocking")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, FileTypeExt};
     use std::time::{Duration, Instant};
 
-    /// Runs `f` on a thread and fails the test if it does not return within `limit` (a
-    /// blocking open or read would hang the test run otherwise).
-    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit)
-            .expect("returned in time, without blocking")
-    }
+    use super::within;
 
     /// [`walk`] from `root` (the fallback without openat2).
     fn walked(root: &Path, rel: &str, flags: libc::c_int) -> std::io::Result<OwnedFd> {

@@ -313,16 +313,11 @@ mod tests {
             &format!("{BIN}/pkg/tool.runfiles/__main__"),
             &format!("{BIN}/pkg/tool"),
         );
-        let (tx, rx) = std::sync::mpsc::channel();
         let base = t.path().join("jbazel-run");
-        let m2 = m.clone();
-        std::thread::spawn(move || {
+        let got = crate::untrusted_fs::within(std::time::Duration::from_secs(10), move || {
             let prog = program(&req);
-            let _ = tx.send(prepare_in(&req, &prog, &m2, &base).map(|_| ()));
+            prepare_in(&req, &prog, &m, &base).map(|_| ())
         });
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("no hang on a FIFO");
         let err = got.expect_err("refused");
         assert!(
             matches!(
