@@ -7,22 +7,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use support::stand_in::{exec_request, Answer, StandIn};
+use support::{describe, text};
 
 fn jbazel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jbazel"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    )
 }
 
 fn run(srv: &StandIn, args: &[&str]) -> Output {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use support::{BazelServer, Options};
+use support::{describe, text, BazelServer, Options};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -25,10 +25,6 @@ fn jbazel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jbazel"))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn run(mut c: std::process::Command) -> Output {
     c.output().expect("spawn")
 }
@@ -37,15 +33,6 @@ fn code(o: &Output) -> i32 {
     o.status
         .code()
         .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    )
 }
 
 #[test]

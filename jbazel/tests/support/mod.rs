@@ -21,6 +21,21 @@
 
 pub mod stand_in;
 
+/// A command's bytes as text (invalid UTF-8 replaced).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A finished command for a failure message: its status, stdout and stderr.
+pub fn describe(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
 use std::path::{Path, PathBuf};
