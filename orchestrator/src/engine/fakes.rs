@@ -475,3 +475,24 @@ impl Pods for Arc<FakePods> {
         stream::iter(initial).chain(later).boxed()
     }
 }
+
+/// The repository of the engine's and the reconciler's tests.
+pub const HASH: &str = "0123456789abcdef0123456789abcdef";
+
+/// The session key of `user` for [`HASH`].
+pub fn key(user: &str) -> crate::session::SessionKey {
+    crate::session::SessionKey::new(
+        UserId::parse(user).expect("valid"),
+        proto::names::RepoHash::parse(HASH).expect("valid"),
+    )
+}
+
+/// A parsed session id.
+pub fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).expect("valid")
+}
+
+/// A deadline a test's call never reaches.
+pub fn soon() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(5)
+}

@@ -315,16 +315,12 @@ mod tests {
 
     use std::sync::atomic::Ordering;
 
-    use proto::names::{RepoHash, SessionId, UserId};
-    use tokio::time::Instant;
-
     use super::*;
-    use crate::engine::fakes::{FakePods, FakeStore};
+    use crate::engine::fakes::{key, sid, soon, FakePods, FakeStore};
     use crate::notify::ReadyNotices;
     use crate::pods::{PodSettings, PodSpecFor};
     use crate::session::Status;
 
-    const HASH: &str = "0123456789abcdef0123456789abcdef";
     type TestEngine = Engine<Arc<FakeStore>, Arc<FakePods>>;
 
     struct Setup {
@@ -398,21 +394,6 @@ mod tests {
         fn current(&self, k: &SessionKey) -> String {
             pod_name(&k.user_id, &k.repo_hash, self.row(k).generation)
         }
-    }
-
-    fn key(user: &str) -> SessionKey {
-        SessionKey::new(
-            UserId::parse(user).expect("valid"),
-            RepoHash::parse(HASH).expect("valid"),
-        )
-    }
-
-    fn sid(s: &str) -> SessionId {
-        SessionId::parse(s).expect("valid")
-    }
-
-    fn soon() -> Instant {
-        Instant::now() + Duration::from_secs(5)
     }
 
     /// Waits (yielding to the reconciler's tasks) until `cond` holds; fails after 5 s.

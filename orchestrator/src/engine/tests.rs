@@ -4,19 +4,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::names::{RepoHash, SessionId, UserId};
 use proto::orchestrator::{Server, ServerEvent, ServerStatus, Stage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::fakes::{FakePods, FakeStore};
+use super::fakes::{key, sid, soon, FakePods, FakeStore};
 use super::{Engine, EngineError, Report, SessionStore};
 use crate::notify::ReadyNotices;
 use crate::pods::pod_name;
 use crate::pods::view;
 use crate::session::{Fence, SessionKey, Status};
-
-const HASH: &str = "0123456789abcdef0123456789abcdef";
 
 type TestEngine = Engine<Arc<FakeStore>, Arc<FakePods>>;
 
@@ -97,23 +94,8 @@ impl Setup {
 
 type Events = mpsc::Receiver<Result<ServerEvent, EngineError>>;
 
-fn key(user: &str) -> SessionKey {
-    SessionKey::new(
-        UserId::parse(user).expect("valid"),
-        RepoHash::parse(HASH).expect("valid"),
-    )
-}
-
-fn sid(s: &str) -> SessionId {
-    SessionId::parse(s).expect("valid")
-}
-
 fn name(k: &SessionKey, generation: u64) -> String {
     pod_name(&k.user_id, &k.repo_hash, generation)
-}
-
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(5)
 }
 
 /// Collects events until the stream ends, or fails the test after 5 s.
