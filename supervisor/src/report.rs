@@ -175,15 +175,18 @@ pub fn keep_token_dir() -> Result<(), std::io::Error> {
     Ok(())
 }
 
-/// The bound token, if the pod has one (`None` outside a platform pod).
+/// The bound token, if the pod has one (`None` outside a platform pod): through the
+/// directory [`keep_token_dir`] kept, else (it could not be opened then) opened now, the one
+/// way it is read (root's fs ids).
 fn bound_token() -> Result<Option<String>, std::io::Error> {
-    let token = if let Some(dir) = TOKEN_DIR.get() {
-        dir.read()?
-    } else {
-        let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
-            return Ok(None);
-        };
-        std::fs::read_to_string(&path)?.trim().to_owned()
+    let token = match TOKEN_DIR.get() {
+        Some(dir) => dir.read()?,
+        None => {
+            let Some(path) = std::env::var_os(env::TOKEN_FILE).filter(|p| !p.is_empty()) else {
+                return Ok(None);
+            };
+            TokenDir::open(std::path::Path::new(&path))?.read()?
+        }
     };
     Ok(Some(token).filter(|t| !t.is_empty()))
 }
